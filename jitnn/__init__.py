@@ -1,0 +1,35 @@
+"""jitnn: functional neural networks for the CPU, compiled with Numba.
+
+A model is a value: a tree of frozen records that hold read-only parameter arrays. Each
+layer answers three questions through compiled kernels (its output, the gradient to its
+input, the gradient to its parameters); the passes, losses, optimizers and checks are
+written once against those answers.
+"""
+
+from jitnn import init, optim, random, testing, tree
+from jitnn.chain import Chain, compose, pipe
+from jitnn.data import batches
+from jitnn.layers import GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
+from jitnn.passes import Trace, backward, forward, value_and_grad
+from jitnn.protocol import Kernels, Layer, layer, param, registered_layers, require_shape
+from jitnn.train import FitResult, fit, train_step
+from jitnn import data
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the protocol
+    "Layer", "layer", "param", "Kernels", "require_shape", "registered_layers",
+    # layers and composition
+    "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
+    "Chain", "pipe", "compose",
+    # passes
+    "forward", "backward", "value_and_grad", "Trace",
+    # losses
+    "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
+    # training
+    "fit", "train_step", "FitResult", "batches",
+    # modules
+    "init", "optim", "random", "testing", "tree", "data",
+]

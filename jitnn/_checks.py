@@ -1,0 +1,104 @@
+"""Validation shared by every public entry point.
+
+Kernels never check anything (Numba does not check bounds), so every array is checked
+here, in Python, before a kernel sees it. Errors name the layer or loss, where it sits in
+the model, and the expected and actual shape or dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe(obj: Any, where: str = "") -> str:
+    """Name an object for an error message: ``'Dense'`` or ``'Dense at model.layers[2]'``."""
+    name = type(obj).__name__
+    return f"{name} at model{where}" if where else name
+
+
+def readonly(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``: every array a kernel sees is read-only, so each kernel
+    compiles once per dtype instead of once per combination of writable and read-only."""
+    if not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def freeze(array: np.ndarray) -> np.ndarray:
+    """Mark a fresh array that nobody else holds (a kernel's output) read-only, in place."""
+    array.flags.writeable = False
+    return array
+
+
+def check_float_dtype(dtype: Any, who: str) -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype if it is float32 or float64, else raise TypeError."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {dtype!r}") from None
+    if resolved not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {resolved}")
+    return resolved
+
+
+def float_input(X: Any, dtype: np.dtype | None, who: str, name: str = "input") -> np.ndarray:
+    """Check and convert data at a model's boundary.
+
+    Floating-point data of another dtype or layout is converted once, to ``dtype`` (the
+    parameters' dtype) and C order; integer, boolean, complex and object data is refused,
+    as are scalars and empty batches.
+    """
+    array = X if isinstance(X, np.ndarray) else _as_array(X, who, name)
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"{who}: {name} must hold floating-point numbers, got dtype {array.dtype}; "
+            f"convert it first, for example with .astype(np.float32)"
+        )
+    if array.ndim == 0:
+        raise ValueError(f"{who}: {name} must be an array whose first axis is the batch, got a scalar")
+    if array.shape[0] == 0:
+        raise ValueError(f"{who}: {name} is an empty batch (shape {array.shape}); give at least one example")
+    if dtype is None:
+        dtype = array.dtype if array.dtype in FLOAT_DTYPES else _nearest_float(array.dtype)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def integer_labels(T: Any, n_examples: int, n_classes: int, who: str) -> np.ndarray:
+    """Check class labels: integers of any dtype, shape ``(n,)``, each in ``[0, n_classes)``."""
+    labels = T if isinstance(T, np.ndarray) else _as_array(T, who, "labels")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{who}: labels must be integers (class indices), got dtype {labels.dtype}")
+    if labels.shape != (n_examples,):
+        raise ValueError(f"{who}: labels must have shape ({n_examples},) to match the predictions, got {labels.shape}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"{who}: label {bad} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def float_targets(T: Any, shape: tuple[int, ...], dtype: np.dtype, who: str) -> np.ndarray:
+    """Check real-valued targets: floating-point or integer, the same shape as the predictions."""
+    targets = T if isinstance(T, np.ndarray) else _as_array(T, who, "targets")
+    if targets.dtype.kind not in "fiub":
+        raise TypeError(f"{who}: targets must be real numbers, got dtype {targets.dtype}")
+    if targets.shape != shape:
+        raise ValueError(f"{who}: targets must have the predictions' shape {shape}, got {targets.shape}")
+    return np.ascontiguousarray(targets, dtype=dtype)
+
+
+def _as_array(value: Any, who: str, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{who}: {name} cannot be read as an array ({error})") from None
+
+
+def _nearest_float(dtype: np.dtype) -> np.dtype:
+    return FLOAT_DTYPES[0] if dtype.itemsize <= 4 else FLOAT_DTYPES[1]

@@ -1,0 +1,41 @@
+"""The one place where jitnn decides how kernels are compiled.
+
+Every kernel in jitnn is made with :func:`jit`: compiled to machine code by Numba,
+cached on disk (``NUMBA_CACHE_DIR`` is honoured), with the GIL released and without
+``fastmath`` (which would break NaN and infinity handling). Where the cache folder
+cannot be written, the kernel is compiled in memory instead, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numba
+
+__all__ = ["jit", "KERNELS"]
+
+_POLICY: dict[str, Any] = {"cache": True, "nogil": True}
+
+#: Every dispatcher made by :func:`jit`, in order of creation; the test suite uses it to
+#: check that each kernel is compiled for a small, fixed number of signatures.
+KERNELS: list[Any] = []
+
+
+def jit(function: Callable | None = None, **options: Any) -> Any:
+    """Compile ``function`` with jitnn's policy; usable as ``@jit`` or ``@jit(parallel=True)``."""
+    if function is None:
+        return lambda f: jit(f, **options)
+    settings = {**_POLICY, **options}
+    try:
+        dispatcher = numba.njit(**settings)(function)
+    except RuntimeError as error:  # no writable cache locator for this file
+        warnings.warn(
+            f"jitnn: cannot cache {function.__qualname__} on disk ({error}); "
+            "compiling it in memory instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        dispatcher = numba.njit(**{**settings, "cache": False})(function)
+    KERNELS.append(dispatcher)
+    return dispatcher

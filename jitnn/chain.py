@@ -1,0 +1,122 @@
+"""Composition: ``pipe`` and ``compose`` build a ``Chain``, which is itself a layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from jitnn.protocol import Array, Layer, layer
+
+__all__ = ["Chain", "pipe", "compose"]
+
+
+def _as_layers(layers: Any) -> tuple[Layer, ...]:
+    layers = tuple(layers)
+    for i, member in enumerate(layers):
+        if not isinstance(member, Layer):
+            raise TypeError(f"Chain: layers[{i}] is not a jitnn layer (got {type(member).__name__})")
+    return layers
+
+
+@layer
+class Chain(Layer):
+    """Layers applied in order, ``layers[0]`` first. A chain is a layer, so chains nest.
+
+    Its gradient record is a ``Chain`` of its members' gradient records.
+    """
+
+    layers: tuple[Layer, ...] = attrs.field(converter=_as_layers)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("Chain: needs at least one layer")
+        dtypes = {member.dtype for member in self.layers if member.dtype is not None}
+        if len(dtypes) > 1:
+            found = ", ".join(f"layers[{i}] {m.dtype}" for i, m in enumerate(self.layers) if m.dtype is not None)
+            raise TypeError(f"Chain: all parameters must share one dtype, got {found}")
+        _check_composition(self.layers)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        for member in self.layers:
+            if member.dtype is not None:
+                return member.dtype
+        return None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return self.layers[0].input_shape
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(input_shape)
+        for i, member in enumerate(self.layers):
+            try:
+                shape = member.output_shape(shape)
+            except ValueError as error:
+                raise ValueError(f"layers[{i}] ({type(member).__name__}) {error}") from None
+        return shape
+
+    def _forward(self, X: Array, where: str) -> Array:
+        for i, member in enumerate(self.layers):
+            X = member._forward(X, f"{where}.layers[{i}]")
+        return X
+
+    def _trace(self, X: Array, where: str) -> tuple[Array, tuple[Any, ...]]:
+        traces = []
+        for i, member in enumerate(self.layers):
+            X, trace = member._trace(X, f"{where}.layers[{i}]")
+            traces.append(trace)
+        return X, tuple(traces)
+
+    def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Chain, Array | None]:
+        grads: list[Any] = [None] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            need = need_input_grad or i > 0
+            grads[i], dY = self.layers[i]._backward(trace[i], dY, f"{where}.layers[{i}]", need)
+        return Chain(grads), dY
+
+    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
+        Y, trace = self._trace(X, where)
+        self._check_output_grad(Y, dY, where)
+        return self._backward(trace, dY, where)[1]
+
+    def _grad_params(self, X: Array, dY: Array, where: str) -> Chain:
+        Y, trace = self._trace(X, where)
+        self._check_output_grad(Y, dY, where)
+        return self._backward(trace, dY, where, need_input_grad=False)[0]
+
+    def _check_output_grad(self, Y: Array, dY: Array, where: str) -> None:
+        if dY.shape != Y.shape:
+            raise ValueError(f"Chain{' at model' + where if where else ''}: the output gradient dY must have shape {Y.shape}, got {dY.shape}")
+
+
+def _check_composition(layers: tuple[Layer, ...]) -> None:
+    """Follow the shape rules through ``layers``, from the first layer that states its input
+    shape, so that a mismatch is reported when composing, before anything runs."""
+    shape: tuple[int, ...] | None = None
+    for i, member in enumerate(layers):
+        if shape is None:
+            shape = member.input_shape
+            if shape is None:
+                continue
+        try:
+            shape = member.output_shape(shape)
+        except ValueError as error:
+            before = f"layers[{i - 1}] ({type(layers[i - 1]).__name__}) produces {shape}" if i else ""
+            raise ValueError(f"cannot compose: layers[{i}] ({type(member).__name__}) {error}; {before}".rstrip("; ")) from None
+
+
+def pipe(*layers: Layer) -> Chain:
+    """The layers applied left to right: ``pipe(a, b, c)(X) == c(b(a(X)))``."""
+    if not layers:
+        raise ValueError("pipe: give at least one layer")
+    return Chain(layers)
+
+
+def compose(*layers: Layer) -> Chain:
+    """The layers composed as in mathematics: ``compose(c, b, a) == pipe(a, b, c)``."""
+    if not layers:
+        raise ValueError("compose: give at least one layer")
+    return Chain(layers[::-1])

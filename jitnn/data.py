@@ -1,0 +1,54 @@
+"""Minibatches."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterator
+
+import numpy as np
+
+from jitnn import random
+
+__all__ = ["batches", "n_batches"]
+
+
+def _check(X: Any, T: Any, batch_size: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    X, T = np.asarray(X), np.asarray(T)
+    if X.ndim == 0 or T.ndim == 0:
+        raise ValueError("batches: X and T must be arrays whose first axis is the example")
+    if X.shape[0] != T.shape[0]:
+        raise ValueError(f"batches: X has {X.shape[0]} examples but T has {T.shape[0]}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    return X, T, int(batch_size)
+
+
+def n_batches(n_examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches :func:`batches` yields for ``n_examples``."""
+    return n_examples // batch_size if drop_last else -(-n_examples // batch_size)
+
+
+def batches(
+    key: random.Key | None,
+    X: Any,
+    T: Any,
+    batch_size: int,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(X_batch, T_batch)`` pairs covering the examples once.
+
+    With ``shuffle`` the order is a permutation drawn from ``key`` (the same key gives the
+    same order); without it ``key`` may be ``None``. The last batch is smaller unless
+    ``drop_last``. Batches are C-contiguous; the caller's arrays are never modified.
+    """
+    X, T, batch_size = _check(X, T, batch_size)
+    n = X.shape[0]
+    order = random.permutation(key, n) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield np.ascontiguousarray(X[start : start + batch_size]), np.ascontiguousarray(T[start : start + batch_size])
+        else:
+            chosen = order[start : start + batch_size]
+            yield X[chosen], T[chosen]

@@ -1,0 +1,104 @@
+"""Dense (fully connected) layer: ``Y = X @ W + b``."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from jitnn import init as initializers
+from jitnn import random
+from jitnn._checks import check_float_dtype
+from jitnn._jit import jit
+from jitnn.protocol import Array, Kernels, Layer, layer, param, require_shape
+
+__all__ = ["Dense"]
+
+
+@jit
+def _dense_forward(X, W, b):
+    """Y = X @ W + b;  X (n, n_in), W (n_in, n_out), b (n_out,) -> Y (n, n_out)."""
+    Y = X @ W
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] += b[j]
+    return Y
+
+
+@jit
+def _dense_grad_input(X, dY, W, b):
+    """dX = dY @ W.T;  dY (n, n_out), W (n_in, n_out) -> dX (n, n_in)."""
+    return dY @ W.T
+
+
+@jit
+def _dense_grad_params(X, dY, W, b):
+    """dW = X.T @ dY (n_in, n_out), db = dY summed over the batch (n_out,)."""
+    db = np.zeros(dY.shape[1], dtype=dY.dtype)
+    for i in range(dY.shape[0]):
+        for j in range(dY.shape[1]):
+            db[j] += dY[i, j]
+    return X.T @ dY, db
+
+
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Dense.init: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@layer
+class Dense(Layer):
+    """Fully connected layer ``Y = X @ W + b``.
+
+    Parameters
+    ----------
+    W : array (n_in, n_out)
+    b : array (n_out,)
+
+    Input ``(n, n_in)``, output ``(n, n_out)``.
+    """
+
+    W: Array = param()
+    b: Array = param()
+
+    kernels = Kernels(_dense_forward, _dense_grad_input, _dense_grad_params)
+
+    @classmethod
+    def init(
+        cls,
+        key: random.Key,
+        n_in: int,
+        n_out: int,
+        *,
+        weight_init: initializers.Initializer = initializers.glorot_uniform,
+        bias_init: initializers.Initializer = initializers.zeros,
+        dtype: Any = np.float32,
+    ) -> "Dense":
+        """A new layer with ``W`` drawn by ``weight_init`` (Glorot uniform by default) from
+        ``key`` and ``b`` from ``bias_init`` (zeros by default)."""
+        n_in, n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
+        dtype = check_float_dtype(dtype, "Dense.init")
+        weight_key, bias_key = random.split(key)
+        return cls(W=weight_init(weight_key, (n_in, n_out), dtype=dtype), b=bias_init(bias_key, (n_out,), dtype=dtype))
+
+    @property
+    def n_in(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.W.shape[1]
+
+    def check_params(self) -> None:
+        if self.W.ndim != 2 or self.b.shape != (self.W.shape[1],):
+            raise ValueError(f"Dense: W must have shape (n_in, n_out) and b (n_out,), got W {self.W.shape} and b {self.b.shape}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_in,)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        require_shape(input_shape, self.input_shape)
+        return (self.n_out,)

@@ -1,0 +1,99 @@
+"""Explicit, pure randomness: keys in, numbers out, no global state.
+
+A key is a small immutable value. The same key gives the same numbers in every process
+and on every run; :func:`split` derives independent keys from one. Sampling functions take
+a key and return fresh arrays; they never advance any hidden state.
+
+>>> key = key(0); k1, k2 = split(key)
+>>> normal(k1, (2, 3)).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import attrs
+import numpy as np
+
+from jitnn._checks import check_float_dtype
+
+__all__ = ["Key", "key", "split", "normal", "uniform", "permutation", "bernoulli"]
+
+
+def _words(value: tuple[int, ...]) -> tuple[int, ...]:
+    words = tuple(int(w) for w in value)
+    if len(words) != 4 or any(not 0 <= w < 2**32 for w in words):
+        raise ValueError(f"Key: expected four 32-bit words, got {value!r}")
+    return words
+
+
+@attrs.frozen
+class Key:
+    """A random key: 128 bits, hashable, comparable, safe to keep and to save."""
+
+    words: tuple[int, ...] = attrs.field(converter=_words)
+
+    def _generator(self) -> np.random.Generator:
+        return np.random.Generator(np.random.Philox(np.random.SeedSequence(self.words)))
+
+
+def _check_key(value: Any, who: str) -> Key:
+    if not isinstance(value, Key):
+        raise TypeError(f"{who}: expected a jitnn.random.Key (from jitnn.random.key(seed)), got {type(value).__name__}")
+    return value
+
+
+def key(seed: int) -> Key:
+    """The key for a non-negative integer ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TypeError(f"key: seed must be a non-negative integer, got {seed!r}")
+    return Key(tuple(np.random.SeedSequence(int(seed)).generate_state(4, np.uint32)))
+
+
+def split(parent: Key, n: int = 2) -> tuple[Key, ...]:
+    """``n`` new keys derived from ``parent``, independent of it and of each other."""
+    _check_key(parent, "split")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"split: n must be a positive integer, got {n!r}")
+    return tuple(
+        Key(tuple(np.random.SeedSequence(parent.words, spawn_key=(i,)).generate_state(4, np.uint32)))
+        for i in range(int(n))
+    )
+
+
+def _shape(shape: Any, who: str) -> tuple[int, ...]:
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in shape):
+        raise ValueError(f"{who}: shape must be non-negative integers, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def normal(key: Key, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+    """Standard normal samples of ``shape`` and ``dtype`` (float32 or float64)."""
+    dtype = check_float_dtype(dtype, "normal")
+    return _check_key(key, "normal")._generator().standard_normal(_shape(shape, "normal"), dtype=dtype)
+
+
+def uniform(key: Key, shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = np.float32) -> np.ndarray:
+    """Samples uniform on ``[low, high)`` of ``shape`` and ``dtype`` (float32 or float64)."""
+    dtype = check_float_dtype(dtype, "uniform")
+    if not low < high:
+        raise ValueError(f"uniform: need low < high, got low={low}, high={high}")
+    unit = _check_key(key, "uniform")._generator().random(_shape(shape, "uniform"), dtype=dtype)
+    return (unit * dtype.type(high - low) + dtype.type(low)).astype(dtype, copy=False)
+
+
+def permutation(key: Key, n: int) -> np.ndarray:
+    """A random permutation of ``range(n)`` (int64)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"permutation: n must be a non-negative integer, got {n!r}")
+    return _check_key(key, "permutation")._generator().permutation(int(n)).astype(np.int64)
+
+
+def bernoulli(key: Key, p: float, shape: Any) -> np.ndarray:
+    """Booleans of ``shape``, each ``True`` with probability ``p``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"bernoulli: p must lie in [0, 1], got {p}")
+    return _check_key(key, "bernoulli")._generator().random(_shape(shape, "bernoulli")) < p

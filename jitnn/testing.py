@@ -1,0 +1,129 @@
+"""Tools to test layers and losses: gradient checks and full Jacobians.
+
+Both are generic: they use only the three answers of the layer protocol, so they work for
+any layer, a user's own included.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from jitnn import random, tree
+from jitnn._checks import describe, float_input
+from jitnn.losses import Loss
+from jitnn.protocol import Layer
+
+__all__ = ["check_grads", "check_loss_grad", "jacobian", "numerical_gradient", "relative_error"]
+
+
+def _to_float64(layer: Layer) -> Layer:
+    return tree.map(lambda a: a.astype(np.float64), layer)
+
+
+def numerical_gradient(fn: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences ``(fn(x + eps e_i) - fn(x - eps e_i)) / 2 eps`` for every element."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.empty_like(x)
+    flat, out = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = fn(x.copy())
+        flat[i] = saved - eps
+        minus = fn(x.copy())
+        flat[i] = saved
+        out[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, tuple[int, ...]]:
+    """``max |a - n| / max(max |a|, max |n|)`` and the index of the worst element."""
+    diff = np.abs(np.asarray(analytic, np.float64) - np.asarray(numeric, np.float64))
+    if diff.size == 0:
+        return 0.0, ()
+    scale = max(np.abs(analytic).max(), np.abs(numeric).max(), 1e-12)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    return float(diff[worst] / scale), tuple(int(i) for i in worst)
+
+
+def _compare(who: str, what: str, analytic: np.ndarray, numeric: np.ndarray, rtol: float) -> None:
+    if analytic.shape != numeric.shape:
+        raise AssertionError(f"{who}: {what} has shape {analytic.shape}, expected {numeric.shape}")
+    error, worst = relative_error(analytic, numeric)
+    if not error <= rtol:  # also catches NaN
+        raise AssertionError(
+            f"{who}: {what} disagrees with central differences: relative error {error:.3g} > {rtol:g}; "
+            f"worst element {list(worst)}: analytic {analytic[worst]!r}, numeric {numeric[worst]!r}"
+        )
+
+
+def check_grads(layer: Layer, X: Any, *, key: random.Key | None = None, eps: float = 1e-6, rtol: float = 1e-6) -> None:
+    """Check ``layer.grad_input`` and ``layer.grad_params`` against central differences.
+
+    Everything is done in float64 (the layer's parameters and ``X`` are converted). The
+    scalar differentiated is ``sum(forward(X) * dY)`` for a random ``dY`` drawn from ``key``.
+
+    Raises
+    ------
+    AssertionError
+        naming the layer, the gradient (``grad_input`` or the parameter's path), the relative
+        error and the worst element with both values.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"check_grads: expected a jitnn layer, got {type(layer).__name__}")
+    who = f"check_grads({describe(layer)})"
+    layer64 = _to_float64(layer)
+    X = np.array(float_input(X, np.float64, describe(layer)))
+    Y = layer64.forward(X)
+    dY = random.normal(key or random.key(0), Y.shape, dtype=np.float64)
+
+    _compare(who, "grad_input", layer64.grad_input(X, dY), numerical_gradient(lambda x: float(np.sum(layer64.forward(x) * dY)), X, eps), rtol)
+
+    analytic = dict(tree.leaves_with_paths(layer64.grad_params(X, dY)))
+    params = tree.leaves(layer64)
+    for index, (path, value) in enumerate(tree.leaves_with_paths(layer64)):
+
+        def objective(candidate: np.ndarray, index: int = index) -> float:
+            changed = tree.unflatten(layer64, params[:index] + [candidate] + params[index + 1 :])
+            return float(np.sum(changed.forward(X) * dY))
+
+        _compare(who, f"grad_params {path}", analytic[path], numerical_gradient(objective, value, eps), rtol)
+
+
+def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: float = 1e-6) -> None:
+    """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"check_loss_grad: expected a jitnn loss, got {type(loss).__name__}")
+    Y = np.array(float_input(Y, np.float64, describe(loss), "predictions Y"))
+    numeric = numerical_gradient(lambda y: loss.value(y, T), Y, eps)
+    _compare(f"check_loss_grad({describe(loss)})", "grad", loss.grad(Y, T), numeric, rtol)
+
+
+def jacobian(layer: Layer, x: Any, wrt: str = "input") -> Any:
+    """The full Jacobian of ``layer`` at ONE example ``x`` (no batch axis), from products.
+
+    Row ``k`` is the product with the one-hot output gradient ``e_k`` (one call of
+    ``grad_input`` or ``grad_params`` per output element).
+
+    Returns
+    -------
+    ``wrt="input"``: array of shape ``output_shape + x.shape``.
+    ``wrt="params"``: dict from each parameter's path to an array of shape
+    ``output_shape + parameter.shape``.
+    """
+    if wrt not in ("input", "params"):
+        raise ValueError(f"jacobian: wrt must be 'input' or 'params', got {wrt!r}")
+    X = float_input(np.asarray(x)[np.newaxis], layer.dtype, describe(layer))
+    out_shape = layer.forward(X).shape[1:]
+    size = int(np.prod(out_shape))
+    rows: list[Any] = []
+    for k in range(size):
+        dY = np.zeros((1, size), dtype=X.dtype)
+        dY[0, k] = 1.0
+        dY = dY.reshape((1, *out_shape))
+        rows.append(layer.grad_input(X, dY)[0] if wrt == "input" else dict(tree.leaves_with_paths(layer.grad_params(X, dY))))
+    if wrt == "input":
+        return np.stack(rows).reshape(out_shape + X.shape[1:])
+    return {path: np.stack([row[path] for row in rows]).reshape(out_shape + value.shape) for path, value in tree.leaves_with_paths(layer)}

@@ -1,0 +1,125 @@
+"""Functions over trees: any nest of records, tuples, lists and dicts with arrays at the leaves.
+
+The leaves are arrays: a record's parameter fields (see :func:`jitnn.param`) and any
+other array held by a record, tuple, list or dict. Record fields that hold records or
+containers are followed; any other field (configuration: ints, floats, strings) is kept as
+it is. Models, gradient records and optimizer states are all trees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+
+from jitnn.protocol import PARAM
+
+__all__ = ["map", "map_with_paths", "leaves", "leaves_with_paths", "unflatten", "check_same_structure"]
+
+
+def _is_leaf_field(field: attrs.Attribute) -> bool:
+    return bool(field.metadata.get(PARAM))
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, tuple, list, dict)) or attrs.has(type(value))
+
+
+def _mismatch(path: str, what: str) -> ValueError:
+    return ValueError(f"tree structures differ at {path or 'the root'}: {what}")
+
+
+def map(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
+    """Apply ``fn`` to every leaf of ``tree`` (and the matching leaves of ``others``, which
+    must have the same structure), returning a new tree of the same structure.
+
+    Records are rebuilt with ``attrs.evolve``; nothing is changed in place.
+    """
+    return _visit(lambda path, *arrays: fn(*arrays), tree, others, "", rebuild=True)
+
+
+def map_with_paths(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
+    """As :func:`map`, but ``fn`` also receives each leaf's dotted path first:
+    ``fn(path, leaf, *matching_leaves)``."""
+    return _visit(fn, tree, others, "", rebuild=True)
+
+
+def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str, rebuild: bool) -> Any:
+    """The one traversal: call ``fn(path, leaf, *matching_leaves)`` on every leaf, checking
+    that ``others`` match ``tree``; rebuild the tree from the results if ``rebuild``."""
+    if isinstance(tree, np.ndarray):
+        for other in others:
+            if not isinstance(other, np.ndarray):
+                raise _mismatch(path, f"an array against {type(other).__name__}")
+        return fn(path, tree, *others)
+    kind = type(tree)
+    for other in others:
+        if type(other) is not kind:
+            raise _mismatch(path, f"{kind.__name__} against {type(other).__name__}")
+    if attrs.has(kind):
+        changes = {}
+        for field in attrs.fields(kind):
+            value = getattr(tree, field.name)
+            if _is_leaf_field(field) or _is_node(value):
+                matching = tuple(getattr(other, field.name) for other in others)
+                changes[field.name] = _visit(fn, value, matching, _join(path, field.name), rebuild)
+        return attrs.evolve(tree, **changes) if rebuild and changes else tree
+    if isinstance(tree, (tuple, list)):
+        for other in others:
+            if len(other) != len(tree):
+                raise _mismatch(path, f"{len(tree)} items against {len(other)}")
+        items = [
+            _visit(fn, item, tuple(other[i] for other in others), _join(path, str(i)), rebuild)
+            for i, item in enumerate(tree)
+        ]
+        if not rebuild:
+            return tree
+        return kind(*items) if hasattr(tree, "_fields") else kind(items)
+    if isinstance(tree, dict):
+        for other in others:
+            if other.keys() != tree.keys():
+                raise _mismatch(path, f"keys {sorted(str(k) for k in tree)} against {sorted(str(k) for k in other)}")
+        items = {k: _visit(fn, v, tuple(o[k] for o in others), _join(path, str(k)), rebuild) for k, v in tree.items()}
+        return kind(items) if rebuild else tree
+    return tree
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[str, np.ndarray]]:
+    """Every leaf with its dotted field path (``"layers.0.W"``), in the order :func:`map`
+    visits them."""
+    found: list[tuple[str, np.ndarray]] = []
+    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", rebuild=False)
+    return found
+
+
+def leaves(tree: Any) -> list[np.ndarray]:
+    """Every leaf array of ``tree``, in the order :func:`map` visits them."""
+    return [leaf for _, leaf in leaves_with_paths(tree)]
+
+
+def check_same_structure(tree: Any, other: Any) -> None:
+    """Raise ``ValueError`` naming the first place where ``other`` differs from ``tree`` in
+    structure, shape or dtype."""
+
+    def compare(path: str, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape:
+            raise _mismatch(path, f"shape {a.shape} against {b.shape}")
+        if a.dtype != b.dtype:
+            raise _mismatch(path, f"dtype {a.dtype} against {b.dtype}")
+
+    _visit(compare, tree, (other,), "", rebuild=False)
+
+
+def unflatten(tree: Any, new_leaves: list[np.ndarray]) -> Any:
+    """A tree of ``tree``'s structure whose leaves are ``new_leaves`` (in :func:`leaves` order)."""
+    new_leaves = list(new_leaves)
+    count = len(leaves_with_paths(tree))
+    if len(new_leaves) != count:
+        raise ValueError(f"unflatten: the tree has {count} leaves, got {len(new_leaves)}")
+    supply = iter(new_leaves)
+    return map(lambda _: next(supply), tree)
