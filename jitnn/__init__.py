@@ -12,7 +12,7 @@ from jitnn.data import batches
 from jitnn.layers import GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad
-from jitnn.protocol import Kernels, Layer, layer, param, registered_layers, require_shape
+from jitnn.protocol import Array, Kernels, Layer, layer, param, registered_layers, require_shape
 from jitnn.train import FitResult, fit, train_step
 from jitnn import data
 
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the protocol
-    "Layer", "layer", "param", "Kernels", "require_shape", "registered_layers",
+    "Layer", "layer", "param", "Kernels", "Array", "require_shape", "registered_layers",
     # layers and composition
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
     "Chain", "pipe", "compose",

@@ -1,0 +1,40 @@
+"""The examples run as a user runs them, in a fresh interpreter."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_custom_layer_example_checks_composes_and_trains() -> None:
+    out = run_example("custom_layer.py")
+    assert "PReLU passes jitnn.testing.check_grads" in out
+    assert "composition refused" in out and "PReLU" in out
+    accuracy = float(re.search(r"training accuracy ([0-9.]+)", out).group(1))
+    assert accuracy >= 0.9
+
+
+def test_digits_mlp_reaches_095_test_accuracy() -> None:
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (the 'examples' extra)")
+    out = run_example("digits_mlp.py")
+    accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+    assert accuracy >= 0.95, out
