@@ -11,6 +11,7 @@ import numpy as np
 
 from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly
 from jitnn._jit import jit
+from jitnn.layers.activations import _softmax_rows
 from jitnn.protocol import Array
 
 __all__ = ["Loss", "LossKernels", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy"]
@@ -102,15 +103,10 @@ def _softmax_cross_entropy_value(Y, T):
 def _softmax_cross_entropy_grad(Y, T):
     """dY = (softmax(Y) - onehot(T)) / n;  Y (n, k), T (n,) -> dY (n, k)."""
     n = Y.shape[0]
-    dY = np.empty(Y.shape, Y.dtype)
+    dY = _softmax_rows(Y)
     for i in range(n):
-        top = Y[i].max()
-        s = 0.0
         for j in range(Y.shape[1]):
-            dY[i, j] = math.exp(Y[i, j] - top)
-            s += dY[i, j]
-        for j in range(Y.shape[1]):
-            dY[i, j] = dY[i, j] / s / n
+            dY[i, j] /= n
         dY[i, T[i]] -= 1.0 / n
     return dY
 
