@@ -40,10 +40,11 @@ class Kernels(NamedTuple):
 
 
 def _to_param(value: Any) -> Array:
-    """Store ``value`` as a read-only C-contiguous array that nobody can write to.
+    """Store ``value`` as a read-only C-contiguous array.
 
     A read-only array that no writable array can reach is kept as it is (no copy); anything
-    else (a list, a writable array, a read-only view of a writable one) is copied first.
+    else (a list, a writable array, a read-only view of a writable one) is copied first, so
+    no array the caller holds can change the parameter.
     """
     array = np.asarray(value)
     if array.flags.writeable or not array.flags.c_contiguous or _reaches_writable(array):

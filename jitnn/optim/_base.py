@@ -23,7 +23,8 @@ def check_learning_rate(value: Any, who: str) -> float:
 def update_leaves(kernel: Callable[..., Any], params: Any, grads: Any, *config: Any) -> Any:
     """A new tree: ``kernel(param, grad, *config)`` for every parameter array.
 
-    ``grads`` must have the structure, shapes and dtypes of ``params``; the error names the
+    The kernel sees flat (1-D) read-only views, so it compiles once per dtype whatever the
+    parameters' ranks, and returns a flat array that is reshaped back. ``grads`` must have the structure, shapes and dtypes of ``params``; the error names the
     first parameter that differs. Fresh arrays from the kernel are made read-only.
     """
 
@@ -33,7 +34,7 @@ def update_leaves(kernel: Callable[..., Any], params: Any, grads: Any, *config: 
                 f"optimizer update: the gradient of {path} has shape {grad.shape} and dtype {grad.dtype}, "
                 f"the parameter {param.shape} and {param.dtype}"
             )
-        return freeze(kernel(readonly(param), readonly(grad), *config))
+        return freeze(kernel(readonly(param.reshape(-1)), readonly(grad.reshape(-1)), *config)).reshape(param.shape)
 
     try:
         return tree.map_with_paths(step, params, grads)

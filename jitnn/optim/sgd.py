@@ -15,11 +15,10 @@ __all__ = ["SGD", "SGDState", "sgd"]
 
 @jit
 def _sgd_update(param, grad, learning_rate):
-    """param - learning_rate * grad, element by element, into a fresh array of param's shape."""
-    out = np.empty(param.shape, param.dtype)
-    p, g, o = param.reshape(-1), grad.reshape(-1), out.reshape(-1)
-    for i in range(p.size):
-        o[i] = p[i] - learning_rate * g[i]
+    """param - learning_rate * grad;  param, grad (m,) -> (m,)."""
+    out = np.empty_like(param)
+    for i in range(param.size):
+        out[i] = param[i] - learning_rate * grad[i]
     return out
 
 

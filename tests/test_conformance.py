@@ -1,0 +1,489 @@
+"""One contract test over every registered layer and loss.
+
+Every layer and loss jitnn registers must have an entry in ``LAYER_EXAMPLES`` or
+``LOSS_EXAMPLES`` below (a test checks this), and every entry is put through the same
+contract: gradients agree with central differences and with the NumPy reference in
+``reference.py``, dtypes are kept, a batch is the rows done one at a time, nothing is
+written in place, parameters and gradient records are read-only, and the generic passes
+agree with the per-layer answers chained by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import pytest
+
+import jitnn as jn
+import reference
+
+DTYPES = [np.float32, np.float64]
+
+
+def tolerance(dtype: Any) -> dict[str, float]:
+    """Agreement with the float64 reference expected of a kernel computing in ``dtype``."""
+    if np.dtype(dtype) == np.float32:
+        return {"rtol": 1e-5, "atol": 1e-6}
+    return {"rtol": 1e-12, "atol": 1e-13}
+
+
+def approx(expected: float, dtype: Any) -> Any:
+    """``pytest.approx`` with :func:`tolerance`."""
+    tol = tolerance(dtype)
+    return pytest.approx(expected, rel=tol["rtol"], abs=tol["atol"])
+
+
+def rows_tolerance(dtype: Any) -> dict[str, float]:
+    """Agreement between two jitnn answers in ``dtype`` that differ only in batching."""
+    if np.dtype(dtype) == np.float32:
+        return {"rtol": 1e-6, "atol": 1e-7}
+    return {"rtol": 1e-13, "atol": 1e-14}
+
+
+def away_from_zero(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, low: float = 0.1, high: float = 2.0) -> np.ndarray:
+    """Values with ``low <= |x| < high`` and random signs: clear of ReLU's kink at 0."""
+    magnitude = rng.uniform(low, high, size=shape)
+    sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    return (sign * magnitude).astype(dtype)
+
+
+def dense(rng: np.random.Generator, n_in: int, n_out: int, dtype: Any) -> jn.Dense:
+    """A Dense layer with random weights and a non-zero bias."""
+    return jn.Dense(W=rng.normal(size=(n_in, n_out)).astype(dtype), b=rng.normal(size=n_out).astype(dtype))
+
+
+# --------------------------------------------------------------------------- the layer table
+class LayerExample(NamedTuple):
+    #: ``make(dtype, rng) -> (layer, X)``: an example instance and a valid input batch
+    make: Callable[[Any, np.random.Generator], tuple[jn.Layer, np.ndarray]]
+    #: ``reference(layer) -> (namespace in reference.py, params, config)``
+    reference: Callable[[jn.Layer], tuple[Any, tuple, dict]]
+
+
+def activation(cls: type, ref: Any, **config: Any) -> LayerExample:
+    return LayerExample(
+        make=lambda dtype, rng: (cls(**config), away_from_zero(rng, (5, 4), dtype)),
+        reference=lambda layer: (ref, (), dict(config)),
+    )
+
+
+def make_chain(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
+    model = jn.pipe(dense(rng, 4, 6, dtype), jn.Tanh(), jn.pipe(dense(rng, 6, 3, dtype), jn.Softmax()))
+    return model, away_from_zero(rng, (5, 4), dtype)
+
+
+def reference_for(layer: jn.Layer) -> tuple[Any, tuple, dict]:
+    """The reference namespace, parameters and configuration for any layer in the table."""
+    return LAYER_EXAMPLES[type(layer)].reference(layer)
+
+
+LAYER_EXAMPLES: dict[type, LayerExample] = {
+    jn.Dense: LayerExample(
+        make=lambda dtype, rng: (dense(rng, 4, 3, dtype), away_from_zero(rng, (5, 4), dtype)),
+        reference=lambda layer: (reference.Dense, (layer.W, layer.b), {}),
+    ),
+    jn.Identity: activation(jn.Identity, reference.Identity),
+    jn.ReLU: activation(jn.ReLU, reference.ReLU),
+    jn.LeakyReLU: activation(jn.LeakyReLU, reference.LeakyReLU, negative_slope=0.2),
+    jn.Sigmoid: activation(jn.Sigmoid, reference.Sigmoid),
+    jn.Tanh: activation(jn.Tanh, reference.Tanh),
+    jn.GELU: activation(jn.GELU, reference.GELU),
+    jn.Softmax: activation(jn.Softmax, reference.Softmax),
+    jn.Chain: LayerExample(
+        make=make_chain,
+        reference=lambda layer: (reference.Chain, (), {"members": [reference_for(m) for m in layer.layers]}),
+    ),
+}
+
+LAYER_IDS = [cls.__name__ for cls in LAYER_EXAMPLES]
+
+
+@pytest.fixture(params=list(LAYER_EXAMPLES), ids=LAYER_IDS)
+def layer_class(request: pytest.FixtureRequest) -> type:
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+def example(cls: type, dtype: Any, seed: int = 0) -> tuple[jn.Layer, np.ndarray, np.ndarray]:
+    """The table's example for ``cls`` in ``dtype`` with an output gradient ``dY``."""
+    rng = np.random.default_rng(seed)
+    layer, X = LAYER_EXAMPLES[cls].make(dtype, rng)
+    out_shape = (X.shape[0], *layer.output_shape(X.shape[1:]))
+    dY = rng.normal(size=out_shape).astype(dtype)
+    return layer, X, dY
+
+
+def flatten(grads: Any) -> list[np.ndarray]:
+    """Reference parameter gradients (nested tuples for a chain) in ``jn.tree.leaves`` order."""
+    if isinstance(grads, np.ndarray):
+        return [grads]
+    return [leaf for item in grads for leaf in flatten(item)]
+
+
+def reference_answers(layer: jn.Layer, X: np.ndarray, dY: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    ref, params, config = reference_for(layer)
+    return (
+        ref.forward(X, *params, **config),
+        ref.grad_input(X, dY, *params, **config),
+        flatten(ref.grad_params(X, dY, *params, **config)),
+    )
+
+
+# --------------------------------------------------------------------------- completeness
+def test_every_registered_layer_and_loss_has_a_conformance_entry() -> None:
+    layers = [cls for cls in jn.registered_layers() if cls.__module__.startswith("jitnn")]
+    losses = [cls for cls in jn.registered_losses() if cls.__module__.startswith("jitnn")]
+    missing = [cls.__qualname__ for cls in layers if cls not in LAYER_EXAMPLES]
+    missing += [cls.__qualname__ for cls in losses if cls not in LOSS_EXAMPLES]
+    assert not missing, f"add conformance examples for: {', '.join(missing)}"
+    # the table covers what is registered, and what is registered includes the built-ins
+    assert {jn.Dense, jn.ReLU, jn.Softmax, jn.Chain} <= set(layers)
+    assert {jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy} <= set(losses)
+
+
+# --------------------------------------------------------------------------- layers
+def test_check_grads_passes(layer_class: type) -> None:
+    layer, X, _ = example(layer_class, np.float64)
+    jn.testing.check_grads(layer, X)
+
+
+def test_check_grads_catches_a_wrong_gradient() -> None:
+    """The gradient check is not vacuous: a layer whose grad_input is twice too big fails it."""
+    _, X, _ = example(jn.Tanh, np.float64)
+
+    class WrongTanh(jn.Tanh):  # not registered: a plain subclass with a wrong kernel
+        kernels = jn.Kernels(jn.Tanh.kernels.forward, lambda X, dY, code, slope: 2.0 * jn.Tanh.kernels.grad_input(X, dY, code, slope))
+
+    with pytest.raises(AssertionError, match="grad_input"):
+        jn.testing.check_grads(WrongTanh(), X)
+
+
+def test_matches_reference(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    X = X.copy()
+    X[0, 0] = 0.0  # the reference fixes ReLU's derivative at 0 as 0
+    Y_ref, dX_ref, grads_ref = reference_answers(layer, X, dY)
+    np.testing.assert_allclose(layer.forward(X), Y_ref, **tolerance(dtype))
+    np.testing.assert_allclose(layer.grad_input(X, dY), dX_ref, **tolerance(dtype))
+    grads = jn.tree.leaves(layer.grad_params(X, dY))
+    assert len(grads) == len(grads_ref)
+    for grad, grad_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(grad, grad_ref, **tolerance(dtype))
+
+
+def test_keeps_dtype(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    assert layer.dtype in (None, np.dtype(dtype))
+    Y, dX, grads = layer.forward(X), layer.grad_input(X, dY), layer.grad_params(X, dY)
+    assert Y.dtype == dtype and dX.dtype == dtype
+    assert Y.shape == dY.shape and dX.shape == X.shape
+    for leaf in jn.tree.leaves(grads):
+        assert leaf.dtype == dtype
+
+
+def test_converts_other_float_input_to_layer_dtype(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    if layer.dtype is None:  # no parameters: float16 goes to float32, float32/64 stay
+        assert layer.forward(X.astype(np.float16)).dtype == np.float32
+        return
+    other = np.float64 if dtype == np.float32 else np.float32
+    Y = layer.forward(X.astype(other))
+    assert Y.dtype == dtype
+    np.testing.assert_allclose(Y, layer.forward(X.astype(other).astype(dtype)), **rows_tolerance(dtype))
+    assert layer.grad_input(X.astype(other), dY.astype(other)).dtype == dtype
+    for leaf in jn.tree.leaves(layer.grad_params(X.astype(other), dY.astype(other))):
+        assert leaf.dtype == dtype
+
+
+def test_batch_equals_rows_one_at_a_time(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    n = X.shape[0]
+    rows_Y = np.concatenate([layer.forward(X[i : i + 1]) for i in range(n)])
+    rows_dX = np.concatenate([layer.grad_input(X[i : i + 1], dY[i : i + 1]) for i in range(n)])
+    np.testing.assert_allclose(layer.forward(X), rows_Y, **rows_tolerance(dtype))
+    np.testing.assert_allclose(layer.grad_input(X, dY), rows_dX, **rows_tolerance(dtype))
+
+    per_row = [jn.tree.leaves(layer.grad_params(X[i : i + 1], dY[i : i + 1])) for i in range(n)]
+    batch = jn.tree.leaves(layer.grad_params(X, dY))
+    for k, grad in enumerate(batch):
+        np.testing.assert_allclose(grad, np.sum([row[k] for row in per_row], axis=0, dtype=np.float64), **tolerance(dtype))
+
+
+def test_nothing_is_written_in_place(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    params = [leaf.copy() for leaf in jn.tree.leaves(layer)]
+    X_before, dY_before = X.copy(), dY.copy()
+    assert X.flags.writeable and dY.flags.writeable  # writable, in the layer's dtype: passed as they are
+
+    Y = layer.forward(X)
+    layer.grad_input(X, dY)
+    layer.grad_params(X, dY)
+    Y2, trace = jn.forward(layer, X)
+    jn.backward(layer, trace, dY)
+    layer.forward(X)  # after the backward pass, still the same answer
+
+    np.testing.assert_array_equal(X, X_before)
+    np.testing.assert_array_equal(dY, dY_before)
+    for leaf, before in zip(jn.tree.leaves(layer), params):
+        np.testing.assert_array_equal(leaf, before)
+    np.testing.assert_array_equal(Y, Y2)
+    np.testing.assert_array_equal(layer.forward(X), Y)
+
+
+def assert_read_only(array: np.ndarray, what: str) -> None:
+    assert not array.flags.writeable, f"{what} is writable"
+    with pytest.raises(ValueError):
+        array[(0,) * array.ndim] = 1.0
+
+
+def test_parameters_and_gradient_records_are_read_only(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    for path, leaf in jn.tree.leaves_with_paths(layer):
+        assert_read_only(leaf, f"parameter {path}")
+    grads = layer.grad_params(X, dY)
+    for path, leaf in jn.tree.leaves_with_paths(grads):
+        assert_read_only(leaf, f"gradient {path}")
+    _, trace = jn.forward(layer, X)
+    grads, _ = jn.backward(layer, trace, dY)
+    for path, leaf in jn.tree.leaves_with_paths(grads):
+        assert_read_only(leaf, f"gradient {path} from jn.backward")
+
+
+def test_parameters_are_copied_from_writable_arrays() -> None:
+    W, b = np.ones((3, 2)), np.zeros(2)
+    layer = jn.Dense(W=W, b=b)
+    W[0, 0] = 5.0
+    b[1] = 7.0
+    assert layer.W[0, 0] == 1.0 and layer.b[1] == 0.0
+    assert_read_only(layer.W, "W")
+    assert W.flags.writeable  # the caller's array is left alone
+
+
+def assert_same_record_type(grads: jn.Layer, layer: jn.Layer) -> None:
+    assert type(grads) is type(layer)
+    if isinstance(layer, jn.Chain):
+        assert len(grads.layers) == len(layer.layers)
+        for g, member in zip(grads.layers, layer.layers):
+            assert_same_record_type(g, member)
+    elif not layer.param_names:
+        assert grads is layer
+    else:
+        assert grads is not layer
+        for name in layer.param_names:
+            assert getattr(grads, name).shape == getattr(layer, name).shape
+
+
+def test_gradient_record_has_the_layer_type(layer_class: type, dtype: Any) -> None:
+    layer, X, dY = example(layer_class, dtype)
+    grads = layer.grad_params(X, dY)
+    assert_same_record_type(grads, layer)
+    _, trace = jn.forward(layer, X)
+    grads, _ = jn.backward(layer, trace, dY)
+    assert_same_record_type(grads, layer)
+    jn.tree.check_same_structure(layer, grads)
+
+
+def leaf_layers(model: jn.Layer) -> list[jn.Layer]:
+    if isinstance(model, jn.Chain):
+        return [leaf for member in model.layers for leaf in leaf_layers(member)]
+    return [model]
+
+
+def by_hand(model: jn.Layer, X: np.ndarray, dY: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Forward and backward through the model's leaf layers, one public call at a time."""
+    layers = leaf_layers(model)
+    inputs = []
+    for member in layers:
+        inputs.append(X)
+        X = member.forward(X)
+    Y = X
+    grads: list[list[np.ndarray]] = [[] for _ in layers]
+    for i in range(len(layers) - 1, -1, -1):
+        grads[i] = jn.tree.leaves(layers[i].grad_params(inputs[i], dY))
+        dY = layers[i].grad_input(inputs[i], dY)
+    return Y, [g for member in grads for g in member], dY
+
+
+def test_generic_passes_agree_with_chaining_by_hand(layer_class: type, dtype: Any) -> None:
+    layer, X, _ = example(layer_class, dtype)
+    model = jn.pipe(layer, jn.Sigmoid(), jn.pipe(jn.Identity()))
+    rng = np.random.default_rng(1)
+    Y, trace = jn.forward(model, X)
+    dY = rng.normal(size=Y.shape).astype(dtype)
+    grads, dX = jn.backward(model, trace, dY)
+
+    Y_hand, grads_hand, dX_hand = by_hand(model, X, dY)
+    np.testing.assert_allclose(Y, Y_hand, **rows_tolerance(dtype))
+    np.testing.assert_allclose(dX, dX_hand, **rows_tolerance(dtype))
+    leaves = jn.tree.leaves(grads)
+    assert len(leaves) == len(grads_hand)
+    for got, expected in zip(leaves, grads_hand):
+        assert got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, **rows_tolerance(dtype))
+    # the model's own methods are the same passes
+    np.testing.assert_allclose(model.forward(X), Y, **rows_tolerance(dtype))
+    np.testing.assert_allclose(model.grad_input(X, dY), dX, **rows_tolerance(dtype))
+    for got, expected in zip(jn.tree.leaves(model.grad_params(X, dY)), leaves):
+        np.testing.assert_allclose(got, expected, **rows_tolerance(dtype))
+
+
+def test_value_and_grad_agrees_with_the_reference(dtype: Any) -> None:
+    layer, X, _ = example(jn.Chain, dtype)
+    T = np.array([0, 2, 1, 1, 0], dtype=np.int32)
+    model = jn.pipe(layer.layers[0], layer.layers[1], layer.layers[2].layers[0])  # logits, no softmax
+    value, grads = jn.value_and_grad(model, jn.SoftmaxCrossEntropy(), X, T)
+    members = [reference_for(m) for m in model.layers]
+    logits = reference.Chain.forward(X, members)
+    assert value == approx(reference.SoftmaxCrossEntropy.value(logits, T), dtype)
+    dY = reference.SoftmaxCrossEntropy.grad(logits, T)
+    expected = flatten(reference.Chain.grad_params(X, dY, members))
+    got = jn.tree.leaves(grads)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, e, **tolerance(dtype))
+
+
+def test_softmax_is_finite_and_correct_for_large_inputs_in_float32() -> None:
+    X = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [3e4, 3e4, -3e4]], dtype=np.float32)
+    dY = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0], [2.0, -1.0, 1.0]], dtype=np.float32)
+    Y, dX = jn.Softmax().forward(X), jn.Softmax().grad_input(X, dY)
+    assert np.all(np.isfinite(Y)) and np.all(np.isfinite(dX))
+    np.testing.assert_allclose(Y, reference.Softmax.forward(X), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dX, reference.Softmax.grad_input(X, dY), rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- full Jacobians
+def test_jacobian_of_dense_is_W_transposed(dtype: Any) -> None:
+    layer, X, _ = example(jn.Dense, dtype)
+    J = jn.testing.jacobian(layer, X[0])
+    assert J.shape == (layer.n_out, layer.n_in)
+    np.testing.assert_allclose(J, reference.Dense.jacobian_input(X[0], layer.W, layer.b), **tolerance(dtype))
+
+
+def test_jacobian_of_dense_with_respect_to_parameters() -> None:
+    layer, X, _ = example(jn.Dense, np.float64)
+    x = X[0]
+    J = jn.testing.jacobian(layer, x, wrt="params")
+    n_in, n_out = layer.W.shape
+    # Y_k = sum_i x_i W[i, k] + b_k:  dY_k/dW[i, j] = x_i [j == k],  dY_k/db_j = [j == k]
+    expected_W = np.einsum("i,jk->kij", x, np.eye(n_out))
+    np.testing.assert_allclose(J["W"], expected_W, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(J["b"], np.eye(n_out), rtol=1e-14, atol=0)
+    assert J["W"].shape == (n_out, n_in, n_out)
+
+
+def test_jacobian_of_softmax(dtype: Any) -> None:
+    layer, X, _ = example(jn.Softmax, dtype)
+    J = jn.testing.jacobian(layer, X[0])
+    expected = reference.Softmax.jacobian_input(X[0])
+    assert J.shape == expected.shape == (X.shape[1], X.shape[1])
+    np.testing.assert_allclose(J, expected, **tolerance(dtype))
+    np.testing.assert_allclose(J.sum(axis=0), 0.0, atol=10 * np.finfo(dtype).eps)  # softmax sums to 1
+
+
+# --------------------------------------------------------------------------- the loss table
+class LossExample(NamedTuple):
+    #: ``make(dtype, rng) -> (loss, Y, T)``: an instance, predictions and valid targets
+    make: Callable[[Any, np.random.Generator], tuple[jn.Loss, np.ndarray, np.ndarray]]
+    reference: Any
+
+
+LOSS_EXAMPLES: dict[type, LossExample] = {
+    jn.SoftmaxCrossEntropy: LossExample(
+        make=lambda dtype, rng: (jn.SoftmaxCrossEntropy(), rng.normal(size=(6, 4)).astype(dtype), rng.integers(0, 4, size=6)),
+        reference=reference.SoftmaxCrossEntropy,
+    ),
+    jn.MeanSquaredError: LossExample(
+        make=lambda dtype, rng: (jn.MeanSquaredError(), rng.normal(size=(6, 3)).astype(dtype), rng.normal(size=(6, 3)).astype(dtype)),
+        reference=reference.MeanSquaredError,
+    ),
+    jn.BinaryCrossEntropy: LossExample(
+        make=lambda dtype, rng: (jn.BinaryCrossEntropy(), rng.normal(size=(6, 3)).astype(dtype), rng.random((6, 3)).astype(dtype)),
+        reference=reference.BinaryCrossEntropy,
+    ),
+}
+
+
+@pytest.fixture(params=list(LOSS_EXAMPLES), ids=[cls.__name__ for cls in LOSS_EXAMPLES])
+def loss_class(request: pytest.FixtureRequest) -> type:
+    return request.param
+
+
+def loss_example(cls: type, dtype: Any, seed: int = 0) -> tuple[jn.Loss, np.ndarray, np.ndarray]:
+    return LOSS_EXAMPLES[cls].make(dtype, np.random.default_rng(seed))
+
+
+def test_check_loss_grad_passes(loss_class: type) -> None:
+    loss, Y, T = loss_example(loss_class, np.float64)
+    jn.testing.check_loss_grad(loss, Y, T)
+
+
+def test_loss_matches_reference(loss_class: type, dtype: Any) -> None:
+    loss, Y, T = loss_example(loss_class, dtype)
+    ref = LOSS_EXAMPLES[loss_class].reference
+    value, grad = loss.value(Y, T), loss.grad(Y, T)
+    assert isinstance(value, float)
+    assert value == approx(ref.value(Y, T), dtype)
+    assert grad.dtype == dtype and grad.shape == Y.shape
+    np.testing.assert_allclose(grad, ref.grad(Y, T), **tolerance(dtype))
+    both = loss.value_and_grad(Y, T)
+    assert both[0] == value
+    np.testing.assert_array_equal(both[1], grad)
+    assert loss(Y, T) == value
+
+
+def test_loss_leaves_its_inputs_unchanged(loss_class: type, dtype: Any) -> None:
+    loss, Y, T = loss_example(loss_class, dtype)
+    Y_before, T_before = Y.copy(), T.copy()
+    loss.value(Y, T)
+    loss.grad(Y, T)
+    loss.value_and_grad(Y, T)
+    np.testing.assert_array_equal(Y, Y_before)
+    np.testing.assert_array_equal(T, T_before)
+    assert Y.dtype == Y_before.dtype and T.dtype == T_before.dtype
+
+
+LARGE_LOGITS = {
+    jn.SoftmaxCrossEntropy: (
+        np.array([[1e4, -1e4, 0.0], [1e4, -1e4, 0.0], [1e4, -1e4, 0.0], [-1e4, 0.0, 1e4]], dtype=np.float32),
+        np.array([0, 1, 2, 1]),
+    ),
+    jn.BinaryCrossEntropy: (
+        np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=np.float32),
+        np.array([[1.0, 0.0, 0.5], [1.0, 0.25, 1.0]], dtype=np.float32),
+    ),
+}
+
+
+@pytest.mark.parametrize("loss_class", list(LARGE_LOGITS), ids=[c.__name__ for c in LARGE_LOGITS])
+def test_large_logits_are_finite_and_correct_in_float32(loss_class: type) -> None:
+    Y, T = LARGE_LOGITS[loss_class]
+    loss, ref = loss_class(), LOSS_EXAMPLES[loss_class].reference
+    value, grad = loss.value(Y, T), loss.grad(Y, T)
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad))
+    assert value == pytest.approx(ref.value(Y, T), rel=1e-6)
+    np.testing.assert_allclose(grad, ref.grad(Y, T), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int8, np.int32, np.uint16, np.int64])
+def test_softmax_cross_entropy_takes_any_integer_label_dtype(label_dtype: Any, dtype: Any) -> None:
+    loss, Y, T = loss_example(jn.SoftmaxCrossEntropy, dtype)
+    value, grad = loss.value(Y, T.astype(label_dtype)), loss.grad(Y, T.astype(label_dtype))
+    assert value == loss.value(Y, T.astype(np.int64))
+    np.testing.assert_array_equal(grad, loss.grad(Y, T.astype(np.int64)))
+    assert value == approx(reference.SoftmaxCrossEntropy.value(Y, T), dtype)
+    np.testing.assert_allclose(grad, reference.SoftmaxCrossEntropy.grad(Y, T), **tolerance(dtype))
+
+
+def test_mean_squared_error_is_a_mean_over_all_elements() -> None:
+    Y = np.zeros((2, 5))
+    T = np.ones((2, 5))
+    assert jn.MeanSquaredError().value(Y, T) == pytest.approx(1.0)
+    np.testing.assert_allclose(jn.MeanSquaredError().grad(Y, T), np.full((2, 5), -2.0 / 10))

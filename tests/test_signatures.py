@@ -1,0 +1,175 @@
+"""Each kernel compiles once per float dtype, always for read-only arrays.
+
+A read-only array is a different Numba type from a writable one (``Array.mutable`` is False), and a 1-D array from a
+2-D one: a kernel handed an inconsistent mix is compiled again for each combination. This
+test drives every built-in layer, loss and the SGD update through the public entry points,
+with writable, read-only, non-contiguous and float16 inputs in float32 and float64, then
+looks at what each kernel was compiled for.
+
+The exercise runs in a fresh interpreter, so that what other tests compiled (other shapes,
+users' layers) does not count here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    bool(numba.config.DISABLE_JIT), reason="with NUMBA_DISABLE_JIT the kernels are plain Python functions, with no signatures"
+)
+
+EXERCISE = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import numba
+    import jitnn as jn
+    from jitnn._jit import KERNELS
+
+    rng = np.random.default_rng(0)
+
+
+    def variants(array, dtype):
+        # the same values as a writable array, a read-only one, a non-contiguous view and float16
+        writable = np.array(array, dtype=dtype)
+        read_only = writable.copy()
+        read_only.flags.writeable = False
+        wide = np.repeat(writable, 2, axis=-1)
+        strided = wide[..., ::2]
+        assert not strided.flags.c_contiguous
+        fortran = np.asfortranarray(writable)
+        return [writable, read_only, strided, fortran, writable.astype(np.float16)]
+
+
+    for dtype in (np.float32, np.float64):
+        d1 = jn.Dense(W=rng.normal(size=(4, 5)).astype(dtype), b=rng.normal(size=5).astype(dtype))
+        d2 = jn.Dense(W=rng.normal(size=(5, 3)).astype(dtype), b=rng.normal(size=3).astype(dtype))
+        activations = [jn.Identity(), jn.ReLU(), jn.LeakyReLU(0.1), jn.Sigmoid(), jn.Tanh(), jn.GELU(), jn.Softmax()]
+        X = rng.normal(size=(6, 4))
+        X5 = rng.normal(size=(6, 5))
+        dY5 = rng.normal(size=(6, 5))
+
+        for layer, inputs in [(d1, X)] + [(a, X5) for a in activations]:
+            for x, dy in zip(variants(inputs, dtype), variants(dY5, dtype)):
+                layer.forward(x)
+                layer(x)
+                layer.grad_input(x, dy)
+                layer.grad_params(x, dy)
+
+        model = jn.pipe(d1, jn.ReLU(), jn.pipe(jn.LeakyReLU(0.2), jn.GELU(), d2), jn.Tanh(), jn.Sigmoid(), jn.Identity())
+        classifier = jn.pipe(d1, jn.Tanh(), d2)
+        probabilities = jn.pipe(classifier, jn.Softmax())
+        opt = jn.optim.sgd(0.1)
+        state = opt.init(model)
+        dY3 = rng.normal(size=(6, 3))
+        for x, dy in zip(variants(X, dtype), variants(dY3, dtype)):
+            for m in (model, probabilities):
+                Y, trace = jn.forward(m, x)
+                grads, dX = jn.backward(m, trace, dy)
+                m.forward(x)
+                m.grad_input(x, dy)
+                m.grad_params(x, dy)
+            grads, _ = jn.backward(model, jn.forward(model, x)[1], dy)
+            model_after, state = opt.update(model, grads, state)
+
+            labels = rng.integers(0, 3, size=6)
+            for label_dtype in (np.int8, np.int32, np.uint16, np.int64):
+                value, grads = jn.value_and_grad(classifier, jn.SoftmaxCrossEntropy(), x, labels.astype(label_dtype))
+                classifier_after, _ = opt.update(classifier, grads, opt.init(classifier))
+            targets = rng.normal(size=(6, 3))
+            for T in (targets.astype(dtype), targets.astype(np.float16), targets.round().astype(np.int32)):
+                jn.value_and_grad(classifier, jn.MeanSquaredError(), x, T)
+            jn.value_and_grad(classifier, jn.BinaryCrossEntropy(), x, rng.random((6, 3)).astype(dtype))
+
+        Y3 = rng.normal(size=(6, 3))
+        for y in variants(Y3, dtype):
+            losses = [
+                (jn.SoftmaxCrossEntropy(), rng.integers(0, 3, size=6).astype(np.uint16)),
+                (jn.MeanSquaredError(), rng.normal(size=(6, 3)).astype(dtype)),
+                (jn.BinaryCrossEntropy(), rng.random((6, 3)).astype(dtype)),
+            ]
+            for loss, T in losses:
+                loss.value(y, T)
+                loss(y, T)
+                loss.grad(y, T)
+                loss.value_and_grad(y, T)
+
+        jn.testing.check_grads(d1, X)
+        jn.testing.check_grads(jn.pipe(jn.Softmax(), jn.Tanh()), X)
+        jn.testing.jacobian(d1, X[0].astype(dtype))
+        jn.testing.jacobian(jn.Softmax(), X[0].astype(dtype))
+
+    # the kernels of everything exercised above, which must all have been compiled
+    exercised = [jn.optim.sgd.__module__ + "._sgd_update"]
+    for cls in (jn.Dense, jn.Identity, jn.ReLU, jn.LeakyReLU, jn.Sigmoid, jn.Tanh, jn.GELU, jn.Softmax,
+                jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy):
+        exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in cls.kernels if k is not None]
+
+    report = []
+    for dispatcher in KERNELS:
+        function = dispatcher.py_func
+        report.append({
+            "name": f"{function.__module__}.{function.__qualname__}",
+            "signatures": [
+                [[str(arg), isinstance(arg, numba.types.Array), (not arg.mutable) if isinstance(arg, numba.types.Array) else False] for arg in signature]
+                for signature in dispatcher.signatures
+            ],
+        })
+    print("REPORT " + json.dumps({"kernels": report, "exercised": exercised}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """Run the exercise in a fresh interpreter and return what it reports."""
+    result = subprocess.run(
+        [sys.executable, "-c", EXERCISE], capture_output=True, text=True, timeout=900, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))
+    return json.loads(line[len("REPORT ") :])
+
+
+@pytest.fixture(scope="module")
+def compiled(report: dict) -> dict[str, list[list[list]]]:
+    """Kernel name -> its compiled signatures, each a list of ``[type, is_array, read_only]``."""
+    return {entry["name"]: entry["signatures"] for entry in report["kernels"]}
+
+
+def test_the_exercise_reached_the_kernels_it_means_to_check(report: dict, compiled: dict[str, list]) -> None:
+    assert report["exercised"]
+    missing = [name for name in report["exercised"] if name not in compiled]
+    assert not missing, f"kernels not listed in jitnn._jit.KERNELS: {missing}"
+    not_compiled = [name for name in report["exercised"] if not compiled[name]]
+    assert not not_compiled, f"kernels the exercise never reached: {not_compiled}"
+
+
+def test_each_kernel_compiles_at_most_once_per_float_dtype(compiled: dict[str, list]) -> None:
+    too_many = {
+        name: [", ".join(arg for arg, _, _ in signature) for signature in signatures]
+        for name, signatures in compiled.items()
+        if len(signatures) > 2
+    }
+    assert not too_many, "kernels compiled for more than two signatures:\n" + "\n".join(
+        f"{name}:\n    " + "\n    ".join(sigs) for name, sigs in too_many.items()
+    )
+
+
+def test_every_array_a_kernel_sees_is_read_only(compiled: dict[str, list]) -> None:
+    writable = sorted(
+        {
+            f"{name}({', '.join(arg for arg, _, _ in signature)})"
+            for name, signatures in compiled.items()
+            for signature in signatures
+            if any(is_array and not read_only for _, is_array, read_only in signature)
+        }
+    )
+    assert not writable, "kernels compiled for writable arrays:\n" + "\n".join(writable)
