@@ -47,7 +47,16 @@ class Chain(Layer):
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
-        return self.layers[0].input_shape
+        """The first stated input shape, if every layer before it keeps that shape."""
+        for i, member in enumerate(self.layers):
+            shape = member.input_shape
+            if shape is not None:
+                try:
+                    kept = all(before.output_shape(shape) == shape for before in self.layers[:i])
+                except ValueError:
+                    return None
+                return shape if kept else None
+        return None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(input_shape)
@@ -116,7 +125,11 @@ def pipe(*layers: Layer) -> Chain:
 
 
 def compose(*layers: Layer) -> Chain:
-    """The layers composed as in mathematics: ``compose(c, b, a) == pipe(a, b, c)``."""
+    """The layers composed as in mathematics: ``compose(c, b, a) == pipe(a, b, c)``.
+
+    The chain stores the layers in the order they are applied, so error messages count
+    positions from the layer applied first (``a`` above is ``layers[0]``).
+    """
     if not layers:
         raise ValueError("compose: give at least one layer")
     return Chain(layers[::-1])

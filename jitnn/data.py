@@ -40,15 +40,19 @@ def batches(
 
     With ``shuffle`` the order is a permutation drawn from ``key`` (the same key gives the
     same order); without it ``key`` may be ``None``. The last batch is smaller unless
-    ``drop_last``. Batches are C-contiguous; the caller's arrays are never modified.
+    ``drop_last``. Arguments are checked at the call, not at the first batch. Batches are
+    fresh C-contiguous copies: writing into one never changes the caller's arrays.
     """
     X, T, batch_size = _check(X, T, batch_size)
+    order = random.permutation(key, X.shape[0]) if shuffle else None
+    return _batches(X, T, batch_size, order, drop_last)
+
+
+def _batches(
+    X: np.ndarray, T: np.ndarray, batch_size: int, order: np.ndarray | None, drop_last: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     n = X.shape[0]
-    order = random.permutation(key, n) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        if order is None:
-            yield np.ascontiguousarray(X[start : start + batch_size]), np.ascontiguousarray(T[start : start + batch_size])
-        else:
-            chosen = order[start : start + batch_size]
-            yield X[chosen], T[chosen]
+        chosen = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        yield np.array(X[chosen], order="C"), np.array(T[chosen], order="C")

@@ -8,6 +8,8 @@ import attrs
 import numpy as np
 
 from jitnn._checks import describe, float_input
+from jitnn import tree
+from jitnn.losses import Loss
 from jitnn.protocol import Array, Layer
 
 __all__ = ["Trace", "forward", "backward", "value_and_grad"]
@@ -15,9 +17,10 @@ __all__ = ["Trace", "forward", "backward", "value_and_grad"]
 
 @attrs.frozen(eq=False)
 class Trace:
-    """What :func:`forward` keeps for :func:`backward`: every layer's input, nested like the
-    model, and the shape of the model's output."""
+    """What :func:`forward` keeps for :func:`backward`: the model, every layer's input
+    (nested like the model) and the shape of the model's output."""
 
+    model: Layer = attrs.field(repr=False)
     inputs: Any = attrs.field(repr=False)
     output_shape: tuple[int, ...]
 
@@ -38,7 +41,7 @@ def forward(model: Layer, X: Any) -> tuple[Array, Trace]:
     _check_model(model, "forward")
     X = float_input(X, model.dtype, describe(model))
     Y, inputs = model._trace(X, "")
-    return Y, Trace(inputs, Y.shape)
+    return Y, Trace(model, inputs, Y.shape)
 
 
 def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
@@ -52,6 +55,11 @@ def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
     _check_model(model, "backward")
     if not isinstance(trace, Trace):
         raise TypeError(f"backward: trace must be the Trace returned by jitnn.forward, got {type(trace).__name__}")
+    if trace.model is not model:
+        try:
+            tree.check_same_structure(trace.model, model)
+        except ValueError as error:
+            raise ValueError(f"backward: the trace was made by jitnn.forward with another model ({error})") from None
     dY = float_input(dY, model.dtype, describe(model), "output gradient dY")
     if dY.shape != trace.output_shape:
         raise ValueError(f"backward: dY must have the model output's shape {trace.output_shape}, got {dY.shape}")
@@ -67,6 +75,8 @@ def value_and_grad(model: Layer, loss: Any, X: Any, T: Any) -> tuple[float, Laye
     grads : a NEW record of the model's structure whose parameters hold ``dL/dW``
     """
     _check_model(model, "value_and_grad")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
     X = float_input(X, model.dtype, describe(model))
     Y, inputs = model._trace(X, "")
     value, dY = loss.value_and_grad(Y, T)

@@ -47,8 +47,10 @@ def _check_key(value: Any, who: str) -> Key:
 
 def key(seed: int) -> Key:
     """The key for a non-negative integer ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"key: seed must be a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"key: seed must be a non-negative integer, got {seed}")
     return Key(tuple(np.random.SeedSequence(int(seed)).generate_state(4, np.uint32)))
 
 

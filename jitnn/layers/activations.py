@@ -179,6 +179,6 @@ class Softmax(Layer):
     kernels = Kernels(_softmax_forward, _softmax_grad_input)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) < 1:
-            raise ValueError("expects at least one axis per example (the classes), got a scalar per example")
+        if len(input_shape) < 1 or input_shape[-1] == 0:
+            raise ValueError(f"expects a non-empty last axis per example (the classes), got per-example shape {tuple(input_shape)}")
         return tuple(input_shape)

@@ -15,7 +15,7 @@ __all__ = ["SGD", "SGDState", "sgd"]
 
 @jit
 def _sgd_update(param, grad, learning_rate):
-    """param - learning_rate * grad;  param, grad (m,) -> (m,)."""
+    """param - learning_rate * grad (in float64, rounded once);  param, grad (m,) -> (m,)."""
     out = np.empty_like(param)
     for i in range(param.size):
         out[i] = param[i] - learning_rate * grad[i]
