@@ -1,0 +1,284 @@
+"""Shared helpers for the benchmark scripts: timing, the machine description, Markdown.
+
+Nothing here imports Numba, PyTorch or JAX, so a script can change the environment (for
+example ``NUMBA_CACHE_DIR``) after parsing its arguments and before those imports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "ROOT",
+    "Budget",
+    "Samples",
+    "first_call",
+    "measure_interleaved",
+    "settle",
+    "import_timed",
+    "describe_machine",
+    "thread_settings",
+    "markdown_table",
+    "microseconds",
+    "milliseconds",
+    "ratio",
+    "stderr",
+]
+
+#: The repository root (the folder above ``benchmarks/``).
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- timing
+class Budget:
+    """How long to time one cell of a table.
+
+    Each cell is timed until it has run for ``seconds`` in all and at least ``min_repeats``
+    times, spread over ``rounds`` rounds in which the implementations take turns (so a burst
+    of load from elsewhere on the machine is shared between them instead of landing on one).
+    ``max_repeats`` caps very fast cells.
+    """
+
+    def __init__(self, seconds: float, min_repeats: int, rounds: int, max_repeats: int = 200_000):
+        if seconds <= 0 or min_repeats < 1 or rounds < 1 or max_repeats < min_repeats:
+            raise ValueError("Budget: need seconds > 0, min_repeats >= 1, rounds >= 1, max_repeats >= min_repeats")
+        self.seconds = float(seconds)
+        self.min_repeats = int(min_repeats)
+        self.rounds = int(rounds)
+        self.max_repeats = int(max_repeats)
+
+    def __repr__(self) -> str:
+        return f"Budget(seconds={self.seconds}, min_repeats={self.min_repeats}, rounds={self.rounds})"
+
+
+class Samples:
+    """Wall-clock times of single calls, in seconds."""
+
+    def __init__(self, values: Iterable[float] = ()):
+        self.values = list(values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def quantile(self, q: float) -> float:
+        """The ``q``-quantile (0 <= q <= 1), linear between order statistics."""
+        ordered = sorted(self.values)
+        position = q * (len(ordered) - 1)
+        low, high = math.floor(position), math.ceil(position)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    @property
+    def spread(self) -> float:
+        """Half the interquartile range relative to the median (0.05 means +-5 %)."""
+        return (self.quantile(0.75) - self.quantile(0.25)) / 2 / self.median
+
+    def summary(self) -> str:
+        return f"median {self.median * 1e6:10.1f} us  +-{self.spread * 100:4.1f} % (half IQR)  n={len(self)}"
+
+
+def first_call(function: Callable[[], Any]) -> tuple[float, Any]:
+    """Time one call of ``function``; returns ``(seconds, result)``."""
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def _run_for(function: Callable[[], Any], seconds: float, min_calls: int, max_calls: int, out: list[float]) -> None:
+    clock = time.perf_counter
+    spent, calls = 0.0, 0
+    while calls < max_calls and (calls < min_calls or spent < seconds):
+        started = clock()
+        function()
+        elapsed = clock() - started
+        out.append(elapsed)
+        spent += elapsed
+        calls += 1
+
+
+def settle(seconds: float) -> None:
+    """Sleep, so that thread pools left spinning by the previous call go idle.
+
+    OpenBLAS's worker threads busy-wait for about 0.1 s after each call before they sleep
+    (measured here: 0.1 s of CPU during a 0.5 s pause). NumPy and SciPy each ship their own
+    OpenBLAS, so without a pause the code timed next shares the cores with another
+    library's spinning threads.
+    """
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def measure_interleaved(functions: Mapping[str, Callable[[], Any]], budget: Budget, warmup: int = 3,
+                        pause: float = 0.15) -> dict[str, Samples]:
+    """Time each of ``functions`` (called with no arguments) one call at a time.
+
+    In each of ``budget.rounds`` rounds every function in turn runs for its share of the
+    budget. Each turn starts with a ``pause`` (see :func:`settle`) and untimed calls: ``warmup``
+    in the first round, one in later rounds (to wake the function's own thread pools).
+    """
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    share = budget.seconds / budget.rounds
+    min_calls = math.ceil(budget.min_repeats / budget.rounds)
+    max_calls = max(min_calls, budget.max_repeats // budget.rounds)
+    for round_ in range(budget.rounds):
+        for name, function in functions.items():
+            settle(pause)
+            for _ in range(warmup if round_ == 0 else 1):
+                function()
+            _run_for(function, share, min_calls, max_calls, samples[name])
+    return {name: Samples(values) for name, values in samples.items()}
+
+
+def import_timed(module: str) -> tuple[Any, float | None, str | None]:
+    """Import ``module``; returns ``(module or None, seconds, error message or None)``."""
+    started = time.perf_counter()
+    try:
+        imported = __import__(module, fromlist=["_"])
+    except Exception as error:  # ImportError, or a broken install raising something else
+        return None, None, f"{type(error).__name__}: {error}"
+    return imported, time.perf_counter() - started, None
+
+
+# --------------------------------------------------------------------------- the machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_revision() -> str | None:
+    try:
+        revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return revision + ("+changes" if dirty else "")
+
+
+def _blas_libraries() -> list[str]:
+    """The BLAS and OpenMP libraries loaded in this process, with their thread counts
+    (through threadpoolctl where installed), else NumPy's build-time BLAS."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        found = []
+        for info in threadpoolctl.threadpool_info():
+            name = info.get("internal_api", "?")
+            version = info.get("version")
+            parts = Path(info.get("filepath", "")).parts  # name the package that ships it
+            where = parts[parts.index("site-packages") + 1] if "site-packages" in parts[:-1] else str(Path(*parts[-2:]) if parts else "?")
+            label = f"{name} {version}" if version else name
+            extra = f", {info['architecture']}" if info.get("architecture") else ""
+            found.append(f"{label} ({where}{extra}): {info.get('num_threads')} threads")
+        if found:
+            return found
+    try:
+        import numpy
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return [f"NumPy built with {blas.get('name')} {blas.get('version')}"]
+    except Exception:
+        return []
+
+
+def describe_machine(packages: Sequence[str]) -> list[str]:
+    """Markdown lines: date, CPU, cores, Python and package versions, BLAS libraries.
+
+    Call it after the benchmark has run, so that every BLAS the benchmark loaded is listed.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = [f"Python {platform.python_version()}"]
+    for package in packages:
+        version = _version(package)
+        versions.append(f"{package} {version if version else 'not installed'}")
+    revision = _git_revision()
+    lines = [
+        f"{now}; {_cpu_model()}, {_usable_cores()} usable cores ({os.cpu_count()} online); "
+        f"{platform.system()} {platform.release()}; " + ", ".join(versions)
+        + (f"; jitnn at commit {revision}" if revision else ""),
+    ]
+    libraries = _blas_libraries()
+    if libraries:
+        lines.append("BLAS and thread pools loaded: " + "; ".join(libraries))
+    return lines
+
+
+def thread_settings() -> str:
+    """The thread-count environment variables that are set, or a note that none are."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "XLA_FLAGS")
+    set_ = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    return ", ".join(set_) if set_ else "no thread-count environment variables set (library defaults)"
+
+
+# --------------------------------------------------------------------------- output
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right_align_from: int = 1) -> str:
+    """A Markdown table with padded columns; columns from ``right_align_from`` on are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(width, 3) for width in widths]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [str(c).rjust(w) if i >= right_align_from else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i >= right_align_from else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def microseconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    value = seconds * 1e6
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def milliseconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    value = seconds * 1e3
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or denominator == 0:
+        return "n/a"
+    return f"{numerator / denominator:.2f}"
+
+
+def stderr(*parts: Any) -> None:
+    """Progress messages go to stderr, so stdout holds only the Markdown report."""
+    print(*parts, file=sys.stderr, flush=True)
