@@ -1,44 +1,143 @@
-"""What every optimizer shares: argument checks and the per-array update loop."""
+"""What every optimizer shares: the learning rate, the step count and the per-array loop.
+
+An optimizer is a frozen record of hyperparameters with two pure methods,
+``state = opt.init(params)`` and ``params, state = opt.update(params, grads, state)``. A
+named optimizer is ONE kernel per parameter array that reads the parameter, its gradient
+and its moments and writes fresh arrays in one pass; :class:`Optimizer` does the rest:
+checks, the learning-rate schedule, the step count and rebuilding the trees.
+"""
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+import attrs
 import numpy as np
 
 from jitnn import tree
 from jitnn._checks import freeze, readonly
+from jitnn.optim.schedules import Schedule
 
-__all__ = ["check_learning_rate", "update_leaves"]
+__all__ = ["Optimizer", "as_learning_rate", "check_nonnegative", "check_fraction", "step_count", "zeros_like_tree", "map_kernel", "learning_rate_at"]
+
+LearningRate = float | Schedule | Callable[[int], float]
 
 
-def check_learning_rate(value: Any, who: str) -> float:
-    """A learning rate: a finite, non-negative real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{who}: learning_rate must be a finite non-negative number, got {value!r}")
+def check_nonnegative(value: Any, who: str, name: str) -> float:
+    """A finite, non-negative real number, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{who}: {name} must be a finite non-negative number, got {value!r}")
     return float(value)
 
 
-def update_leaves(kernel: Callable[..., Any], params: Any, grads: Any, *config: Any) -> Any:
-    """A new tree: ``kernel(param, grad, *config)`` for every parameter array.
+def check_fraction(value: Any, who: str, name: str) -> float:
+    """A real number in ``[0, 1)`` (a decay rate), as a float."""
+    value = check_nonnegative(value, who, name)
+    if value >= 1:
+        raise ValueError(f"{who}: {name} must lie in [0, 1), got {value!r}")
+    return value
 
-    The kernel sees flat (1-D) read-only views, so it compiles once per dtype whatever the
-    parameters' ranks, and returns a flat array that is reshaped back. ``grads`` must have the structure, shapes and dtypes of ``params``; the error names the
-    first parameter that differs. Fresh arrays from the kernel are made read-only.
+
+def as_learning_rate(value: Any, who: str) -> float | Schedule | Callable[[int], float]:
+    """A learning rate: a finite non-negative number (kept as a float) or a schedule (any
+    callable of the step count)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return check_nonnegative(value, who, "learning_rate")
+    if callable(value):
+        return value
+    raise TypeError(f"{who}: learning_rate must be a number or a schedule (a function of the step count), got {value!r}")
+
+
+def learning_rate_at(learning_rate: LearningRate, count: int, who: str) -> float:
+    """The learning rate for the update after ``count`` earlier ones, checked."""
+    if isinstance(learning_rate, float):
+        return learning_rate
+    value = learning_rate(count)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{who}: the learning-rate schedule gave {value!r} at step {count}; it must be a finite non-negative number")
+    return float(value)
+
+
+def step_count(count: int) -> np.ndarray:
+    """A step count as the read-only 0-d int64 array that optimizer states hold."""
+    return freeze(np.array(count, dtype=np.int64))
+
+
+def zeros_like_tree(params: Any) -> Any:
+    """A tree of ``params``' structure holding read-only zeros."""
+    return tree.map(lambda p: freeze(np.zeros_like(p)), params)
+
+
+def check_matches(params: Any, other: Any, who: str, what: str) -> None:
+    """Raise ``ValueError`` naming the first parameter where ``other`` differs from ``params``."""
+    try:
+        tree.check_same_structure(other, params)
+    except ValueError as error:
+        raise ValueError(f"{who}: {what} do not match the parameters: {error}") from None
+
+
+def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, outputs: int, who: str, roles: list[str]) -> list[Any]:
+    """Run ``kernel(*leaves, *config) -> (out_1, ..., out_k)`` on the matching leaves of
+    ``trees`` and return ``k = outputs`` new trees of ``trees[0]``'s structure.
+
+    Every tree must have the structure, shapes and dtypes of ``trees[0]``; the error names
+    ``roles[i]`` and the first parameter that differs. The kernel sees flat (1-D) read-only
+    arrays, so it compiles once per dtype whatever the parameters' ranks; its fresh
+    outputs are made read-only and reshaped back.
+    """
+    for other, role in zip(trees[1:], roles[1:]):
+        check_matches(trees[0], other, who, role)
+    results = []
+    for arrays in zip(*(tree.leaves(t) for t in trees)):
+        flat = [readonly(a.reshape(-1)) for a in arrays]
+        results.append([freeze(out).reshape(arrays[0].shape) for out in kernel(*flat, *config)])
+    return [tree.unflatten(trees[0], [r[i] for r in results]) for i in range(outputs)]
+
+
+class Optimizer:
+    """Base of the named optimizers.
+
+    A subclass is an ``attrs`` frozen record with a ``learning_rate`` field (a number or a
+    schedule) and hyperparameters, and states
+
+    * ``kernel``: ``(param, grad, *moments, *config) -> (new_param, *new_moments)``, all
+      arrays 1-D;
+    * ``state_class``: a frozen record whose fields are ``count`` then the moments, each
+      moment a tree of the parameters' structure;
+    * :meth:`kernel_config`: the scalars handed to the kernel for one update.
     """
 
-    def step(path: str, param: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        if grad.shape != param.shape or grad.dtype != param.dtype:
-            raise ValueError(
-                f"optimizer update: the gradient of {path} has shape {grad.shape} and dtype {grad.dtype}, "
-                f"the parameter {param.shape} and {param.dtype}"
-            )
-        return freeze(kernel(readonly(param.reshape(-1)), readonly(grad.reshape(-1)), *config)).reshape(param.shape)
+    __slots__ = ()
+    kernel: ClassVar[Callable[..., tuple]]
+    state_class: ClassVar[type]
 
-    try:
-        return tree.map_with_paths(step, params, grads)
-    except ValueError as error:
-        if str(error).startswith("optimizer update"):
-            raise
-        raise ValueError(f"optimizer update: grads do not match params: {error}") from None
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    @property
+    def moment_names(self) -> tuple[str, ...]:
+        return tuple(field.name for field in attrs.fields(self.state_class)[1:])
+
+    def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
+        """The scalars after the arrays for the ``step``-th update (1 for the first)."""
+        raise NotImplementedError
+
+    def init(self, params: Any) -> Any:
+        """The state for ``params``: a zero step count and zero moments."""
+        return self.state_class(step_count(0), *(zeros_like_tree(params) for _ in self.moment_names))
+
+    def update(self, params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+        """New parameters and a new state; nothing given is written to."""
+        who = f"{self.name}.update"
+        if type(state) is not self.state_class:
+            raise TypeError(f"{who}: state must be the {self.state_class.__name__} from {self.name}.init, got {type(state).__name__}")
+        count = int(state.count)
+        learning_rate = learning_rate_at(self.learning_rate, count, who)
+        moments = [getattr(state, name) for name in self.moment_names]
+        roles = ["params", "grads", *(f"the state's {name}" for name in self.moment_names)]
+        config = self.kernel_config(learning_rate, count + 1)
+        new_params, *new_moments = map_kernel(self.kernel, [params, grads, *moments], config, 1 + len(moments), who, roles)
+        return new_params, self.state_class(step_count(count + 1), *new_moments)

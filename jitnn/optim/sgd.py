@@ -1,4 +1,4 @@
-"""Stochastic gradient descent: ``W <- W - learning_rate * dW``."""
+"""Stochastic gradient descent, plain and with momentum (PyTorch's ``SGD`` conventions)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,79 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import check_learning_rate, update_leaves
+from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction
 
-__all__ = ["SGD", "SGDState", "sgd"]
+__all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
 
 @jit
 def _sgd_update(param, grad, learning_rate):
-    """param - learning_rate * grad (in float64, rounded once);  param, grad (m,) -> (m,)."""
+    """p - lr g (in float64, rounded once);  param, grad (m,) -> (new param,)."""
     out = np.empty_like(param)
     for i in range(param.size):
         out[i] = param[i] - learning_rate * grad[i]
-    return out
+    return (out,)
 
 
 @attrs.frozen
 class SGDState:
-    """Plain SGD keeps no state."""
+    """Plain SGD keeps only the step count (for learning-rate schedules)."""
+
+    count: np.ndarray
 
 
 @attrs.frozen
-class SGD:
-    """Plain stochastic gradient descent; ``init`` and ``update`` are pure functions."""
+class SGD(Optimizer):
+    """``p <- p - lr * g``."""
 
-    learning_rate: float = attrs.field(converter=lambda v: check_learning_rate(v, "sgd"))
+    learning_rate: LearningRate = attrs.field(converter=lambda v: as_learning_rate(v, "sgd"))
+    kernel = staticmethod(_sgd_update)
+    state_class = SGDState
 
-    def init(self, params: Any) -> SGDState:
-        """The (empty) state for ``params``."""
-        return SGDState()
-
-    def update(self, params: Any, grads: Any, state: SGDState) -> tuple[Any, SGDState]:
-        """New parameters ``params - learning_rate * grads`` and the state; nothing is
-        written into ``params``, ``grads`` or ``state``."""
-        if not isinstance(state, SGDState):
-            raise TypeError(f"sgd.update: state must be the SGDState from sgd.init, got {type(state).__name__}")
-        return update_leaves(_sgd_update, params, grads, self.learning_rate), state
+    def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
+        return (learning_rate,)
 
 
-def sgd(learning_rate: float) -> SGD:
-    """Plain SGD with a fixed ``learning_rate``."""
+def sgd(learning_rate: LearningRate) -> SGD:
+    """Plain SGD; ``learning_rate`` is a number or a schedule."""
     return SGD(learning_rate)
+
+
+@jit
+def _momentum_update(param, grad, velocity, learning_rate, beta, nesterov):
+    """v <- beta v + g;  p <- p - lr (g + beta v if nesterov else v);  all (m,)."""
+    new_param, new_velocity = np.empty_like(param), np.empty_like(velocity)
+    for i in range(param.size):
+        v = beta * velocity[i] + grad[i]
+        new_velocity[i] = v
+        new_param[i] = param[i] - learning_rate * (grad[i] + beta * v if nesterov else v)
+    return new_param, new_velocity
+
+
+@attrs.frozen
+class MomentumState:
+    """The step count and the velocity (a tree of the parameters' structure)."""
+
+    count: np.ndarray
+    velocity: Any
+
+
+@attrs.frozen
+class Momentum(Optimizer):
+    """SGD with (heavy-ball or Nesterov) momentum, as ``torch.optim.SGD(momentum=beta,
+    nesterov=...)`` with no dampening: ``v <- beta v + g``, ``p <- p - lr v`` (Nesterov:
+    ``p <- p - lr (g + beta v)``). The first velocity is ``g``, as in PyTorch."""
+
+    learning_rate: LearningRate = attrs.field(converter=lambda v: as_learning_rate(v, "momentum"))
+    beta: float = attrs.field(default=0.9, converter=lambda v: check_fraction(v, "momentum", "beta"))
+    nesterov: bool = attrs.field(default=False, converter=bool)
+    kernel = staticmethod(_momentum_update)
+    state_class = MomentumState
+
+    def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
+        return (learning_rate, self.beta, self.nesterov)
+
+
+def momentum(learning_rate: LearningRate, beta: float = 0.9, nesterov: bool = False) -> Momentum:
+    """SGD with momentum ``beta`` (Nesterov's variant when ``nesterov``)."""
+    return Momentum(learning_rate, beta, nesterov)

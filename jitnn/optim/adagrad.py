@@ -1,0 +1,60 @@
+"""Adagrad (Duchi, Hazan and Singer, 2011), as ``torch.optim.Adagrad``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import numpy as np
+
+from jitnn import tree
+from jitnn._checks import freeze
+from jitnn._jit import jit
+from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
+
+__all__ = ["Adagrad", "AdagradState", "adagrad"]
+
+
+@jit
+def _adagrad_update(param, grad, sum_of_squares, learning_rate, eps):
+    """s <- s + g**2;  p <- p - lr g / (sqrt(s) + eps);  all (m,)."""
+    new_param, new_sum = np.empty_like(param), np.empty_like(sum_of_squares)
+    for i in range(param.size):
+        g = grad[i]
+        s = sum_of_squares[i] + g * g
+        new_sum[i] = s
+        new_param[i] = param[i] - learning_rate * g / (math.sqrt(s) + eps)
+    return new_param, new_sum
+
+
+@attrs.frozen
+class AdagradState:
+    """The step count and the running sum of squared gradients."""
+
+    count: np.ndarray
+    sum_of_squares: Any
+
+
+@attrs.frozen
+class Adagrad(Optimizer):
+    """Adagrad: ``s <- s + g**2``, ``p <- p - lr g / (sqrt(s) + eps)``; epsilon outside the
+    square root and the sum started at ``initial_accumulator``, as in PyTorch."""
+
+    learning_rate: LearningRate = attrs.field(default=1e-2, converter=lambda v: as_learning_rate(v, "adagrad"))
+    eps: float = attrs.field(default=1e-10, converter=lambda v: check_nonnegative(v, "adagrad", "eps"))
+    initial_accumulator: float = attrs.field(default=0.0, converter=lambda v: check_nonnegative(v, "adagrad", "initial_accumulator"))
+    kernel = staticmethod(_adagrad_update)
+    state_class = AdagradState
+
+    def init(self, params: Any) -> AdagradState:
+        start = self.initial_accumulator
+        return AdagradState(step_count(0), tree.map(lambda p: freeze(np.full_like(p, start)), params))
+
+    def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
+        return (learning_rate, self.eps)
+
+
+def adagrad(learning_rate: LearningRate = 1e-2, eps: float = 1e-10, initial_accumulator: float = 0.0) -> Adagrad:
+    """Adagrad; ``learning_rate`` is a number or a schedule."""
+    return Adagrad(learning_rate, eps, initial_accumulator)

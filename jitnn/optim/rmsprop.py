@@ -1,0 +1,54 @@
+"""RMSprop (Tieleman and Hinton, 2012), as ``torch.optim.RMSprop`` without momentum."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import numpy as np
+
+from jitnn._jit import jit
+from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+
+__all__ = ["RMSprop", "RMSpropState", "rmsprop"]
+
+
+@jit
+def _rmsprop_update(param, grad, nu, learning_rate, decay, eps):
+    """nu <- decay nu + (1 - decay) g**2;  p <- p - lr g / (sqrt(nu) + eps);  all (m,)."""
+    new_param, new_nu = np.empty_like(param), np.empty_like(nu)
+    for i in range(param.size):
+        g = grad[i]
+        v = decay * nu[i] + (1.0 - decay) * g * g
+        new_nu[i] = v
+        new_param[i] = param[i] - learning_rate * g / (math.sqrt(v) + eps)
+    return new_param, new_nu
+
+
+@attrs.frozen
+class RMSpropState:
+    """The step count and the running mean of squared gradients."""
+
+    count: np.ndarray
+    nu: Any
+
+
+@attrs.frozen
+class RMSprop(Optimizer):
+    """RMSprop. Epsilon is added OUTSIDE the square root, ``g / (sqrt(nu) + eps)``, as in
+    PyTorch (TensorFlow and Optax add it inside); ``decay`` is PyTorch's ``alpha``."""
+
+    learning_rate: LearningRate = attrs.field(default=1e-2, converter=lambda v: as_learning_rate(v, "rmsprop"))
+    decay: float = attrs.field(default=0.99, converter=lambda v: check_fraction(v, "rmsprop", "decay"))
+    eps: float = attrs.field(default=1e-8, converter=lambda v: check_nonnegative(v, "rmsprop", "eps"))
+    kernel = staticmethod(_rmsprop_update)
+    state_class = RMSpropState
+
+    def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
+        return (learning_rate, self.decay, self.eps)
+
+
+def rmsprop(learning_rate: LearningRate = 1e-2, decay: float = 0.99, eps: float = 1e-8) -> RMSprop:
+    """RMSprop; ``learning_rate`` is a number or a schedule."""
+    return RMSprop(learning_rate, decay, eps)
