@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -38,3 +39,14 @@ def test_digits_mlp_reaches_095_test_accuracy() -> None:
     out = run_example("digits_mlp.py")
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
     assert accuracy >= 0.95, out
+
+
+def test_compare_optimizers_example_prints_a_curve_per_optimizer() -> None:
+    pytest.importorskip("sklearn", reason="the optimizer comparison needs scikit-learn (the 'examples' extra)")
+    out = run_example("compare_optimizers.py", "--epochs", "3")
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(row[0]) for row in rows] == [1, 2, 3]
+    accuracies = np.array([[float(value) for value in row[1:]] for row in rows])
+    assert accuracies.shape == (3, 7) and np.all((accuracies >= 0) & (accuracies <= 1))
+    sgd, adam = accuracies[:, 0], accuracies[:, 2]
+    assert adam[-1] > sgd[-1]
