@@ -2,7 +2,7 @@
 
 A read-only array is a different Numba type from a writable one (``Array.mutable`` is False), and a 1-D array from a
 2-D one: a kernel handed an inconsistent mix is compiled again for each combination. This
-test drives every built-in layer, loss and the SGD update through the public entry points,
+test drives every built-in layer, loss, optimizer and gradient transform through the public entry points,
 with writable, read-only, non-contiguous and float16 inputs in float32 and float64, then
 looks at what each kernel was compiled for.
 
@@ -101,13 +101,27 @@ EXERCISE = textwrap.dedent(
                 loss.grad(y, T)
                 loss.value_and_grad(y, T)
 
+        grads, _ = jn.backward(model, jn.forward(model, X)[1], rng.normal(size=(6, 3)))
+        schedule = jn.optim.exponential_decay(1.0, 0.5, 10)
+        transforms = [jn.optim.check_finite(), jn.optim.clip_by_global_norm(1e-3), jn.optim.clip_by_value(0.1),
+                      jn.optim.add_decayed_weights(0.01), jn.optim.scale(0.5), jn.optim.scale_by_schedule(schedule)]
+        optimizers = [jn.optim.momentum(0.1), jn.optim.momentum(0.1, nesterov=True), jn.optim.adam(), jn.optim.adamw(),
+                      jn.optim.rmsprop(), jn.optim.adagrad(), jn.optim.lion(), jn.optim.chain(*transforms, jn.optim.adam(schedule))]
+        for optimizer in optimizers:
+            params, state = model, optimizer.init(model)
+            for _ in range(2):
+                params, state = optimizer.update(params, grads, state)
+
         jn.testing.check_grads(d1, X)
         jn.testing.check_grads(jn.pipe(jn.Softmax(), jn.Tanh()), X)
         jn.testing.jacobian(d1, X[0].astype(dtype))
         jn.testing.jacobian(jn.Softmax(), X[0].astype(dtype))
 
     # the kernels of everything exercised above, which must all have been compiled
-    exercised = [jn.optim.sgd.__module__ + "._sgd_update"]
+    from jitnn.optim import transforms
+    optimizer_kernels = [cls.kernel for cls in (jn.optim.SGD, jn.optim.Momentum, jn.optim.Adam, jn.optim.RMSprop, jn.optim.Adagrad, jn.optim.Lion)]
+    transform_kernels = [transforms._sum_of_squares, transforms._scale, transforms._clip, transforms._add_decayed_weights, transforms._first_non_finite]
+    exercised = [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in optimizer_kernels + transform_kernels]
     for cls in (jn.Dense, jn.Identity, jn.ReLU, jn.LeakyReLU, jn.Sigmoid, jn.Tanh, jn.GELU, jn.Softmax,
                 jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy):
         exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in cls.kernels if k is not None]
