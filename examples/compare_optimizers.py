@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 import jitnn as jn
 from digits_mlp import accuracy, load_digits

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
 
 from jitnn._checks import describe, float_input
 from jitnn import tree

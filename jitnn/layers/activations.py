@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.protocol import Array, Kernels, Layer, layer
+from jitnn.protocol import Kernels, Layer, layer
 
 __all__ = ["Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax"]
 

@@ -19,6 +19,7 @@ from jitnn.optim.transforms import (
     CountState,
     EmptyState,
     GradientTransform,
+    OptimizerChain,
     add_decayed_weights,
     chain,
     check_finite,
@@ -34,6 +35,6 @@ __all__ = [
     "SGD", "Momentum", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion",
     "SGDState", "MomentumState", "AdamState", "RMSpropState", "AdagradState", "LionState",
     "chain", "clip_by_global_norm", "clip_by_value", "add_decayed_weights", "scale", "scale_by_schedule", "check_finite",
-    "ChainState", "CountState", "EmptyState",
+    "OptimizerChain", "ChainState", "CountState", "EmptyState",
     "schedules", "constant", "step_decay", "exponential_decay", "warmup_cosine_decay", "one_cycle",
 ]

@@ -3,7 +3,8 @@
 An optimizer is a frozen record of hyperparameters with two pure methods,
 ``state = opt.init(params)`` and ``params, state = opt.update(params, grads, state)``. A
 named optimizer is ONE kernel per parameter array that reads the parameter, its gradient
-and its moments and writes fresh arrays in one pass; :class:`Optimizer` does the rest:
+and its moments and writes fresh arrays in one pass, computing in float64 and rounding once
+to the parameters' dtype; :class:`Optimizer` does the rest:
 checks, the learning-rate schedule, the step count and rebuilding the trees.
 """
 
@@ -17,10 +18,10 @@ import attrs
 import numpy as np
 
 from jitnn import tree
-from jitnn._checks import freeze, readonly
+from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
 
-__all__ = ["Optimizer", "as_learning_rate", "check_nonnegative", "check_fraction", "step_count", "zeros_like_tree", "map_kernel", "learning_rate_at"]
+__all__ = ["Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
 
 LearningRate = float | Schedule | Callable[[int], float]
 
@@ -30,6 +31,20 @@ def check_nonnegative(value: Any, who: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{who}: {name} must be a finite non-negative number, got {value!r}")
     return float(value)
+
+
+def check_real(value: Any, who: str, name: str) -> float:
+    """A finite real number, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{who}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_flag(value: Any, who: str, name: str) -> bool:
+    """A boolean (``True``/``False``, NumPy's included), nothing else."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_fraction(value: Any, who: str, name: str) -> float:
@@ -78,6 +93,15 @@ def check_matches(params: Any, other: Any, who: str, what: str) -> None:
         raise ValueError(f"{who}: {what} do not match the parameters: {error}") from None
 
 
+def float_leaves(arrays: Any, who: str, role: str) -> list[tuple[str, np.ndarray]]:
+    """The leaves of ``arrays`` with their paths, after checking each is float32 or float64."""
+    found = tree.leaves_with_paths(arrays)
+    for path, leaf in found:
+        if leaf.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{who}: {role} {path or '(the root)'} has dtype {leaf.dtype}; only float32 and float64 arrays can be optimized")
+    return found
+
+
 def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, outputs: int, who: str, roles: list[str]) -> list[Any]:
     """Run ``kernel(*leaves, *config) -> (out_1, ..., out_k)`` on the matching leaves of
     ``trees`` and return ``k = outputs`` new trees of ``trees[0]``'s structure.
@@ -87,6 +111,7 @@ def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, ou
     arrays, so it compiles once per dtype whatever the parameters' ranks; its fresh
     outputs are made read-only and reshaped back.
     """
+    float_leaves(trees[0], who, roles[0])
     for other, role in zip(trees[1:], roles[1:]):
         check_matches(trees[0], other, who, role)
     results = []

@@ -21,10 +21,10 @@ def _adagrad_update(param, grad, sum_of_squares, learning_rate, eps):
     """s <- s + g**2;  p <- p - lr g / (sqrt(s) + eps);  all (m,)."""
     new_param, new_sum = np.empty_like(param), np.empty_like(sum_of_squares)
     for i in range(param.size):
-        g = grad[i]
-        s = sum_of_squares[i] + g * g
+        g = np.float64(grad[i])
+        s = np.float64(sum_of_squares[i]) + g * g
         new_sum[i] = s
-        new_param[i] = param[i] - learning_rate * g / (math.sqrt(s) + eps)
+        new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(s) + eps)
     return new_param, new_sum
 
 

@@ -24,12 +24,12 @@ def _adam_update(param, grad, mu, nu, hyper):
     learning_rate, b1, b2, eps, correction1, root_correction2, decay = hyper
     new_param, new_mu, new_nu = np.empty_like(param), np.empty_like(mu), np.empty_like(nu)
     for i in range(param.size):
-        g = grad[i]
-        m = b1 * mu[i] + (1.0 - b1) * g
-        v = b2 * nu[i] + (1.0 - b2) * g * g
+        g = np.float64(grad[i])
+        m = b1 * np.float64(mu[i]) + (1.0 - b1) * g
+        v = b2 * np.float64(nu[i]) + (1.0 - b2) * g * g
         new_mu[i], new_nu[i] = m, v
         denominator = math.sqrt(v) / root_correction2 + eps
-        new_param[i] = param[i] * (1.0 - learning_rate * decay) - learning_rate * (m / correction1) / denominator
+        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * decay) - learning_rate * (m / correction1) / denominator
     return new_param, new_mu, new_nu
 
 

@@ -18,10 +18,10 @@ def _lion_update(param, grad, mu, learning_rate, b1, b2, weight_decay):
     """p <- p (1 - lr wd) - lr sign(b1 mu + (1 - b1) g);  mu <- b2 mu + (1 - b2) g;  all (m,)."""
     new_param, new_mu = np.empty_like(param), np.empty_like(mu)
     for i in range(param.size):
-        g = grad[i]
-        direction = np.sign(b1 * mu[i] + (1.0 - b1) * g)
-        new_param[i] = param[i] * (1.0 - learning_rate * weight_decay) - learning_rate * direction
-        new_mu[i] = b2 * mu[i] + (1.0 - b2) * g
+        g, m = np.float64(grad[i]), np.float64(mu[i])
+        direction = np.sign(b1 * m + (1.0 - b1) * g)
+        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * weight_decay) - learning_rate * direction
+        new_mu[i] = b2 * m + (1.0 - b2) * g
     return new_param, new_mu
 
 

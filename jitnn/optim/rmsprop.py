@@ -19,10 +19,10 @@ def _rmsprop_update(param, grad, nu, learning_rate, decay, eps):
     """nu <- decay nu + (1 - decay) g**2;  p <- p - lr g / (sqrt(nu) + eps);  all (m,)."""
     new_param, new_nu = np.empty_like(param), np.empty_like(nu)
     for i in range(param.size):
-        g = grad[i]
-        v = decay * nu[i] + (1.0 - decay) * g * g
+        g = np.float64(grad[i])
+        v = decay * np.float64(nu[i]) + (1.0 - decay) * g * g
         new_nu[i] = v
-        new_param[i] = param[i] - learning_rate * g / (math.sqrt(v) + eps)
+        new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(v) + eps)
     return new_param, new_nu
 
 

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction
+from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_flag, check_fraction
 
 __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
@@ -18,7 +18,7 @@ def _sgd_update(param, grad, learning_rate):
     """p - lr g (in float64, rounded once);  param, grad (m,) -> (new param,)."""
     out = np.empty_like(param)
     for i in range(param.size):
-        out[i] = param[i] - learning_rate * grad[i]
+        out[i] = np.float64(param[i]) - learning_rate * np.float64(grad[i])
     return (out,)
 
 
@@ -51,9 +51,10 @@ def _momentum_update(param, grad, velocity, learning_rate, beta, nesterov):
     """v <- beta v + g;  p <- p - lr (g + beta v if nesterov else v);  all (m,)."""
     new_param, new_velocity = np.empty_like(param), np.empty_like(velocity)
     for i in range(param.size):
-        v = beta * velocity[i] + grad[i]
+        g = np.float64(grad[i])
+        v = beta * np.float64(velocity[i]) + g
         new_velocity[i] = v
-        new_param[i] = param[i] - learning_rate * (grad[i] + beta * v if nesterov else v)
+        new_param[i] = np.float64(param[i]) - learning_rate * (g + beta * v if nesterov else v)
     return new_param, new_velocity
 
 
@@ -73,7 +74,7 @@ class Momentum(Optimizer):
 
     learning_rate: LearningRate = attrs.field(converter=lambda v: as_learning_rate(v, "momentum"))
     beta: float = attrs.field(default=0.9, converter=lambda v: check_fraction(v, "momentum", "beta"))
-    nesterov: bool = attrs.field(default=False, converter=bool)
+    nesterov: bool = attrs.field(default=False, converter=lambda v: check_flag(v, "momentum", "nesterov"))
     kernel = staticmethod(_momentum_update)
     state_class = MomentumState
 

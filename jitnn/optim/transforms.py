@@ -16,13 +16,12 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from jitnn import tree
 from jitnn._checks import readonly
 from jitnn._jit import jit
-from jitnn.optim._base import as_learning_rate, check_nonnegative, learning_rate_at, map_kernel, step_count
+from jitnn.optim._base import as_learning_rate, check_nonnegative, check_real, float_leaves, learning_rate_at, map_kernel, step_count
 
 __all__ = [
-    "GradientTransform", "EmptyState", "CountState", "ChainState", "Chain",
+    "GradientTransform", "EmptyState", "CountState", "ChainState", "OptimizerChain",
     "clip_by_global_norm", "clip_by_value", "add_decayed_weights", "scale", "scale_by_schedule", "check_finite", "chain",
 ]
 
@@ -32,7 +31,7 @@ def _sum_of_squares(x):
     """sum(x**2) in float64;  x (m,) -> float."""
     total = 0.0
     for i in range(x.size):
-        total += x[i] * x[i]
+        total += np.float64(x[i]) * np.float64(x[i])
     return total
 
 
@@ -41,7 +40,7 @@ def _scale(x, factor):
     """factor x;  x (m,) -> (m,)."""
     out = np.empty_like(x)
     for i in range(x.size):
-        out[i] = factor * x[i]
+        out[i] = factor * np.float64(x[i])
     return (out,)
 
 
@@ -59,7 +58,7 @@ def _add_decayed_weights(grad, param, weight_decay):
     """grad + weight_decay param;  (m,) -> (m,)."""
     out = np.empty_like(grad)
     for i in range(grad.size):
-        out[i] = grad[i] + weight_decay * param[i]
+        out[i] = np.float64(grad[i]) + weight_decay * np.float64(param[i])
     return (out,)
 
 
@@ -114,7 +113,8 @@ class ClipByGlobalNorm(GradientTransform):
     max_norm: float = attrs.field(converter=lambda v: check_nonnegative(v, "clip_by_global_norm", "max_norm"))
 
     def transform(self, grads: Any, params: Any) -> Any:
-        norm = math.sqrt(sum(_sum_of_squares(readonly(g.reshape(-1))) for g in tree.leaves(grads)))
+        leaves = float_leaves(grads, "clip_by_global_norm", "grads")
+        norm = math.sqrt(sum(_sum_of_squares(readonly(g.reshape(-1))) for _, g in leaves))
         if norm <= self.max_norm:
             return grads
         return _map_grads(_scale, grads, (self.max_norm / norm,), "clip_by_global_norm")
@@ -145,7 +145,7 @@ class AddDecayedWeights(GradientTransform):
 class Scale(GradientTransform):
     """Multiply every gradient by ``factor``."""
 
-    factor: float = attrs.field(converter=float)
+    factor: float = attrs.field(converter=lambda v: check_real(v, "scale", "factor"))
 
     def transform(self, grads: Any, params: Any) -> Any:
         return _map_grads(_scale, grads, (self.factor,), "scale")
@@ -157,7 +157,7 @@ class CheckFinite(GradientTransform):
     infinity. Leave it out of the chain and it costs nothing."""
 
     def transform(self, grads: Any, params: Any) -> Any:
-        for path, grad in tree.leaves_with_paths(grads):
+        for path, grad in float_leaves(grads, "check_finite", "grads"):
             index = _first_non_finite(readonly(grad.reshape(-1)))
             if index >= 0:
                 where = np.unravel_index(index, grad.shape)
@@ -194,7 +194,7 @@ class ChainState:
 
 
 @attrs.frozen
-class Chain:
+class OptimizerChain:
     """Transforms applied to the gradients in order, then an optimizer; an optimizer itself."""
 
     transforms: tuple[GradientTransform, ...]
@@ -214,7 +214,7 @@ class Chain:
         return params, ChainState(tuple(transform_states), optimizer_state)
 
 
-def chain(*steps: Any) -> Chain:
+def chain(*steps: Any) -> OptimizerChain:
     """``chain(transform, ..., optimizer)``: the transforms in order, then the optimizer."""
     if not steps:
         raise ValueError("chain: give at least an optimizer")
@@ -224,7 +224,7 @@ def chain(*steps: Any) -> Chain:
             raise TypeError(f"chain: argument {i} must be a gradient transform (clip_by_global_norm, ...), got {type(transform).__name__}")
     if isinstance(optimizer, GradientTransform) or not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"chain: the last argument must be an optimizer (sgd, adam, ...), got {type(optimizer).__name__}")
-    return Chain(tuple(transforms), optimizer)
+    return OptimizerChain(tuple(transforms), optimizer)
 
 
 def clip_by_global_norm(max_norm: float) -> ClipByGlobalNorm:
