@@ -33,6 +33,10 @@ __all__ = [
     "milliseconds",
     "ratio",
     "stderr",
+    "kernel_cache_counts",
+    "minor_page_faults",
+    "page_faults_per_call",
+    "load_average",
 ]
 
 #: The repository root (the folder above ``benchmarks/``).
@@ -142,6 +146,42 @@ def measure_interleaved(functions: Mapping[str, Callable[[], Any]], budget: Budg
     return {name: Samples(values) for name, values in samples.items()}
 
 
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (all threads), or ``None`` where the
+    platform does not count them. A first write to freshly mapped memory costs one each."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def page_faults_per_call(function: Callable[[], Any], calls: int = 10) -> float | None:
+    """Average minor page faults of one call of ``function``, over ``calls`` untimed calls
+    (after one more call, so that one-off set-up is left out)."""
+    function()
+    before = minor_page_faults()
+    if before is None:
+        return None
+    for _ in range(calls):
+        function()
+    return (minor_page_faults() - before) / calls
+
+
+def kernel_cache_counts() -> tuple[int, int] | None:
+    """(jitnn kernel signatures loaded from Numba's on-disk cache, signatures compiled) so
+    far in this process, if Numba says; ``None`` before jitnn is imported or if it cannot."""
+    if "jitnn._jit" not in sys.modules:
+        return None
+    try:
+        kernels = sys.modules["jitnn._jit"].KERNELS
+        hits = sum(sum(kernel.stats.cache_hits.values()) for kernel in kernels)
+        misses = sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
+    except Exception:
+        return None
+    return hits, misses
+
+
 def import_timed(module: str) -> tuple[Any, float | None, str | None]:
     """Import ``module``; returns ``(module or None, seconds, error message or None)``."""
     started = time.perf_counter()
@@ -236,6 +276,14 @@ def describe_machine(packages: Sequence[str]) -> list[str]:
     if libraries:
         lines.append("BLAS and thread pools loaded: " + "; ".join(libraries))
     return lines
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes, this one included), or ``None``."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def thread_settings() -> str:

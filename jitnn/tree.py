@@ -15,7 +15,7 @@ import numpy as np
 
 from jitnn.protocol import PARAM
 
-__all__ = ["map", "map_with_paths", "leaves", "leaves_with_paths", "unflatten", "check_same_structure"]
+__all__ = ["map", "map_with_paths", "leaves", "leaves_with_paths", "flatten", "unflatten", "check_same_structure"]
 
 
 def _is_leaf_field(field: attrs.Attribute) -> bool:
@@ -45,9 +45,10 @@ def map_with_paths(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
     return _visit(fn, tree, others, "", rebuild=True)
 
 
-def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str, rebuild: bool) -> Any:
+def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str, rebuild: bool, on_node: Callable[[str, type], None] | None = None) -> Any:
     """The one traversal: call ``fn(path, leaf, *matching_leaves)`` on every leaf, checking
-    that ``others`` match ``tree``; rebuild the tree from the results if ``rebuild``."""
+    that ``others`` match ``tree``; rebuild the tree from the results if ``rebuild``; call
+    ``on_node(path, type)`` on every record and container."""
     if isinstance(tree, np.ndarray):
         for other in others:
             if not isinstance(other, np.ndarray):
@@ -57,20 +58,22 @@ def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str
     for other in others:
         if type(other) is not kind:
             raise _mismatch(path, f"{kind.__name__} against {type(other).__name__}")
+    if on_node is not None and _is_node(tree):
+        on_node(path, kind)
     if attrs.has(kind):
         changes = {}
         for field in attrs.fields(kind):
             value = getattr(tree, field.name)
             if _is_leaf_field(field) or _is_node(value):
                 matching = tuple(getattr(other, field.name) for other in others)
-                changes[field.name] = _visit(fn, value, matching, _join(path, field.name), rebuild)
+                changes[field.name] = _visit(fn, value, matching, _join(path, field.name), rebuild, on_node)
         return attrs.evolve(tree, **changes) if rebuild and changes else tree
     if isinstance(tree, (tuple, list)):
         for other in others:
             if len(other) != len(tree):
                 raise _mismatch(path, f"{len(tree)} items against {len(other)}")
         items = [
-            _visit(fn, item, tuple(other[i] for other in others), _join(path, str(i)), rebuild)
+            _visit(fn, item, tuple(other[i] for other in others), _join(path, str(i)), rebuild, on_node)
             for i, item in enumerate(tree)
         ]
         if not rebuild:
@@ -80,7 +83,7 @@ def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str
         for other in others:
             if other.keys() != tree.keys():
                 raise _mismatch(path, f"keys {sorted(str(k) for k in tree)} against {sorted(str(k) for k in other)}")
-        items = {k: _visit(fn, v, tuple(o[k] for o in others), _join(path, str(k)), rebuild) for k, v in tree.items()}
+        items = {k: _visit(fn, v, tuple(o[k] for o in others), _join(path, str(k)), rebuild, on_node) for k, v in tree.items()}
         return kind(items) if rebuild else tree
     return tree
 
@@ -95,6 +98,16 @@ def leaves_with_paths(tree: Any) -> list[tuple[str, np.ndarray]]:
     found: list[tuple[str, np.ndarray]] = []
     _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", rebuild=False)
     return found
+
+
+def flatten(tree: Any) -> tuple[list[tuple[str, np.ndarray]], tuple[tuple[str, type], ...]]:
+    """In one walk: the leaves with their paths, and the structure (every record and
+    container with its path and type). Two trees have the same structure exactly when
+    their structures compare equal and their leaves' paths do."""
+    found: list[tuple[str, np.ndarray]] = []
+    nodes: list[tuple[str, type]] = []
+    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", rebuild=False, on_node=lambda path, kind: nodes.append((path, kind)))
+    return found, tuple(nodes)
 
 
 def leaves(tree: Any) -> list[np.ndarray]:
@@ -121,5 +134,10 @@ def unflatten(tree: Any, new_leaves: list[np.ndarray]) -> Any:
     count = len(leaves_with_paths(tree))
     if len(new_leaves) != count:
         raise ValueError(f"unflatten: the tree has {count} leaves, got {len(new_leaves)}")
+    return _refill(tree, new_leaves)
+
+
+def _refill(tree: Any, new_leaves: list[np.ndarray]) -> Any:
+    """:func:`unflatten` for callers that know the count is right (one walk instead of two)."""
     supply = iter(new_leaves)
     return map(lambda _: next(supply), tree)

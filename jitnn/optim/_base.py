@@ -85,17 +85,12 @@ def zeros_like_tree(params: Any) -> Any:
     return tree.map(lambda p: freeze(np.zeros_like(p)), params)
 
 
-def check_matches(params: Any, other: Any, who: str, what: str) -> None:
-    """Raise ``ValueError`` naming the first parameter where ``other`` differs from ``params``."""
-    try:
-        tree.check_same_structure(other, params)
-    except ValueError as error:
-        raise ValueError(f"{who}: {what} do not match the parameters: {error}") from None
-
-
 def float_leaves(arrays: Any, who: str, role: str) -> list[tuple[str, np.ndarray]]:
     """The leaves of ``arrays`` with their paths, after checking each is float32 or float64."""
-    found = tree.leaves_with_paths(arrays)
+    return _check_float(tree.leaves_with_paths(arrays), who, role)
+
+
+def _check_float(found: list[tuple[str, np.ndarray]], who: str, role: str) -> list[tuple[str, np.ndarray]]:
     for path, leaf in found:
         if leaf.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{who}: {role} {path or '(the root)'} has dtype {leaf.dtype}; only float32 and float64 arrays can be optimized")
@@ -111,14 +106,32 @@ def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, ou
     arrays, so it compiles once per dtype whatever the parameters' ranks; its fresh
     outputs are made read-only and reshaped back.
     """
-    float_leaves(trees[0], who, roles[0])
+    template, structure = tree.flatten(trees[0])
+    _check_float(template, who, roles[0])
+    columns = [[leaf for _, leaf in template]]
     for other, role in zip(trees[1:], roles[1:]):
-        check_matches(trees[0], other, who, role)
+        columns.append(_matching_leaves(template, structure, trees[0], other, who, role))
     results = []
-    for arrays in zip(*(tree.leaves(t) for t in trees)):
+    for arrays in zip(*columns):
         flat = [readonly(a.reshape(-1)) for a in arrays]
         results.append([freeze(out).reshape(arrays[0].shape) for out in kernel(*flat, *config)])
-    return [tree.unflatten(trees[0], [r[i] for r in results]) for i in range(outputs)]
+    return [tree._refill(trees[0], [r[i] for r in results]) for i in range(outputs)]
+
+
+def _matching_leaves(template: list[tuple[str, np.ndarray]], structure: tuple, params: Any, other: Any, who: str, role: str) -> list[np.ndarray]:
+    """``other``'s leaves, checked against the parameters' structure, shapes and dtypes in
+    one walk; on a mismatch, a full comparison names the first difference."""
+    found, other_structure = tree.flatten(other)
+    matches = other_structure == structure and len(found) == len(template) and all(
+        path == other_path and leaf.shape == expected.shape and leaf.dtype == expected.dtype
+        for (path, expected), (other_path, leaf) in zip(template, found)
+    )
+    if not matches:
+        try:
+            tree.check_same_structure(other, params)
+        except ValueError as error:
+            raise ValueError(f"{who}: {role} do not match the parameters: {error}") from None
+    return [leaf for _, leaf in found]
 
 
 class Optimizer:

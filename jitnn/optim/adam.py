@@ -16,20 +16,20 @@ __all__ = ["Adam", "AdamW", "AdamState", "adam", "adamw"]
 
 @jit
 def _adam_update(param, grad, mu, nu, hyper):
-    """One Adam(W) step;  hyper = (lr, b1, b2, eps, 1 - b1**t, sqrt(1 - b2**t), decay).
+    """One Adam(W) step;  hyper = (lr, b1, b2, eps, lr / (1 - b1**t), 1 / sqrt(1 - b2**t), decay).
 
     p <- p (1 - lr decay) - lr (mu / (1 - b1**t)) / (sqrt(nu) / sqrt(1 - b2**t) + eps)
     with mu <- b1 mu + (1 - b1) g and nu <- b2 nu + (1 - b2) g**2;  all (m,).
     """
-    learning_rate, b1, b2, eps, correction1, root_correction2, decay = hyper
+    learning_rate, b1, b2, eps, step_size, inverse_root_correction2, decay = hyper
     new_param, new_mu, new_nu = np.empty_like(param), np.empty_like(mu), np.empty_like(nu)
     for i in range(param.size):
         g = np.float64(grad[i])
         m = b1 * np.float64(mu[i]) + (1.0 - b1) * g
         v = b2 * np.float64(nu[i]) + (1.0 - b2) * g * g
         new_mu[i], new_nu[i] = m, v
-        denominator = math.sqrt(v) / root_correction2 + eps
-        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * decay) - learning_rate * (m / correction1) / denominator
+        denominator = math.sqrt(v) * inverse_root_correction2 + eps
+        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * decay) - step_size * m / denominator
     return new_param, new_mu, new_nu
 
 
@@ -58,9 +58,9 @@ class Adam(Optimizer):
         return 0.0
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
-        correction1 = 1.0 - self.b1**step
-        root_correction2 = math.sqrt(1.0 - self.b2**step)
-        return ((learning_rate, self.b1, self.b2, self.eps, correction1, root_correction2, self.decoupled_decay()),)
+        step_size = learning_rate / (1.0 - self.b1**step)
+        inverse_root_correction2 = 1.0 / math.sqrt(1.0 - self.b2**step)
+        return ((learning_rate, self.b1, self.b2, self.eps, step_size, inverse_root_correction2, self.decoupled_decay()),)
 
 
 @attrs.frozen
