@@ -1,0 +1,196 @@
+"""Combinators beyond ``Chain``: ``Residual``, ``Concatenate`` and ``Add``. Each is a layer
+made of layers; its gradient record has its own type, holding the members' records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from jitnn.chain import _as_layers
+from jitnn.protocol import Array, Layer, layer
+
+__all__ = ["Residual", "Concatenate", "Parallel", "Add"]
+
+
+def _where(where: str, name: str) -> str:
+    return f"{where}.{name}"
+
+
+@layer
+class Residual(Layer):
+    """``Y = X + f(X)``; ``f`` must keep its input's shape."""
+
+    inner: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
+
+    def __attrs_post_init__(self) -> None:
+        shape = self.inner.input_shape
+        if shape is not None:
+            out = self.inner.output_shape(shape)
+            if out != shape:
+                raise ValueError(f"Residual: the inner layer must keep its input's shape, but it maps {shape} to {out}")
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return self.inner.dtype
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return self.inner.input_shape
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        out = self.inner.output_shape(input_shape)
+        if out != tuple(input_shape):
+            raise ValueError(f"needs an inner layer that keeps the shape {tuple(input_shape)}, but it gives {out}")
+        return out
+
+    def _forward(self, X: Array, where: str) -> Array:
+        return X + self.inner._forward(X, _where(where, "inner"))
+
+    def _trace(self, X: Array, where: str) -> tuple[Array, Any]:
+        Y, trace = self.inner._trace(X, _where(where, "inner"))
+        return X + Y, trace
+
+    def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Residual, Array | None]:
+        grads, dX = self.inner._backward(trace, dY, _where(where, "inner"), need_input_grad)
+        return Residual(grads), (dY + dX if need_input_grad else None)
+
+    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
+        self._check(X, where, dY)
+        return self._backward(self._trace(X, where)[1], dY, where)[1]
+
+    def _grad_params(self, X: Array, dY: Array, where: str) -> Residual:
+        self._check(X, where, dY)
+        return self._backward(self._trace(X, where)[1], dY, where, need_input_grad=False)[0]
+
+
+class _Branches(Layer):
+    """Base of the layers that hand the same input to several branches and join their
+    outputs; subclasses say how outputs are joined and how dY is split among branches."""
+
+    __slots__ = ()
+
+    def _validate(self) -> None:
+        name = type(self).__name__
+        if len(self.branches) < 2:
+            raise ValueError(f"{name}: needs at least two branches, got {len(self.branches)}")
+        dtypes = {b.dtype for b in self.branches if b.dtype is not None}
+        if len(dtypes) > 1:
+            raise TypeError(f"{name}: all parameters must share one dtype, got {sorted(str(d) for d in dtypes)}")
+        stated = {b.input_shape for b in self.branches if b.input_shape is not None}
+        if len(stated) > 1:
+            found = ", ".join(f"branches[{i}] {b.input_shape}" for i, b in enumerate(self.branches) if b.input_shape is not None)
+            raise ValueError(f"{name}: the branches expect different input shapes: {found}")
+        shape = self.input_shape
+        if shape is not None:
+            try:
+                self.output_shape(shape)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        for branch in self.branches:
+            if branch.dtype is not None:
+                return branch.dtype
+        return None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        stated = {b.input_shape for b in self.branches if b.input_shape is not None}
+        return stated.pop() if len(stated) == 1 else None
+
+    def _branch_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        shapes = []
+        for i, branch in enumerate(self.branches):
+            try:
+                shapes.append(branch.output_shape(tuple(input_shape)))
+            except ValueError as error:
+                raise ValueError(f"branches[{i}] ({type(branch).__name__}) {error}") from None
+        return shapes
+
+    def _forward(self, X: Array, where: str) -> Array:
+        return self._join([b._forward(X, _where(where, f"branches[{i}]")) for i, b in enumerate(self.branches)])
+
+    def _trace(self, X: Array, where: str) -> tuple[Array, Any]:
+        outputs, traces = zip(*(b._trace(X, _where(where, f"branches[{i}]")) for i, b in enumerate(self.branches)))
+        return self._join(list(outputs)), (traces, [Y.shape[1:] for Y in outputs])
+
+    def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Any, Array | None]:
+        traces, shapes = trace
+        grads, dX = [], None
+        for i, (branch, branch_trace, branch_dY) in enumerate(zip(self.branches, traces, self._split(dY, shapes))):
+            g, d = branch._backward(branch_trace, branch_dY, _where(where, f"branches[{i}]"), need_input_grad)
+            grads.append(g)
+            if need_input_grad:
+                dX = d if dX is None else dX + d
+        return attrs.evolve(self, branches=tuple(grads)), dX
+
+    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
+        self._check(X, where, dY)
+        return self._backward(self._trace(X, where)[1], dY, where)[1]
+
+    def _grad_params(self, X: Array, dY: Array, where: str) -> Any:
+        self._check(X, where, dY)
+        return self._backward(self._trace(X, where)[1], dY, where, need_input_grad=False)[0]
+
+
+@layer
+class Concatenate(_Branches):
+    """The same input to every branch; their outputs joined along per-example ``axis``
+    (default 0: the features of ``(n, k)`` outputs, the channels of ``(n, C, H, W)``)."""
+
+    branches: tuple[Layer, ...] = attrs.field(converter=_as_layers)
+    axis: int = attrs.field(default=0, converter=int)
+
+    def __attrs_post_init__(self) -> None:
+        self._validate()
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shapes = self._branch_shapes(input_shape)
+        rank = len(shapes[0])
+        if not -rank <= self.axis < rank:
+            raise ValueError(f"axis {self.axis} is out of range for per-example outputs of shape {shapes[0]}")
+        axis = self.axis % rank
+        rest = [s[:axis] + s[axis + 1 :] for s in shapes]
+        if any(len(s) != rank for s in shapes) or any(r != rest[0] for r in rest):
+            raise ValueError(f"branch outputs {shapes} cannot be joined along per-example axis {self.axis}")
+        return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1 :]
+
+    def _join(self, outputs: list[Array]) -> Array:
+        return np.concatenate(outputs, axis=self.axis % (outputs[0].ndim - 1) + 1)
+
+    def _split(self, dY: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
+        axis = self.axis % len(shapes[0])
+        bounds = np.cumsum([s[axis] for s in shapes])[:-1]
+        return [np.ascontiguousarray(part) for part in np.split(dY, bounds, axis=axis + 1)]
+
+
+#: Another name for :class:`Concatenate` (branches side by side).
+Parallel = Concatenate
+
+
+@layer
+class Add(_Branches):
+    """The same input to every branch; their outputs (all of one shape) summed."""
+
+    branches: tuple[Layer, ...] = attrs.field(converter=_as_layers)
+
+    def __attrs_post_init__(self) -> None:
+        self._validate()
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shapes = self._branch_shapes(input_shape)
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"branch outputs must share one shape to be added, got {shapes}")
+        return shapes[0]
+
+    def _join(self, outputs: list[Array]) -> Array:
+        total = outputs[0].copy()
+        for output in outputs[1:]:
+            total += output
+        return total
+
+    def _split(self, dY: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
+        return [dY] * len(shapes)
