@@ -9,10 +9,14 @@ written once against those answers.
 from jitnn import init, optim, random, testing, tree
 from jitnn.chain import Chain, compose, pipe
 from jitnn.data import batches
-from jitnn.layers import GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from jitnn.combinators import Add, Concatenate, Parallel, Residual
+from jitnn.layers import (
+    GELU, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Embedding, Flatten, Identity, LayerNorm, LeakyReLU, MaxPool2D, ReLU,
+    Reshape, Sigmoid, Softmax, Tanh,
+)
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
-from jitnn.passes import Trace, backward, forward, value_and_grad
-from jitnn.protocol import Array, Kernels, Layer, layer, param, registered_layers, require_shape
+from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
+from jitnn.protocol import Array, Composite, Context, Kernels, Layer, buffer, layer, param, registered_layers, require_shape
 from jitnn.train import FitResult, fit, train_step
 from jitnn import data
 
@@ -20,12 +24,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the protocol
-    "Layer", "layer", "param", "Kernels", "Array", "require_shape", "registered_layers",
+    "Layer", "Composite", "layer", "param", "buffer", "Kernels", "Array", "Context", "require_shape", "registered_layers",
     # layers and composition
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
-    "Chain", "pipe", "compose",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Reshape", "Dropout", "LayerNorm", "BatchNorm", "Embedding",
+    "Chain", "pipe", "compose", "Residual", "Concatenate", "Parallel", "Add",
     # passes
-    "forward", "backward", "value_and_grad", "Trace",
+    "forward", "backward", "value_and_grad", "value_grad_and_update", "Trace",
     # losses
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training

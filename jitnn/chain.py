@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from jitnn.protocol import Array, Layer, layer
+from jitnn.protocol import EVALUATION, Array, Composite, Context, Layer, layer
 
 __all__ = ["Chain", "pipe", "compose"]
 
@@ -21,7 +21,7 @@ def _as_layers(layers: Any) -> tuple[Layer, ...]:
 
 
 @layer
-class Chain(Layer):
+class Chain(Composite):
     """Layers applied in order, ``layers[0]`` first. A chain is a layer, so chains nest.
 
     Its gradient record is a ``Chain`` of its members' gradient records.
@@ -37,6 +37,10 @@ class Chain(Layer):
             found = ", ".join(f"layers[{i}] {m.dtype}" for i, m in enumerate(self.layers) if m.dtype is not None)
             raise TypeError(f"Chain: all parameters must share one dtype, got {found}")
         _check_composition(self.layers)
+
+    @property
+    def members(self) -> tuple[Layer, ...]:
+        return self.layers
 
     @property
     def dtype(self) -> np.dtype | None:
@@ -67,17 +71,19 @@ class Chain(Layer):
                 raise ValueError(f"layers[{i}] ({type(member).__name__}) {error}") from None
         return shape
 
-    def _forward(self, X: Array, where: str) -> Array:
+    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
         for i, member in enumerate(self.layers):
-            X = member._forward(X, f"{where}.layers[{i}]")
+            X = member._forward(X, f"{where}.layers[{i}]", context)
         return X
 
-    def _trace(self, X: Array, where: str) -> tuple[Array, tuple[Any, ...]]:
-        traces = []
+    def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, tuple[Any, ...], Chain]:
+        traces, updated = [], []
         for i, member in enumerate(self.layers):
-            X, trace = member._trace(X, f"{where}.layers[{i}]")
+            X, trace, member_after = member._trace(X, f"{where}.layers[{i}]", context)
             traces.append(trace)
-        return X, tuple(traces)
+            updated.append(member_after)
+        same = all(after is member for after, member in zip(updated, self.layers))
+        return X, tuple(traces), (self if same else Chain(updated))
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Chain, Array | None]:
         grads: list[Any] = [None] * len(self.layers)
@@ -85,20 +91,6 @@ class Chain(Layer):
             need = need_input_grad or i > 0
             grads[i], dY = self.layers[i]._backward(trace[i], dY, f"{where}.layers[{i}]", need)
         return Chain(grads), dY
-
-    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
-        Y, trace = self._trace(X, where)
-        self._check_output_grad(Y, dY, where)
-        return self._backward(trace, dY, where)[1]
-
-    def _grad_params(self, X: Array, dY: Array, where: str) -> Chain:
-        Y, trace = self._trace(X, where)
-        self._check_output_grad(Y, dY, where)
-        return self._backward(trace, dY, where, need_input_grad=False)[0]
-
-    def _check_output_grad(self, Y: Array, dY: Array, where: str) -> None:
-        if dY.shape != Y.shape:
-            raise ValueError(f"Chain{' at model' + where if where else ''}: the output gradient dY must have shape {Y.shape}, got {dY.shape}")
 
 
 def _check_composition(layers: tuple[Layer, ...]) -> None:

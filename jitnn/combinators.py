@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 
 from jitnn.chain import _as_layers
-from jitnn.protocol import Array, Layer, layer
+from jitnn.protocol import EVALUATION, Array, Composite, Context, Layer, layer
 
 __all__ = ["Residual", "Concatenate", "Parallel", "Add"]
 
@@ -19,7 +19,7 @@ def _where(where: str, name: str) -> str:
 
 
 @layer
-class Residual(Layer):
+class Residual(Composite):
     """``Y = X + f(X)``; ``f`` must keep its input's shape."""
 
     inner: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
@@ -30,6 +30,10 @@ class Residual(Layer):
             out = self.inner.output_shape(shape)
             if out != shape:
                 raise ValueError(f"Residual: the inner layer must keep its input's shape, but it maps {shape} to {out}")
+
+    @property
+    def members(self) -> tuple[Layer, ...]:
+        return (self.inner,)
 
     @property
     def dtype(self) -> np.dtype | None:
@@ -45,27 +49,20 @@ class Residual(Layer):
             raise ValueError(f"needs an inner layer that keeps the shape {tuple(input_shape)}, but it gives {out}")
         return out
 
-    def _forward(self, X: Array, where: str) -> Array:
-        return X + self.inner._forward(X, _where(where, "inner"))
+    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
+        return X + self.inner._forward(X, _where(where, "inner"), context)
 
-    def _trace(self, X: Array, where: str) -> tuple[Array, Any]:
-        Y, trace = self.inner._trace(X, _where(where, "inner"))
-        return X + Y, trace
+    def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, Residual]:
+        Y, trace, inner = self.inner._trace(X, _where(where, "inner"), context)
+        return X + Y, trace, (self if inner is self.inner else Residual(inner))
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Residual, Array | None]:
         grads, dX = self.inner._backward(trace, dY, _where(where, "inner"), need_input_grad)
         return Residual(grads), (dY + dX if need_input_grad else None)
 
-    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
-        self._check(X, where, dY)
-        return self._backward(self._trace(X, where)[1], dY, where)[1]
-
-    def _grad_params(self, X: Array, dY: Array, where: str) -> Residual:
-        self._check(X, where, dY)
-        return self._backward(self._trace(X, where)[1], dY, where, need_input_grad=False)[0]
 
 
-class _Branches(Layer):
+class _Branches(Composite):
     """Base of the layers that hand the same input to several branches and join their
     outputs; subclasses say how outputs are joined and how dY is split among branches."""
 
@@ -90,6 +87,10 @@ class _Branches(Layer):
                 raise ValueError(f"{name}: {error}") from None
 
     @property
+    def members(self) -> tuple[Layer, ...]:
+        return self.branches
+
+    @property
     def dtype(self) -> np.dtype | None:
         for branch in self.branches:
             if branch.dtype is not None:
@@ -110,12 +111,13 @@ class _Branches(Layer):
                 raise ValueError(f"branches[{i}] ({type(branch).__name__}) {error}") from None
         return shapes
 
-    def _forward(self, X: Array, where: str) -> Array:
-        return self._join([b._forward(X, _where(where, f"branches[{i}]")) for i, b in enumerate(self.branches)])
+    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
+        return self._join([b._forward(X, _where(where, f"branches[{i}]"), context) for i, b in enumerate(self.branches)])
 
-    def _trace(self, X: Array, where: str) -> tuple[Array, Any]:
-        outputs, traces = zip(*(b._trace(X, _where(where, f"branches[{i}]")) for i, b in enumerate(self.branches)))
-        return self._join(list(outputs)), (traces, [Y.shape[1:] for Y in outputs])
+    def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, Any]:
+        outputs, traces, updated = zip(*(b._trace(X, _where(where, f"branches[{i}]"), context) for i, b in enumerate(self.branches)))
+        same = all(after is branch for after, branch in zip(updated, self.branches))
+        return self._join(list(outputs)), (traces, [Y.shape[1:] for Y in outputs]), (self if same else attrs.evolve(self, branches=updated))
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Any, Array | None]:
         traces, shapes = trace
@@ -127,13 +129,6 @@ class _Branches(Layer):
                 dX = d if dX is None else dX + d
         return attrs.evolve(self, branches=tuple(grads)), dX
 
-    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
-        self._check(X, where, dY)
-        return self._backward(self._trace(X, where)[1], dY, where)[1]
-
-    def _grad_params(self, X: Array, dY: Array, where: str) -> Any:
-        self._check(X, where, dY)
-        return self._backward(self._trace(X, where)[1], dY, where, need_input_grad=False)[0]
 
 
 @layer

@@ -1,4 +1,10 @@
-"""The generic forward and backward passes, written once for every layer."""
+"""The generic forward and backward passes, written once for every layer.
+
+A pass runs in evaluation mode unless asked for training (``training=True``), and takes
+its randomness from an explicit ``key``: dropout needs one in training mode, and batch
+normalization uses batch statistics and reports its new running statistics. Nothing is
+global: the same model, data, key and mode give the same result.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,25 @@ from typing import Any
 
 import attrs
 
+from jitnn import random, tree
 from jitnn._checks import describe, float_input
-from jitnn import tree
 from jitnn.losses import Loss
-from jitnn.protocol import Array, Layer
+from jitnn.protocol import Array, Context, Layer
 
-__all__ = ["Trace", "forward", "backward", "value_and_grad"]
+__all__ = ["Trace", "forward", "backward", "value_and_grad", "value_grad_and_update"]
 
 
 @attrs.frozen(eq=False)
 class Trace:
     """What :func:`forward` keeps for :func:`backward`: the model, every layer's input
-    (nested like the model) and the shape of the model's output."""
+    (nested like the model), the shape of the model's output, and ``updated_model``: the
+    model as the batch left it (new batch-normalization statistics in training mode; the
+    model itself otherwise)."""
 
     model: Layer = attrs.field(repr=False)
     inputs: Any = attrs.field(repr=False)
     output_shape: tuple[int, ...]
+    updated_model: Layer = attrs.field(repr=False)
 
 
 def _check_model(model: Any, who: str) -> None:
@@ -29,18 +38,28 @@ def _check_model(model: Any, who: str) -> None:
         raise TypeError(f"{who}: model must be a jitnn layer (for example a Chain), got {type(model).__name__}")
 
 
-def forward(model: Layer, X: Any) -> tuple[Array, Trace]:
+def _context(key: Any, training: Any, who: str) -> Context:
+    if not isinstance(training, bool):
+        raise TypeError(f"{who}: training must be True or False, got {training!r}")
+    if key is not None and not isinstance(key, random.Key):
+        raise TypeError(f"{who}: key must be a jitnn.random.Key or None, got {type(key).__name__}")
+    return Context(training, key)
+
+
+def forward(model: Layer, X: Any, *, key: random.Key | None = None, training: bool = False) -> tuple[Array, Trace]:
     """Apply ``model`` to the batch ``X``, keeping each layer's input.
 
     Returns
     -------
     Y : array, shape ``(n, *model.output_shape(X.shape[1:]))``
-    trace : Trace, to hand to :func:`backward`
+    trace : Trace, to hand to :func:`backward`; ``trace.updated_model`` carries new
+        running statistics after a training batch
     """
     _check_model(model, "forward")
-    X = float_input(X, model.dtype, describe(model))
-    Y, inputs = model._trace(X, "")
-    return Y, Trace(model, inputs, Y.shape)
+    context = _context(key, training, "forward")
+    X = model._input(X)
+    Y, inputs, updated = model._trace(X, "", context)
+    return Y, Trace(model, inputs, Y.shape, updated)
 
 
 def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
@@ -65,7 +84,29 @@ def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
     return model._backward(trace.inputs, dY, "")
 
 
-def value_and_grad(model: Layer, loss: Any, X: Any, T: Any) -> tuple[float, Layer]:
+def value_grad_and_update(
+    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = True
+) -> tuple[float, Layer, Layer]:
+    """The loss on ``(X, T)``, its gradient to every parameter, and the model as the batch
+    left it (new running statistics in training mode; ``model`` itself otherwise).
+
+    This is what a training step needs; :func:`value_and_grad` is the same without the
+    updated model.
+    """
+    _check_model(model, "value_and_grad")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
+    context = _context(key, training, "value_and_grad")
+    X = model._input(X)
+    Y, inputs, updated = model._trace(X, "", context)
+    value, dY = loss.value_and_grad(Y, T)
+    grads, _ = model._backward(inputs, dY, "", need_input_grad=False)
+    return value, grads, updated
+
+
+def value_and_grad(
+    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = False
+) -> tuple[float, Layer]:
     """The loss of ``model`` on the batch ``(X, T)`` and its gradient to every parameter.
 
     Returns
@@ -73,11 +114,5 @@ def value_and_grad(model: Layer, loss: Any, X: Any, T: Any) -> tuple[float, Laye
     value : float, the loss (mean over the batch)
     grads : a NEW record of the model's structure whose parameters hold ``dL/dW``
     """
-    _check_model(model, "value_and_grad")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
-    X = float_input(X, model.dtype, describe(model))
-    Y, inputs = model._trace(X, "")
-    value, dY = loss.value_and_grad(Y, T)
-    grads, _ = model._backward(inputs, dY, "", need_input_grad=False)
+    value, grads, _ = value_grad_and_update(model, loss, X, T, key=key, training=training)
     return value, grads

@@ -24,10 +24,11 @@ import numpy as np
 
 from jitnn._checks import FLOAT_DTYPES, describe, float_input, freeze, readonly
 
-__all__ = ["Array", "Kernels", "Layer", "layer", "param", "registered_layers", "require_shape"]
+__all__ = ["Array", "Composite", "Context", "EVALUATION", "Kernels", "Layer", "buffer", "layer", "param", "registered_layers", "require_shape"]
 
 Array = np.ndarray
 PARAM = "jitnn.param"
+BUFFER = "jitnn.buffer"
 L = TypeVar("L", bound="Layer")
 
 
@@ -84,6 +85,46 @@ def param() -> Any:
     )
 
 
+def buffer() -> Any:
+    """Declare a buffer field: an array the layer keeps and updates from data (batch
+    normalization's running statistics) but that is not trained. Read-only like a
+    parameter, saved with the model, handed to the kernels with the configuration, and
+    left alone by optimizers and gradient checks."""
+    return attrs.field(
+        converter=_to_param,
+        eq=attrs.cmp_using(eq=_array_equal),
+        hash=False,
+        repr=_array_repr,
+        metadata={BUFFER: True},
+    )
+
+
+@attrs.frozen
+class Context:
+    """What a pass hands to the layers that need it: the mode and a random key.
+
+    ``training`` selects training behaviour (dropout drops, batch normalization uses and
+    updates batch statistics); ``key`` is the source of randomness. A layer gets its own
+    key from :meth:`key_for`, derived from ``key`` and its position in the model, so the
+    same key gives the same numbers and no two layers share them. Nothing is global.
+    """
+
+    training: bool = False
+    key: Any = None
+
+    def key_for(self, where: str, who: str) -> Any:
+        """The key of the layer at position ``where``; ``ValueError`` if no key was given."""
+        from jitnn import random  # the protocol does not depend on random otherwise
+
+        if self.key is None:
+            raise ValueError(f"{who} needs a random key in training mode: pass key= to jitnn.forward, value_and_grad, train_step or fit")
+        return random.fold_in(self.key, where or "model")
+
+
+#: The context of a pass that asks for nothing: evaluation mode, no key.
+EVALUATION = Context()
+
+
 def require_shape(input_shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless the per-example ``input_shape`` equals ``expected``.
 
@@ -107,7 +148,14 @@ class Layer:
     kernels: ClassVar[Kernels | None] = None
     #: Names of the parameter fields, then of the configuration fields (set by ``@layer``).
     param_names: ClassVar[tuple[str, ...]] = ()
+    buffer_names: ClassVar[tuple[str, ...]] = ()
     config_names: ClassVar[tuple[str, ...]] = ()
+    #: True for a layer whose kernels take per-call arguments from the pass's
+    #: :class:`Context` (see :meth:`call_args`).
+    needs_context: ClassVar[bool] = False
+    #: True for a layer whose kernels work element by element: they are handed flat (1-D)
+    #: views, so they compile once per dtype whatever the input's rank.
+    elementwise: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ the shape rule
     @property
@@ -149,16 +197,28 @@ class Layer:
         return attrs.evolve(self, **dict(zip(self.param_names, arrays)))
 
     def __attrs_post_init__(self) -> None:
+        arrays = self.param_names + self.buffer_names
         dtypes = set()
-        for name in self.param_names:
+        for name in arrays:
             value = getattr(self, name)
             if value.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"{type(self).__name__}.{name}: parameters must be float32 or float64, got {value.dtype}")
             dtypes.add(value.dtype)
         if len(dtypes) > 1:
-            found = ", ".join(f"{n}: {getattr(self, n).dtype}" for n in self.param_names)
+            found = ", ".join(f"{n}: {getattr(self, n).dtype}" for n in arrays)
             raise TypeError(f"{type(self).__name__}: all parameters must share one dtype, got {found}")
         self.check_params()
+
+    # ------------------------------------------------------------------ layers that need the context
+    def call_args(self, X: Array, context: Context, where: str) -> tuple[Any, ...]:
+        """Per-call arguments handed to all three kernels after the configuration (only
+        for a layer with ``needs_context = True``): a dropout mask drawn from the layer's
+        key, a training flag. The trace keeps them, so the backward pass sees the same."""
+        return ()
+
+    def updated(self: L, X: Array, call_args: tuple[Any, ...]) -> L:
+        """The layer after a training batch (new running statistics); itself by default."""
+        return self
 
     # ------------------------------------------------------------------ public answers
     def forward(self, X: Any) -> Array:
@@ -167,7 +227,7 @@ class Layer:
         Floating-point input of another dtype or memory layout is converted once to the
         parameters' dtype; anything else raises ``TypeError`` or ``ValueError``.
         """
-        return self._forward(float_input(X, self.dtype, describe(self)), "")
+        return self._forward(self._input(X), "")
 
     __call__ = forward
 
@@ -184,10 +244,13 @@ class Layer:
         X, dY = self._boundary(X, dY)
         return self._grad_params(X, dY, "")
 
+    def _input(self, X: Any) -> Array:
+        """Check and convert a batch at the model's boundary (floating-point data)."""
+        return float_input(X, self.dtype, describe(self))
+
     def _boundary(self, X: Any, dY: Any) -> tuple[Array, Array]:
-        who = describe(self)
-        X = float_input(X, self.dtype, who)
-        return X, float_input(dY, X.dtype, who, "output gradient dY")
+        X = self._input(X)
+        return X, float_input(dY, self.dtype or X.dtype, describe(self), "output gradient dY")
 
     # ------------------------------------------------------------------ checked kernel calls
     # ``where`` is the layer's position in the model (".layers[2]"), used in error messages.
@@ -202,19 +265,34 @@ class Layer:
                 f"{describe(self, where)}: the output gradient dY must have shape {(X.shape[0], *out)}, got {dY.shape}"
             )
 
-    def _forward(self, X: Array, where: str) -> Array:
+    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
         self._check(X, where)
-        return self.kernels.forward(readonly(X), *self.params, *self.config())
+        extra = self.call_args(X, context, where) if self.needs_context else ()
+        return self._call(self.kernels.forward, X, None, extra)
 
-    def _grad_input(self, X: Array, dY: Array, where: str) -> Array:
+    def _grad_input(self, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> Array:
         self._check(X, where, dY)
-        return self.kernels.grad_input(readonly(X), readonly(dY), *self.params, *self.config())
+        if self.needs_context and not extra:
+            extra = self.call_args(X, EVALUATION, where)
+        return self._call(self.kernels.grad_input, X, dY, extra)
 
-    def _grad_params(self: L, X: Array, dY: Array, where: str) -> L:
+    def _call(self, kernel: Callable[..., Array], X: Array, dY: Array | None, extra: tuple[Any, ...]) -> Array:
+        """``kernel(X, [dY,] *params, *config, *extra)`` on read-only arrays (flat ones for an
+        element-wise layer, whose result takes ``X``'s shape again)."""
+        arrays = (X,) if dY is None else (X, dY)
+        if self.elementwise:
+            arrays = tuple(a.reshape(-1) for a in arrays)
+            extra = tuple(e.reshape(-1) if isinstance(e, np.ndarray) else e for e in extra)
+            return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra).reshape(X.shape)
+        return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra)
+
+    def _grad_params(self: L, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> L:
         if not self.param_names:
             return self
         self._check(X, where, dY)
-        grads = self.kernels.grad_params(readonly(X), readonly(dY), *self.params, *self.config())
+        if self.needs_context and not extra:
+            extra = self.call_args(X, EVALUATION, where)
+        grads = self.kernels.grad_params(readonly(X), readonly(dY), *self.params, *self.config(), *extra)
         if not isinstance(grads, tuple) or len(grads) != len(self.param_names):
             raise TypeError(f"{describe(self, where)}: grad_params kernel must return a tuple of {len(self.param_names)} arrays")
         for name, grad in zip(self.param_names, grads):
@@ -222,14 +300,58 @@ class Layer:
                 raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
         return self.with_params([freeze(grad) for grad in grads])
 
-    def _trace(self, X: Array, where: str) -> tuple[Array, Any]:
-        """Forward, keeping what the backward pass needs (for a leaf layer: its input)."""
-        return self._forward(X, where), X
+    def _trace(self: L, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, L]:
+        """Forward, keeping what the backward pass needs (for a leaf layer: its input, and
+        its per-call arguments if it has any); also the layer as updated by the batch."""
+        if not self.needs_context:
+            return self._forward(X, where), X, self
+        self._check(X, where)
+        extra = self.call_args(X, context, where)
+        Y = self._call(self.kernels.forward, X, None, extra)
+        return Y, (X, extra), (self.updated(X, extra) if context.training else self)
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Any, Array | None]:
         """Gradient record and (unless not needed) ``dX``, from what :meth:`_trace` kept."""
-        grads = self._grad_params(trace, dY, where)
-        return grads, (self._grad_input(trace, dY, where) if need_input_grad else None)
+        X, extra = trace if self.needs_context else (trace, ())
+        grads = self._grad_params(X, dY, where, extra)
+        return grads, (self._grad_input(X, dY, where, extra) if need_input_grad else None)
+
+
+class Composite(Layer):
+    """Base of the layers made of layers (``Chain``, ``Residual``, ``Concatenate``...):
+    they implement ``_forward``, ``_trace`` and ``_backward`` over their members; their
+    ``grad_input`` and ``grad_params`` are a traced forward then a backward pass."""
+
+    __slots__ = ()
+
+    @property
+    def members(self) -> tuple[Layer, ...]:
+        """The layers this one is made of, in order."""
+        raise NotImplementedError
+
+    def _input(self, X: Any) -> Array:
+        """The layer applied first decides what input it takes (indices for an embedding);
+        floating-point input is converted to the whole model's dtype."""
+        first = self.members[0]
+        while isinstance(first, Composite):
+            first = first.members[0]
+        if type(first)._input is not Layer._input:
+            return first._input(X)
+        return float_input(X, self.dtype, describe(self))
+
+    def _grad_input(self, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> Array:
+        return self._backward(self._checked_trace(X, dY, where), dY, where)[1]
+
+    def _grad_params(self: L, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> L:
+        return self._backward(self._checked_trace(X, dY, where), dY, where, need_input_grad=False)[0]
+
+    def _checked_trace(self, X: Array, dY: Array, where: str) -> Any:
+        """The trace of ``X`` (its members check the input, naming themselves), once ``dY``
+        is known to have the output's shape."""
+        Y, trace, _ = self._trace(X, where)
+        if dY.shape != Y.shape:
+            raise ValueError(f"{describe(self, where)}: the output gradient dY must have shape {Y.shape}, got {dY.shape}")
+        return trace
 
 
 _REGISTRY: list[type] = []
@@ -250,6 +372,7 @@ def layer(cls: type) -> type:
     cls = attrs.frozen(cls)
     fields = attrs.fields(cls)
     cls.param_names = tuple(f.name for f in fields if f.metadata.get(PARAM))
+    cls.buffer_names = tuple(f.name for f in fields if f.metadata.get(BUFFER))
     cls.config_names = tuple(f.name for f in fields if not f.metadata.get(PARAM))
     if cls._forward is Layer._forward:  # a leaf layer: it must bring its kernels
         if not isinstance(cls.kernels, Kernels):

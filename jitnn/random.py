@@ -19,7 +19,7 @@ import numpy as np
 
 from jitnn._checks import check_float_dtype
 
-__all__ = ["Key", "key", "split", "normal", "uniform", "permutation", "bernoulli"]
+__all__ = ["Key", "key", "split", "fold_in", "normal", "uniform", "permutation", "bernoulli"]
 
 
 def _words(value: tuple[int, ...]) -> tuple[int, ...]:
@@ -63,6 +63,20 @@ def split(parent: Key, n: int = 2) -> tuple[Key, ...]:
         Key(tuple(np.random.SeedSequence(parent.words, spawn_key=(i,)).generate_state(4, np.uint32)))
         for i in range(int(n))
     )
+
+
+def fold_in(parent: Key, data: int | str) -> Key:
+    """A new key derived from ``parent`` and ``data`` (a non-negative integer or a string,
+    such as a layer's position in a model): the same pair always gives the same key."""
+    _check_key(parent, "fold_in")
+    if isinstance(data, str):
+        words = tuple(data.encode("utf-8"))
+    elif isinstance(data, numbers.Integral) and not isinstance(data, bool) and data >= 0:
+        words = (int(data) & 0xFFFFFFFF, int(data) >> 32)
+    else:
+        raise TypeError(f"fold_in: data must be a non-negative integer or a string, got {data!r}")
+    derived = np.random.SeedSequence((*parent.words, 0x6A69746E, len(words), *words))  # 'jitn' separates the parts
+    return Key(tuple(derived.generate_state(4, np.uint32)))
 
 
 def _shape(shape: Any, who: str) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jitnn import random, tree
+from jitnn import passes, random, tree
 from jitnn._checks import describe, float_input
 from jitnn.losses import Loss
 from jitnn.protocol import Layer
@@ -48,22 +48,36 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, tu
     return float(diff[worst] / scale), tuple(int(i) for i in worst)
 
 
-def _compare(who: str, what: str, analytic: np.ndarray, numeric: np.ndarray, rtol: float) -> None:
+def _compare(who: str, what: str, analytic: np.ndarray, numeric: np.ndarray, rtol: float, atol: float) -> None:
     if analytic.shape != numeric.shape:
         raise AssertionError(f"{who}: {what} has shape {analytic.shape}, expected {numeric.shape}")
     error, worst = relative_error(analytic, numeric)
-    if not error <= rtol:  # also catches NaN
+    if not error <= rtol and not np.max(np.abs(analytic - numeric), initial=0.0) <= atol:  # NaN fails both
         raise AssertionError(
             f"{who}: {what} disagrees with central differences: relative error {error:.3g} > {rtol:g}; "
             f"worst element {list(worst)}: analytic {analytic[worst]!r}, numeric {numeric[worst]!r}"
         )
 
 
-def check_grads(layer: Layer, X: Any, *, key: random.Key | None = None, eps: float = 1e-6, rtol: float = 1e-6) -> None:
-    """Check ``layer.grad_input`` and ``layer.grad_params`` against central differences.
+def check_grads(
+    layer: Layer,
+    X: Any,
+    *,
+    key: random.Key | None = None,
+    eps: float = 1e-6,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    training: bool = False,
+) -> None:
+    """Check the layer's input and parameter gradients against central differences.
 
-    Everything is done in float64 (the layer's parameters and ``X`` are converted). The
-    scalar differentiated is ``sum(forward(X) * dY)`` for a random ``dY`` drawn from ``key``.
+    Everything is done in float64 (the layer's arrays and ``X`` are converted). The scalar
+    differentiated is ``sum(forward(X) * dY)`` for a random ``dY`` drawn from ``key``
+    (default ``random.key(0)``). A gradient passes when its relative error (largest
+    difference over largest magnitude) is at most ``rtol``, or when every difference is at
+    most ``atol`` (a gradient that is zero up to rounding, such as a bias before batch
+    normalization, is only central-difference noise). With ``training=True`` the passes run in training mode
+    with ``key`` (a dropout mask, batch statistics), the same for every evaluation.
 
     Raises
     ------
@@ -74,31 +88,38 @@ def check_grads(layer: Layer, X: Any, *, key: random.Key | None = None, eps: flo
     if not isinstance(layer, Layer):
         raise TypeError(f"check_grads: expected a jitnn layer, got {type(layer).__name__}")
     who = f"check_grads({describe(layer)})"
+    key = key or random.key(0)
     layer64 = _to_float64(layer)
-    X = np.array(float_input(X, np.float64, describe(layer)))
-    Y = layer64.forward(X)
-    dY = random.normal(key or random.key(0), Y.shape, dtype=np.float64)
+    X = np.array(layer64._input(X))
 
-    _compare(who, "grad_input", layer64.grad_input(X, dY), numerical_gradient(lambda x: float(np.sum(layer64.forward(x) * dY)), X, eps), rtol)
+    def output(model: Layer, inputs: np.ndarray) -> np.ndarray:
+        return passes.forward(model, inputs, key=key, training=training)[0]
 
-    analytic = dict(tree.leaves_with_paths(layer64.grad_params(X, dY)))
-    params = tree.leaves(layer64)
-    for index, (path, value) in enumerate(tree.leaves_with_paths(layer64)):
+    Y, trace = passes.forward(layer64, X, key=key, training=training)
+    dY = random.normal(random.fold_in(key, "dY"), Y.shape, dtype=np.float64)
+    grads, dX = passes.backward(layer64, trace, dY)
+
+    if X.dtype.kind == "f":  # integer input (indices) has no gradient to check
+        _compare(who, "grad_input", dX, numerical_gradient(lambda x: float(np.sum(output(layer64, x) * dY)), X, eps), rtol, atol)
+
+    analytic = dict(tree.leaves_with_paths(grads, trainable=True))
+    params = tree.leaves(layer64, trainable=True)
+    for index, (path, value) in enumerate(tree.leaves_with_paths(layer64, trainable=True)):
 
         def objective(candidate: np.ndarray, index: int = index) -> float:
-            changed = tree.unflatten(layer64, params[:index] + [candidate] + params[index + 1 :])
-            return float(np.sum(changed.forward(X) * dY))
+            changed = tree.unflatten(layer64, params[:index] + [candidate] + params[index + 1 :], trainable=True)
+            return float(np.sum(output(changed, X) * dY))
 
-        _compare(who, f"grad_params {path}", analytic[path], numerical_gradient(objective, value, eps), rtol)
+        _compare(who, f"grad_params {path}", analytic[path], numerical_gradient(objective, value, eps), rtol, atol)
 
 
-def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: float = 1e-6) -> None:
+def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8) -> None:
     """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64."""
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss_grad: expected a jitnn loss, got {type(loss).__name__}")
     Y = np.array(float_input(Y, np.float64, describe(loss), "predictions Y"))
     numeric = numerical_gradient(lambda y: loss.value(y, T), Y, eps)
-    _compare(f"check_loss_grad({describe(loss)})", "grad", loss.grad(Y, T), numeric, rtol)
+    _compare(f"check_loss_grad({describe(loss)})", "grad", loss.grad(Y, T), numeric, rtol, atol)
 
 
 def jacobian(layer: Layer, x: Any, wrt: str = "input") -> Any:
@@ -123,7 +144,7 @@ def jacobian(layer: Layer, x: Any, wrt: str = "input") -> Any:
         dY = np.zeros((1, size), dtype=X.dtype)
         dY[0, k] = 1.0
         dY = dY.reshape((1, *out_shape))
-        rows.append(layer.grad_input(X, dY)[0] if wrt == "input" else dict(tree.leaves_with_paths(layer.grad_params(X, dY))))
+        rows.append(layer.grad_input(X, dY)[0] if wrt == "input" else dict(tree.leaves_with_paths(layer.grad_params(X, dY), trainable=True)))
     if wrt == "input":
         return np.stack(rows).reshape(out_shape + X.shape[1:])
-    return {path: np.stack([row[path] for row in rows]).reshape(out_shape + value.shape) for path, value in tree.leaves_with_paths(layer)}
+    return {path: np.stack([row[path] for row in rows]).reshape(out_shape + value.shape) for path, value in tree.leaves_with_paths(layer, trainable=True)}

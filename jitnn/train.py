@@ -13,7 +13,7 @@ import numpy as np
 from jitnn import random
 from jitnn.data import batches
 from jitnn.losses import Loss
-from jitnn.passes import value_and_grad
+from jitnn.passes import value_grad_and_update
 from jitnn.protocol import Layer
 
 __all__ = ["FitResult", "fit", "train_step"]
@@ -29,12 +29,17 @@ class FitResult:
     history: tuple[float, ...]
 
 
-def train_step(model: Layer, state: Any, loss: Loss, optimizer: Any, X: Any, T: Any) -> tuple[Layer, Any, float]:
-    """One step: the loss and gradients on ``(X, T)``, then the optimizer's update.
+def train_step(
+    model: Layer, state: Any, loss: Loss, optimizer: Any, X: Any, T: Any, *, key: random.Key | None = None
+) -> tuple[Layer, Any, float]:
+    """One training step: the loss and gradients on ``(X, T)`` in training mode (dropout
+    draws its masks from ``key``; batch normalization uses and updates batch statistics),
+    then the optimizer's update.
 
-    Returns the new model, the new optimizer state and the loss before the update.
+    Returns the new model (new parameters and running statistics), the new optimizer state
+    and the loss before the update.
     """
-    value, grads = value_and_grad(model, loss, X, T)
+    value, grads, model = value_grad_and_update(model, loss, X, T, key=key, training=True)
     model, state = optimizer.update(model, grads, state)
     return model, state, value
 
@@ -55,8 +60,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
-    Each epoch's order comes from a key split off ``key``, so the same key gives the same
-    model. ``state`` continues an earlier run (default: ``optimizer.init(model)``). With
+    Training mode throughout; each epoch's order and each step's randomness (dropout) come
+    from keys derived from ``key``, so the same key gives the same model. ``state`` continues an earlier run (default: ``optimizer.init(model)``). With
     ``verbose`` a line per epoch is printed; ``callback(epoch, model, mean_loss)`` is called
     after each epoch.
     """
@@ -71,8 +76,9 @@ def fit(
     for epoch in range(int(epochs)):
         key, epoch_key = random.split(key)
         started, values, weights = time.perf_counter(), [], []
-        for X_batch, T_batch in batches(epoch_key, X, T, batch_size):
-            model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch)
+        order_key, steps_key = random.split(epoch_key)
+        for step, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
+            model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=random.fold_in(steps_key, step))
             values.append(value)
             weights.append(len(X_batch))
         mean = float(np.average(values, weights=weights))

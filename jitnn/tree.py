@@ -1,25 +1,36 @@
 """Functions over trees: any nest of records, tuples, lists and dicts with arrays at the leaves.
 
-The leaves are arrays: a record's parameter fields (see :func:`jitnn.param`) and any
-other array held by a record, tuple, list or dict. Record fields that hold records or
-containers are followed; any other field (configuration: ints, floats, strings) is kept as
-it is. Models, gradient records and optimizer states are all trees.
+The leaves are arrays: a record's parameter fields (see :func:`jitnn.param`), its buffers
+(:func:`jitnn.buffer`) and any other array held by a record, tuple, list or dict. Record
+fields that hold records or containers are followed; any other field (configuration:
+ints, floats, strings) is kept as it is. Models, gradient records and optimizer states are
+all trees.
+
+Every function takes ``trainable=False``; with ``trainable=True`` only what training
+changes counts as a leaf: a record's arrays other than its parameters (buffers such as
+running statistics) are kept as they are. Optimizers walk trees that way.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import attrs
 import numpy as np
 
 from jitnn.protocol import PARAM
 
-__all__ = ["map", "map_with_paths", "leaves", "leaves_with_paths", "flatten", "unflatten", "check_same_structure"]
+__all__ = [
+    "map", "map_with_paths", "leaves", "leaves_with_paths", "flatten", "unflatten", "check_same_structure",
+]
 
 
-def _is_leaf_field(field: attrs.Attribute) -> bool:
-    return bool(field.metadata.get(PARAM))
+class _Walk(NamedTuple):
+    """How :func:`_visit` walks: rebuild the tree?, report nodes to?, trainable leaves only?"""
+
+    rebuild: bool
+    on_node: Callable[[str, type], None] | None = None
+    trainable: bool = False
 
 
 def _is_node(value: Any) -> bool:
@@ -30,25 +41,10 @@ def _mismatch(path: str, what: str) -> ValueError:
     return ValueError(f"tree structures differ at {path or 'the root'}: {what}")
 
 
-def map(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
-    """Apply ``fn`` to every leaf of ``tree`` (and the matching leaves of ``others``, which
-    must have the same structure), returning a new tree of the same structure.
-
-    Records are rebuilt with ``attrs.evolve``; nothing is changed in place.
-    """
-    return _visit(lambda path, *arrays: fn(*arrays), tree, others, "", rebuild=True)
-
-
-def map_with_paths(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
-    """As :func:`map`, but ``fn`` also receives each leaf's dotted path first:
-    ``fn(path, leaf, *matching_leaves)``."""
-    return _visit(fn, tree, others, "", rebuild=True)
-
-
-def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str, rebuild: bool, on_node: Callable[[str, type], None] | None = None) -> Any:
+def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     """The one traversal: call ``fn(path, leaf, *matching_leaves)`` on every leaf, checking
-    that ``others`` match ``tree``; rebuild the tree from the results if ``rebuild``; call
-    ``on_node(path, type)`` on every record and container."""
+    that ``others`` match ``tree``; rebuild the tree from the results if ``walk.rebuild``;
+    call ``walk.on_node(path, type)`` on every record and container."""
     if isinstance(tree, np.ndarray):
         for other in others:
             if not isinstance(other, np.ndarray):
@@ -58,33 +54,30 @@ def _visit(fn: Callable[..., Any], tree: Any, others: tuple[Any, ...], path: str
     for other in others:
         if type(other) is not kind:
             raise _mismatch(path, f"{kind.__name__} against {type(other).__name__}")
-    if on_node is not None and _is_node(tree):
-        on_node(path, kind)
+    if walk.on_node is not None and _is_node(tree):
+        walk.on_node(path, kind)
     if attrs.has(kind):
         changes = {}
         for field in attrs.fields(kind):
             value = getattr(tree, field.name)
-            if _is_leaf_field(field) or _is_node(value):
+            if field.metadata.get(PARAM) or (_is_node(value) and not (walk.trainable and isinstance(value, np.ndarray))):
                 matching = tuple(getattr(other, field.name) for other in others)
-                changes[field.name] = _visit(fn, value, matching, _join(path, field.name), rebuild, on_node)
-        return attrs.evolve(tree, **changes) if rebuild and changes else tree
+                changes[field.name] = _visit(fn, value, matching, _join(path, field.name), walk)
+        return attrs.evolve(tree, **changes) if walk.rebuild and changes else tree
     if isinstance(tree, (tuple, list)):
         for other in others:
             if len(other) != len(tree):
                 raise _mismatch(path, f"{len(tree)} items against {len(other)}")
-        items = [
-            _visit(fn, item, tuple(other[i] for other in others), _join(path, str(i)), rebuild, on_node)
-            for i, item in enumerate(tree)
-        ]
-        if not rebuild:
+        items = [_visit(fn, item, tuple(other[i] for other in others), _join(path, str(i)), walk) for i, item in enumerate(tree)]
+        if not walk.rebuild:
             return tree
         return kind(*items) if hasattr(tree, "_fields") else kind(items)
     if isinstance(tree, dict):
         for other in others:
             if other.keys() != tree.keys():
                 raise _mismatch(path, f"keys {sorted(str(k) for k in tree)} against {sorted(str(k) for k in other)}")
-        items = {k: _visit(fn, v, tuple(o[k] for o in others), _join(path, str(k)), rebuild, on_node) for k, v in tree.items()}
-        return kind(items) if rebuild else tree
+        items = {k: _visit(fn, v, tuple(o[k] for o in others), _join(path, str(k)), walk) for k, v in tree.items()}
+        return kind(items) if walk.rebuild else tree
     return tree
 
 
@@ -92,30 +85,47 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def leaves_with_paths(tree: Any) -> list[tuple[str, np.ndarray]]:
-    """Every leaf with its dotted field path (``"layers.0.W"``), in the order :func:`map`
-    visits them."""
-    found: list[tuple[str, np.ndarray]] = []
-    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", rebuild=False)
-    return found
+def map(fn: Callable[..., Any], tree: Any, *others: Any, trainable: bool = False) -> Any:
+    """Apply ``fn`` to every leaf of ``tree`` (and the matching leaves of ``others``, which
+    must have the same structure), returning a new tree of the same structure.
+
+    Records are rebuilt with ``attrs.evolve``, so ``fn`` must return what the record
+    accepts (arrays of the leaf's shape, typically); nothing is changed in place.
+    """
+    return _visit(lambda path, *arrays: fn(*arrays), tree, others, "", _Walk(rebuild=True, trainable=trainable))
 
 
-def flatten(tree: Any) -> tuple[list[tuple[str, np.ndarray]], tuple[tuple[str, type], ...]]:
+def map_with_paths(fn: Callable[..., Any], tree: Any, *others: Any, trainable: bool = False) -> Any:
+    """As :func:`map`, but ``fn`` also receives each leaf's dotted path first:
+    ``fn(path, leaf, *matching_leaves)``."""
+    return _visit(fn, tree, others, "", _Walk(rebuild=True, trainable=trainable))
+
+
+def flatten(tree: Any, trainable: bool = False) -> tuple[list[tuple[str, np.ndarray]], tuple[tuple[str, type], ...]]:
     """In one walk: the leaves with their paths, and the structure (every record and
     container with its path and type). Two trees have the same structure exactly when
     their structures compare equal and their leaves' paths do."""
     found: list[tuple[str, np.ndarray]] = []
     nodes: list[tuple[str, type]] = []
-    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", rebuild=False, on_node=lambda path, kind: nodes.append((path, kind)))
+    walk = _Walk(rebuild=False, on_node=lambda path, kind: nodes.append((path, kind)), trainable=trainable)
+    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", walk)
     return found, tuple(nodes)
 
 
-def leaves(tree: Any) -> list[np.ndarray]:
+def leaves_with_paths(tree: Any, trainable: bool = False) -> list[tuple[str, np.ndarray]]:
+    """Every leaf with its dotted field path (``"layers.0.W"``), in the order :func:`map`
+    visits them."""
+    found: list[tuple[str, np.ndarray]] = []
+    _visit(lambda path, leaf: found.append((path, leaf)), tree, (), "", _Walk(rebuild=False, trainable=trainable))
+    return found
+
+
+def leaves(tree: Any, trainable: bool = False) -> list[np.ndarray]:
     """Every leaf array of ``tree``, in the order :func:`map` visits them."""
-    return [leaf for _, leaf in leaves_with_paths(tree)]
+    return [leaf for _, leaf in leaves_with_paths(tree, trainable)]
 
 
-def check_same_structure(tree: Any, other: Any) -> None:
+def check_same_structure(tree: Any, other: Any, trainable: bool = False) -> None:
     """Raise ``ValueError`` naming the first place where ``other`` differs from ``tree`` in
     structure, shape or dtype."""
 
@@ -125,19 +135,19 @@ def check_same_structure(tree: Any, other: Any) -> None:
         if a.dtype != b.dtype:
             raise _mismatch(path, f"dtype {a.dtype} against {b.dtype}")
 
-    _visit(compare, tree, (other,), "", rebuild=False)
+    _visit(compare, tree, (other,), "", _Walk(rebuild=False, trainable=trainable))
 
 
-def unflatten(tree: Any, new_leaves: list[np.ndarray]) -> Any:
+def unflatten(tree: Any, new_leaves: list[np.ndarray], trainable: bool = False) -> Any:
     """A tree of ``tree``'s structure whose leaves are ``new_leaves`` (in :func:`leaves` order)."""
     new_leaves = list(new_leaves)
-    count = len(leaves_with_paths(tree))
+    count = len(leaves_with_paths(tree, trainable))
     if len(new_leaves) != count:
         raise ValueError(f"unflatten: the tree has {count} leaves, got {len(new_leaves)}")
-    return _refill(tree, new_leaves)
+    return _refill(tree, new_leaves, trainable)
 
 
-def _refill(tree: Any, new_leaves: list[np.ndarray]) -> Any:
+def _refill(tree: Any, new_leaves: list[np.ndarray], trainable: bool = False) -> Any:
     """:func:`unflatten` for callers that know the count is right (one walk instead of two)."""
     supply = iter(new_leaves)
-    return map(lambda _: next(supply), tree)
+    return map(lambda _: next(supply), tree, trainable=trainable)

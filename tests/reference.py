@@ -209,6 +209,134 @@ class Chain:
         return tuple(grads)
 
 
+class Residual:
+    """``X + inner(X)``; ``inner`` is ``(reference, params, config)``."""
+
+    @staticmethod
+    def forward(X, inner):
+        ref, params, config = inner
+        return _f64(X) + ref.forward(X, *params, **config)
+
+    @staticmethod
+    def grad_input(X, dY, inner):
+        ref, params, config = inner
+        return _f64(dY) + ref.grad_input(X, dY, *params, **config)
+
+    @staticmethod
+    def grad_params(X, dY, inner):
+        ref, params, config = inner
+        return (ref.grad_params(X, dY, *params, **config),)
+
+
+class Concatenate:
+    """Branches' outputs joined along per-example ``axis``."""
+
+    @staticmethod
+    def forward(X, branches, axis):
+        return np.concatenate([ref.forward(X, *p, **c) for ref, p, c in branches], axis=axis + 1)
+
+    @staticmethod
+    def _parts(X, dY, branches, axis):
+        sizes = [ref.forward(X, *p, **c).shape[axis + 1] for ref, p, c in branches]
+        return np.split(_f64(dY), np.cumsum(sizes)[:-1], axis=axis + 1)
+
+    @classmethod
+    def grad_input(cls, X, dY, branches, axis):
+        parts = cls._parts(X, dY, branches, axis)
+        return sum(ref.grad_input(X, d, *p, **c) for (ref, p, c), d in zip(branches, parts))
+
+    @classmethod
+    def grad_params(cls, X, dY, branches, axis):
+        parts = cls._parts(X, dY, branches, axis)
+        return tuple(ref.grad_params(X, d, *p, **c) for (ref, p, c), d in zip(branches, parts))
+
+
+class Add:
+    """Branches' outputs summed."""
+
+    @staticmethod
+    def forward(X, branches):
+        return sum(ref.forward(X, *p, **c) for ref, p, c in branches)
+
+    @staticmethod
+    def grad_input(X, dY, branches):
+        return sum(ref.grad_input(X, dY, *p, **c) for ref, p, c in branches)
+
+    @staticmethod
+    def grad_params(X, dY, branches):
+        return tuple(ref.grad_params(X, dY, *p, **c) for ref, p, c in branches)
+
+
+class LayerNorm:
+    """Normalization over the last axis, then ``* scale + shift``."""
+
+    @staticmethod
+    def _normalized(X, eps):
+        X = _f64(X)
+        mean, var = X.mean(axis=-1, keepdims=True), X.var(axis=-1, keepdims=True)
+        return (X - mean) / np.sqrt(var + eps), 1.0 / np.sqrt(var + eps)
+
+    @classmethod
+    def forward(cls, X, scale, shift, eps):
+        return cls._normalized(X, eps)[0] * _f64(scale) + _f64(shift)
+
+    @classmethod
+    def grad_input(cls, X, dY, scale, shift, eps):
+        normalized, inverse_std = cls._normalized(X, eps)
+        g = _f64(dY) * _f64(scale)
+        return inverse_std * (g - g.mean(axis=-1, keepdims=True) - normalized * (g * normalized).mean(axis=-1, keepdims=True))
+
+    @classmethod
+    def grad_params(cls, X, dY, scale, shift, eps):
+        normalized = cls._normalized(X, eps)[0]
+        dY = _f64(dY).reshape(-1, normalized.shape[-1])
+        return (dY * normalized.reshape(dY.shape)).sum(axis=0), dY.sum(axis=0)
+
+
+class BatchNorm:
+    """Evaluation mode: ``(X - running_mean) / sqrt(running_var + eps) * scale + shift``
+    per channel (per-example axis 0)."""
+
+    @staticmethod
+    def _per_channel(v, X):
+        return _f64(v).reshape((1, -1) + (1,) * (np.ndim(X) - 2))
+
+    @classmethod
+    def forward(cls, X, scale, shift, running_mean, running_var, eps):
+        c = lambda v: cls._per_channel(v, X)
+        return (_f64(X) - c(running_mean)) / np.sqrt(c(running_var) + eps) * c(scale) + c(shift)
+
+    @classmethod
+    def grad_input(cls, X, dY, scale, shift, running_mean, running_var, eps):
+        c = lambda v: cls._per_channel(v, X)
+        return _f64(dY) * c(scale) / np.sqrt(c(running_var) + eps)
+
+    @classmethod
+    def grad_params(cls, X, dY, scale, shift, running_mean, running_var, eps):
+        c = lambda v: cls._per_channel(v, X)
+        normalized = (_f64(X) - c(running_mean)) / np.sqrt(c(running_var) + eps)
+        axes = (0,) + tuple(range(2, np.ndim(X)))
+        return (_f64(dY) * normalized).sum(axis=axes), _f64(dY).sum(axis=axes)
+
+
+class Embedding:
+    """``table[indices]``; the gradient of a row sums the rows of dY that used it."""
+
+    @staticmethod
+    def forward(X, table):
+        return _f64(table)[X]
+
+    @staticmethod
+    def grad_input(X, dY, table):
+        return np.zeros(np.shape(X))
+
+    @staticmethod
+    def grad_params(X, dY, table):
+        grad = np.zeros(np.shape(table))
+        np.add.at(grad, np.ravel(X), _f64(dY).reshape(-1, grad.shape[1]))
+        return (grad,)
+
+
 # --------------------------------------------------------------------------- losses
 def _logsumexp(Y):
     top = Y.max(axis=-1, keepdims=True)

@@ -50,3 +50,10 @@ def test_compare_optimizers_example_prints_a_curve_per_optimizer() -> None:
     assert accuracies.shape == (3, 7) and np.all((accuracies >= 0) & (accuracies <= 1))
     sgd, adam = accuracies[:, 0], accuracies[:, 2]
     assert adam[-1] > sgd[-1]
+
+
+def test_digits_cnn_reaches_097_test_accuracy() -> None:
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (the 'examples' extra)")
+    out = run_example("digits_cnn.py")
+    accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+    assert accuracy >= 0.97, out

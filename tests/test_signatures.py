@@ -117,13 +117,56 @@ EXERCISE = textwrap.dedent(
         jn.testing.jacobian(d1, X[0].astype(dtype))
         jn.testing.jacobian(jn.Softmax(), X[0].astype(dtype))
 
+        # ---- spatial layers: NCHW batches through each layer and through a small network
+        conv = jn.Conv2D(W=rng.normal(size=(3, 2, 3, 2)).astype(dtype), b=rng.normal(size=3).astype(dtype),
+                         stride=(1, 2), padding=1, dilation=(2, 1))
+        # (each in its usual place: a kernel is compiled again for arrays of another rank)
+        X4, X2 = rng.normal(size=(2, 2, 5, 5)), rng.normal(size=(2, 50))
+        spatial = [(conv, X4), (jn.MaxPool2D(3, stride=2, padding=1), X4), (jn.AvgPool2D((2, 3), stride=(1, 2), padding=1), X4),
+                   (jn.Flatten(), X4), (jn.Reshape((2, 5, -1)), X2)]
+        for layer, inputs in spatial:
+            dY4 = rng.normal(size=(2, *layer.output_shape(inputs.shape[1:])))
+            for x, dy in zip(variants(inputs, dtype), variants(dY4, dtype)):
+                layer.forward(x)
+                layer(x)
+                layer.grad_input(x, dy)
+                layer.grad_params(x, dy)
+        network = jn.pipe(conv, jn.MaxPool2D(2, padding=1), jn.AvgPool2D(1), jn.Flatten(),
+                          jn.Dense(W=rng.normal(size=(12, 3)).astype(dtype), b=np.zeros(3, dtype)))
+        for x in variants(X4, dtype):
+            value, grads = jn.value_and_grad(network, jn.SoftmaxCrossEntropy(), x, rng.integers(0, 3, size=2))
+            opt.update(network, grads, opt.init(network))
+        jn.testing.check_grads(conv, X4[:1])
+
+        # ---- element-wise layers on 4-D input (handed flat views), normalization, dropout, embedding,
+        #      in evaluation and training mode, inside combinators
+        norm_net = jn.pipe(
+            conv, jn.BatchNorm.init(None, 3, dtype=dtype), jn.ReLU(), jn.Dropout(0.5), jn.Tanh(), jn.Flatten(),
+            jn.Residual(jn.pipe(jn.LayerNorm.init(None, 27, dtype=dtype), jn.GELU())),
+            jn.Concatenate((jn.Dense(W=rng.normal(size=(27, 2)).astype(dtype), b=np.zeros(2, dtype)), jn.Sigmoid())),
+            jn.Add((jn.Identity(), jn.LeakyReLU(0.1))),
+        )
+        for x in variants(X4, dtype):
+            for training in (False, True):
+                Y, trace = jn.forward(norm_net, x, training=training, key=jn.random.key(0))
+                jn.backward(norm_net, trace, np.ones(Y.shape, dtype))
+            jn.train_step(norm_net, opt.init(norm_net), jn.SoftmaxCrossEntropy(), opt, x, rng.integers(0, 29, size=2), key=jn.random.key(1))
+        embedding = jn.Embedding(table=rng.normal(size=(7, 3)).astype(dtype))
+        for index_dtype in (np.int8, np.uint16, np.int32, np.int64):
+            indices = rng.integers(0, 7, size=(2, 4)).astype(index_dtype)
+            embedding.forward(indices)
+            embedding.grad_params(indices, np.ones((2, 4, 3)))
+            embedding.grad_input(indices, np.ones((2, 4, 3)))
+
     # the kernels of everything exercised above, which must all have been compiled
     from jitnn.optim import transforms
     optimizer_kernels = [cls.kernel for cls in (jn.optim.SGD, jn.optim.Momentum, jn.optim.Adam, jn.optim.RMSprop, jn.optim.Adagrad, jn.optim.Lion)]
     transform_kernels = [transforms._sum_of_squares, transforms._scale, transforms._clip, transforms._add_decayed_weights, transforms._first_non_finite]
     exercised = [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in optimizer_kernels + transform_kernels]
     for cls in (jn.Dense, jn.Identity, jn.ReLU, jn.LeakyReLU, jn.Sigmoid, jn.Tanh, jn.GELU, jn.Softmax,
-                jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy):
+                jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy,
+                jn.Conv2D, jn.MaxPool2D, jn.AvgPool2D, jn.Flatten, jn.Reshape,
+                jn.LayerNorm, jn.BatchNorm, jn.Dropout, jn.Embedding):
         exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in cls.kernels if k is not None]
 
     report = []

@@ -12,9 +12,10 @@ import numpy as np
 from jitnn import random
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
-from jitnn.protocol import Array, Kernels, Layer, layer, param
+from jitnn._checks import freeze, readonly
+from jitnn.protocol import Array, Context, Kernels, Layer, buffer, layer, param
 
-__all__ = ["LayerNorm"]
+__all__ = ["LayerNorm", "BatchNorm"]
 
 
 @jit
@@ -86,7 +87,7 @@ def _layer_norm_grad_params(X, dY, scale, shift, eps):
 
 def _epsilon(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"LayerNorm: eps must be a positive number, got {value!r}")
+        raise ValueError(f"normalization: eps must be a positive number, got {value!r}")
     return float(value)
 
 
@@ -122,3 +123,155 @@ class LayerNorm(Layer):
         if len(input_shape) < 1 or input_shape[-1] != self.features:
             raise ValueError(f"expects per-example input shape (..., {self.features}), got {tuple(input_shape)}")
         return tuple(input_shape)
+
+
+# --------------------------------------------------------------------------- batch normalization
+@jit
+def _batch_norm_moments(X, running_mean, running_var, training):
+    """Per channel of X (n, C, ...): the batch mean and biased variance if training, else
+    the running ones;  -> mean (C,), variance (C,) in float64."""
+    n, channels = X.shape[0], X.shape[1]
+    x = X.reshape((n, channels, X.size // (n * channels)))
+    if not training:
+        return running_mean.astype(np.float64), running_var.astype(np.float64)
+    count = n * x.shape[2]
+    mean, variance = np.zeros(channels), np.zeros(channels)
+    for c in range(channels):
+        for i in range(n):
+            for s in range(x.shape[2]):
+                mean[c] += x[i, c, s]
+        mean[c] /= count
+        for i in range(n):
+            for s in range(x.shape[2]):
+                variance[c] += (x[i, c, s] - mean[c]) ** 2
+        variance[c] /= count
+    return mean, variance
+
+
+@jit
+def _batch_norm_forward(X, scale, shift, running_mean, running_var, momentum, eps, training):
+    """Y = (X - mean) / sqrt(var + eps) * scale + shift per channel;  X (n, C, ...) -> Y like X."""
+    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+    n, channels = X.shape[0], X.shape[1]
+    x = X.reshape((n, channels, X.size // (n * channels)))
+    Y = np.empty(X.shape, X.dtype)
+    y = Y.reshape(x.shape)
+    for c in range(channels):
+        factor = scale[c] / math.sqrt(variance[c] + eps)
+        for i in range(n):
+            for s in range(x.shape[2]):
+                y[i, c, s] = (x[i, c, s] - mean[c]) * factor + shift[c]
+    return Y
+
+
+@jit
+def _batch_norm_grad_input(X, dY, scale, shift, running_mean, running_var, momentum, eps, training):
+    """dX = scale inv_std (dY - [training] (mean(dY) + xhat mean(dY xhat))) per channel;  -> like X."""
+    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+    n, channels = X.shape[0], X.shape[1]
+    x = X.reshape((n, channels, X.size // (n * channels)))
+    d = dY.reshape(x.shape)
+    dX = np.empty(X.shape, X.dtype)
+    dx = dX.reshape(x.shape)
+    count = n * x.shape[2]
+    for c in range(channels):
+        inverse_std = 1.0 / math.sqrt(variance[c] + eps)
+        mean_d, mean_dx = 0.0, 0.0
+        if training:
+            for i in range(n):
+                for s in range(x.shape[2]):
+                    mean_d += d[i, c, s]
+                    mean_dx += d[i, c, s] * (x[i, c, s] - mean[c]) * inverse_std
+            mean_d, mean_dx = mean_d / count, mean_dx / count
+        for i in range(n):
+            for s in range(x.shape[2]):
+                normalized = (x[i, c, s] - mean[c]) * inverse_std
+                dx[i, c, s] = scale[c] * inverse_std * (d[i, c, s] - mean_d - normalized * mean_dx)
+    return dX
+
+
+@jit
+def _batch_norm_grad_params(X, dY, scale, shift, running_mean, running_var, momentum, eps, training):
+    """d scale = sum of dY * xhat, d shift = sum of dY, per channel;  -> ((C,), (C,))."""
+    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+    n, channels = X.shape[0], X.shape[1]
+    x = X.reshape((n, channels, X.size // (n * channels)))
+    d = dY.reshape(x.shape)
+    d_scale, d_shift = np.zeros(channels, scale.dtype), np.zeros(channels, shift.dtype)
+    for c in range(channels):
+        inverse_std = 1.0 / math.sqrt(variance[c] + eps)
+        for i in range(n):
+            for s in range(x.shape[2]):
+                d_scale[c] += d[i, c, s] * (x[i, c, s] - mean[c]) * inverse_std
+                d_shift[c] += d[i, c, s]
+    return d_scale, d_shift
+
+
+def _momentum(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"BatchNorm: momentum must lie in [0, 1], got {value!r}")
+    return float(value)
+
+
+@layer
+class BatchNorm(Layer):
+    """Batch normalization (Ioffe and Szegedy, 2015) over the per-example axis 0 (the
+    features of ``(n, C)`` input, the channels of ``(n, C, H, W)``), as PyTorch's
+    ``BatchNorm1d``/``BatchNorm2d``.
+
+    In training mode (``training=True`` in :func:`jitnn.forward`, ``value_and_grad``,
+    ``train_step``, ``fit``) it normalizes with the batch's mean and biased variance and
+    the pass reports the layer with new running statistics, ``running <- (1 - momentum)
+    running + momentum batch`` (unbiased variance, as PyTorch); in evaluation mode it uses
+    the running statistics. ``running_mean`` and ``running_var`` are buffers: saved with
+    the model, never touched by optimizers.
+    """
+
+    scale: Array = param()
+    shift: Array = param()
+    running_mean: Array = buffer()
+    running_var: Array = buffer()
+    momentum: float = attrs.field(default=0.1, converter=_momentum)
+    eps: float = attrs.field(default=1e-5, converter=_epsilon)
+
+    kernels = Kernels(_batch_norm_forward, _batch_norm_grad_input, _batch_norm_grad_params)
+    needs_context = True
+
+    @classmethod
+    def init(cls, key: random.Key | None, features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = np.float32) -> "BatchNorm":
+        """Scale ones, shift zeros, running mean zeros and running variance ones."""
+        if isinstance(features, bool) or not isinstance(features, numbers.Integral) or features < 1:
+            raise ValueError(f"BatchNorm.init: features must be a positive integer, got {features!r}")
+        dtype = check_float_dtype(dtype, "BatchNorm.init")
+        ones, zeros = np.ones(features, dtype), np.zeros(features, dtype)
+        return cls(scale=ones, shift=zeros, running_mean=zeros, running_var=ones, momentum=momentum, eps=eps)
+
+    @property
+    def features(self) -> int:
+        return self.scale.shape[0]
+
+    def check_params(self) -> None:
+        shape = self.scale.shape
+        if len(shape) != 1 or any(getattr(self, name).shape != shape for name in ("shift", "running_mean", "running_var")):
+            raise ValueError("BatchNorm: scale, shift, running_mean and running_var must all have shape (features,)")
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) < 1 or input_shape[0] != self.features:
+            raise ValueError(f"expects per-example input shape ({self.features}, ...), got {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def call_args(self, X: Array, context: Context, where: str) -> tuple[Any, ...]:
+        if context.training and X.size // self.features < 2:
+            raise ValueError(f"BatchNorm at model{where}: training needs more than one value per channel, got input of shape {X.shape}")
+        return (context.training,)
+
+    def updated(self, X: Array, call_args: tuple[Any, ...]) -> "BatchNorm":
+        mean, variance = _batch_norm_moments(readonly(X), self.running_mean, self.running_var, True)
+        count = X.size // self.features
+        unbiased = variance * (count / (count - 1))
+        keep, dtype = 1.0 - self.momentum, self.scale.dtype
+        return attrs.evolve(
+            self,
+            running_mean=freeze((keep * self.running_mean + self.momentum * mean).astype(dtype)),
+            running_var=freeze((keep * self.running_var + self.momentum * unbiased).astype(dtype)),
+        )

@@ -81,13 +81,13 @@ def step_count(count: int) -> np.ndarray:
 
 
 def zeros_like_tree(params: Any) -> Any:
-    """A tree of ``params``' structure holding read-only zeros."""
-    return tree.map(lambda p: freeze(np.zeros_like(p)), params)
+    """A tree of ``params``' structure holding read-only zeros for every trainable array."""
+    return tree.map(lambda p: freeze(np.zeros_like(p)), params, trainable=True)
 
 
 def float_leaves(arrays: Any, who: str, role: str) -> list[tuple[str, np.ndarray]]:
     """The leaves of ``arrays`` with their paths, after checking each is float32 or float64."""
-    return _check_float(tree.leaves_with_paths(arrays), who, role)
+    return _check_float(tree.leaves_with_paths(arrays, trainable=True), who, role)
 
 
 def _check_float(found: list[tuple[str, np.ndarray]], who: str, role: str) -> list[tuple[str, np.ndarray]]:
@@ -106,7 +106,7 @@ def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, ou
     arrays, so it compiles once per dtype whatever the parameters' ranks; its fresh
     outputs are made read-only and reshaped back.
     """
-    template, structure = tree.flatten(trees[0])
+    template, structure = tree.flatten(trees[0], trainable=True)
     _check_float(template, who, roles[0])
     columns = [[leaf for _, leaf in template]]
     for other, role in zip(trees[1:], roles[1:]):
@@ -115,20 +115,20 @@ def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, ou
     for arrays in zip(*columns):
         flat = [readonly(a.reshape(-1)) for a in arrays]
         results.append([freeze(out).reshape(arrays[0].shape) for out in kernel(*flat, *config)])
-    return [tree._refill(trees[0], [r[i] for r in results]) for i in range(outputs)]
+    return [tree._refill(trees[0], [r[i] for r in results], trainable=True) for i in range(outputs)]
 
 
 def _matching_leaves(template: list[tuple[str, np.ndarray]], structure: tuple, params: Any, other: Any, who: str, role: str) -> list[np.ndarray]:
     """``other``'s leaves, checked against the parameters' structure, shapes and dtypes in
     one walk; on a mismatch, a full comparison names the first difference."""
-    found, other_structure = tree.flatten(other)
+    found, other_structure = tree.flatten(other, trainable=True)
     matches = other_structure == structure and len(found) == len(template) and all(
         path == other_path and leaf.shape == expected.shape and leaf.dtype == expected.dtype
         for (path, expected), (other_path, leaf) in zip(template, found)
     )
     if not matches:
         try:
-            tree.check_same_structure(other, params)
+            tree.check_same_structure(other, params, trainable=True)
         except ValueError as error:
             raise ValueError(f"{who}: {role} do not match the parameters: {error}") from None
     return [leaf for _, leaf in found]

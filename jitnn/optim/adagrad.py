@@ -49,7 +49,7 @@ class Adagrad(Optimizer):
 
     def init(self, params: Any) -> AdagradState:
         start = self.initial_accumulator
-        return AdagradState(step_count(0), tree.map(lambda p: freeze(np.full_like(p, start)), params))
+        return AdagradState(step_count(0), tree.map(lambda p: freeze(np.full_like(p, start)), params, trainable=True))
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         return (learning_rate, self.eps)
