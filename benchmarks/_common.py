@@ -37,6 +37,8 @@ __all__ = [
     "minor_page_faults",
     "page_faults_per_call",
     "load_average",
+    "relative_difference",
+    "numba_cache_location",
 ]
 
 #: The repository root (the folder above ``benchmarks/``).
@@ -286,11 +288,37 @@ def load_average() -> float | None:
         return None
 
 
+def numba_cache_location(cold_cache: str | None = None) -> str:
+    """Where Numba's on-disk cache is, in words: the fresh folder of a script's
+    ``--cold-cache`` option (``cold_cache``), ``NUMBA_CACHE_DIR``, or Numba's default."""
+    if cold_cache is not None:
+        return "a new, empty Numba cache folder (--cold-cache)"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}"
+    return "Numba's default cache folders (next to the sources)"
+
+
 def thread_settings() -> str:
     """The thread-count environment variables that are set, or a note that none are."""
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "XLA_FLAGS")
     set_ = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
     return ", ".join(set_) if set_ else "no thread-count environment variables set (library defaults)"
+
+
+# --------------------------------------------------------------------------- checks
+def relative_difference(got: Any, expected: Any) -> float:
+    """The largest absolute difference between two arrays of the same shape, relative to the
+    largest magnitude in ``expected`` (1 if that is 0): 0 for equal arrays, ``inf`` for
+    different shapes, NaN if either holds a NaN. Computed in float64."""
+    import numpy
+
+    got, expected = numpy.asarray(got, numpy.float64), numpy.asarray(expected, numpy.float64)
+    if got.shape != expected.shape:
+        return math.inf
+    if got.size == 0:
+        return 0.0
+    scale = float(numpy.max(numpy.abs(expected))) or 1.0
+    return float(numpy.max(numpy.abs(got - expected))) / scale
 
 
 # --------------------------------------------------------------------------- output
