@@ -6,6 +6,8 @@ example ``NUMBA_CACHE_DIR``) after parsing its arguments and before those import
 
 from __future__ import annotations
 
+import argparse
+
 import datetime
 import importlib.metadata
 import math
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 __all__ = [
     "ROOT",
@@ -39,6 +41,9 @@ __all__ = [
     "load_average",
     "relative_difference",
     "numba_cache_location",
+    "TimingDefaults",
+    "add_timing_arguments",
+    "resolve_timing",
 ]
 
 #: The repository root (the folder above ``benchmarks/``).
@@ -358,3 +363,51 @@ def ratio(numerator: float | None, denominator: float | None) -> str:
 def stderr(*parts: Any) -> None:
     """Progress messages go to stderr, so stdout holds only the Markdown report."""
     print(*parts, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- command line
+class TimingDefaults(NamedTuple):
+    """A script's default timing budget per table cell, for a full and a ``--quick`` run."""
+
+    seconds: float = 0.75
+    min_repeats: int = 20
+    rounds: int = 5
+    quick_seconds: float = 0.1
+    quick_min_repeats: int = 5
+    quick_rounds: int = 2
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, defaults: TimingDefaults, seed_help: str) -> None:
+    """The options every benchmark script shares: budget, seed, cache, pause, spread."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a short, noisier run: {defaults.quick_seconds:g} s and at least {defaults.quick_min_repeats} "
+                        f"calls per cell, in {defaults.quick_rounds} rounds")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help=f"time spent per table cell (default {defaults.seconds:g}, or {defaults.quick_seconds:g} with --quick)")
+    parser.add_argument("--min-repeats", type=int, default=None,
+                        help=f"least number of timed calls per cell (default {defaults.min_repeats}, or "
+                        f"{defaults.quick_min_repeats} with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"interleaved rounds the cell's time is spread over (default {defaults.rounds}, or "
+                        f"{defaults.quick_rounds} with --quick)")
+    parser.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default 0)")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="point NUMBA_CACHE_DIR at a new empty folder, so jitnn's first calls compile "
+                        "the kernels instead of loading machine code from the on-disk cache")
+    parser.add_argument("--pause", type=float, default=0.15,
+                        help="seconds to sleep before each implementation's turn and first call, so that "
+                        "another library's spinning BLAS threads go idle first (default: %(default)s)")
+    parser.add_argument("--spread", action="store_true",
+                        help="also print each cell's spread (half the interquartile range, in percent)")
+
+
+def resolve_timing(parser: argparse.ArgumentParser, args: argparse.Namespace, defaults: TimingDefaults) -> None:
+    """Fill in ``args.seconds``, ``min_repeats``, ``rounds`` and ``args.budget``."""
+    quick = args.quick
+    args.seconds = args.seconds if args.seconds is not None else (defaults.quick_seconds if quick else defaults.seconds)
+    args.min_repeats = args.min_repeats if args.min_repeats is not None else (defaults.quick_min_repeats if quick else defaults.min_repeats)
+    args.rounds = args.rounds if args.rounds is not None else (defaults.quick_rounds if quick else defaults.rounds)
+    try:
+        args.budget = Budget(args.seconds, args.min_repeats, args.rounds)
+    except ValueError as error:
+        parser.error(str(error))

@@ -56,8 +56,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from _common import (
+    TimingDefaults,
+    add_timing_arguments,
+    resolve_timing,
     ROOT,
-    Budget,
     describe_machine,
     first_call,
     import_timed,
@@ -89,6 +91,9 @@ OUTPUTS = ("Y", "dW", "db", "dX")
 
 
 # --------------------------------------------------------------------------- arguments
+#: The timing budget per table cell, for a full and a --quick run.
+TIMING = TimingDefaults(seconds=3.0, min_repeats=50, rounds=6, quick_seconds=0.3)
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -123,33 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--impls", type=_implementations, default=IMPLEMENTATIONS, metavar="NAME,...",
                         help=f"implementations to run, from {','.join(IMPLEMENTATIONS)}; jitnn is always one "
                         "(default: all)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short, noisier run: 0.3 s and at least 5 calls per cell, in 2 rounds")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="time spent per table cell (default 3, or 0.3 with --quick)")
-    parser.add_argument("--min-repeats", type=int, default=None,
-                        help="least number of timed calls per cell (default 50, or 5 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds the cell's time is spread over (default 6, or 2 with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (default 0)")
-    parser.add_argument("--cold-cache", action="store_true",
-                        help="point NUMBA_CACHE_DIR at a new empty folder, so jitnn's first call compiles "
-                        "every kernel instead of loading machine code from the on-disk cache")
-    parser.add_argument("--pause", type=float, default=0.15,
-                        help="seconds to sleep before each implementation's turn and first call, so that "
-                        "another library's spinning BLAS threads go idle first (default: %(default)s)")
-    parser.add_argument("--spread", action="store_true",
-                        help="also print each cell's spread (half the interquartile range, in percent)")
+    add_timing_arguments(parser, TIMING, "seed for the weights and the data")
     args = parser.parse_args(argv)
     if args.size < KERNEL - 1 + POOL:
         parser.error(f"--size must be at least {KERNEL - 1 + POOL}, so that the pooled output is not empty")
-    args.seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 3.0)
-    args.min_repeats = args.min_repeats if args.min_repeats is not None else (5 if args.quick else 50)
-    args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 6)
-    try:
-        args.budget = Budget(args.seconds, args.min_repeats, args.rounds)
-    except ValueError as error:
-        parser.error(str(error))
+    resolve_timing(parser, args, TIMING)
     return args
 
 

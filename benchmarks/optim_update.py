@@ -64,8 +64,10 @@ from typing import Any, Callable
 import numpy as np
 
 from _common import (
+    TimingDefaults,
+    add_timing_arguments,
+    resolve_timing,
     ROOT,
-    Budget,
     describe_machine,
     first_call,
     import_timed,
@@ -106,6 +108,9 @@ CHECK_STEPS = 3
 # --------------------------------------------------------------------------- NumPy rules
 # One function per rule, ``step(p, g, *moments, t, **hyperparameters) -> (p, *moments)``
 # for one parameter array at update t (1 for the first), written the plain NumPy way.
+#: The timing budget per table cell, for a full and a --quick run.
+TIMING = TimingDefaults()
+
 def numpy_sgd(p, g, t, learning_rate):
     return (p - learning_rate * g,)
 
@@ -419,31 +424,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
     parser.add_argument("--torch-threads", type=_positive_int, default=None, metavar="N",
                         help="torch.set_num_threads(N) (default: leave PyTorch's default)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short, noisier run: 0.1 s and at least 5 calls per cell, in 2 rounds")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="time spent per table cell (default 0.75, or 0.1 with --quick)")
-    parser.add_argument("--min-repeats", type=int, default=None,
-                        help="least number of timed calls per cell (default 20, or 5 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds the cell's time is spread over (default 5, or 2 with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and gradients (default 0)")
-    parser.add_argument("--cold-cache", action="store_true",
-                        help="point NUMBA_CACHE_DIR at a new empty folder, so jitnn's first calls compile "
-                        "the kernels instead of loading machine code from the on-disk cache")
-    parser.add_argument("--pause", type=float, default=0.15,
-                        help="seconds to sleep before each implementation's turn and first call (default: %(default)s)")
-    parser.add_argument("--spread", action="store_true",
-                        help="also print each cell's spread (half the interquartile range, in percent)")
+    add_timing_arguments(parser, TIMING, "seed for the weights and gradients")
     args = parser.parse_args(argv)
     args.hidden = DEFAULT_HIDDEN if args.params is None else hidden_for(args.params)
-    args.seconds = args.seconds if args.seconds is not None else (0.1 if args.quick else 0.75)
-    args.min_repeats = args.min_repeats if args.min_repeats is not None else (5 if args.quick else 20)
-    args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
-    try:
-        args.budget = Budget(args.seconds, args.min_repeats, args.rounds)
-    except ValueError as error:
-        parser.error(str(error))
+    resolve_timing(parser, args, TIMING)
     return args
 
 
