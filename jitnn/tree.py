@@ -90,15 +90,21 @@ def map(fn: Callable[..., Any], tree: Any, *others: Any, trainable: bool = False
     must have the same structure), returning a new tree of the same structure.
 
     Records are rebuilt with ``attrs.evolve``, so ``fn`` must return what the record
-    accepts (arrays of the leaf's shape, typically); nothing is changed in place.
+    accepts (arrays of the leaf's shape, typically); a NumPy scalar (what arithmetic on a
+    0-d array gives) becomes a 0-d array again, so the structure is kept. Nothing is
+    changed in place.
     """
-    return _visit(lambda path, *arrays: fn(*arrays), tree, others, "", _Walk(rebuild=True, trainable=trainable))
+    return _visit(lambda path, *arrays: _as_leaf(fn(*arrays)), tree, others, "", _Walk(rebuild=True, trainable=trainable))
+
+
+def _as_leaf(value: Any) -> Any:
+    return np.asarray(value) if isinstance(value, np.generic) else value
 
 
 def map_with_paths(fn: Callable[..., Any], tree: Any, *others: Any, trainable: bool = False) -> Any:
     """As :func:`map`, but ``fn`` also receives each leaf's dotted path first:
     ``fn(path, leaf, *matching_leaves)``."""
-    return _visit(fn, tree, others, "", _Walk(rebuild=True, trainable=trainable))
+    return _visit(lambda path, *arrays: _as_leaf(fn(path, *arrays)), tree, others, "", _Walk(rebuild=True, trainable=trainable))
 
 
 def flatten(tree: Any, trainable: bool = False) -> tuple[list[tuple[str, np.ndarray]], tuple[tuple[str, type], ...]]:

@@ -1185,3 +1185,13 @@ def test_check_grads_names_the_position_of_a_wrong_member(X):
 def test_check_grads_refuses_a_non_layer(X):
     with pytest.raises(TypeError, match="layer"):
         jn.testing.check_grads(lambda x: x, X)
+
+
+def test_tree_map_keeps_a_zero_dimensional_leaf_an_array():
+    tree = {"scalar": np.array(2.0), "vector": np.ones(3)}
+    doubled = jn.tree.map(lambda a: 10 * a, tree)  # 10 * a 0-d array is a NumPy scalar
+    assert isinstance(doubled["scalar"], np.ndarray) and doubled["scalar"].shape == ()
+    assert float(doubled["scalar"]) == 20.0
+    opt = jn.optim.sgd(0.1)
+    new, _ = opt.update(tree, doubled, opt.init(tree))
+    assert float(new["scalar"]) == 0.0
