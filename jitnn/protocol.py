@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Sequence, TypeVar
 import attrs
 import numpy as np
 
+from jitnn import random
 from jitnn._checks import FLOAT_DTYPES, describe, float_input, freeze, readonly
 
 __all__ = ["Array", "Composite", "Context", "EVALUATION", "Kernels", "Layer", "buffer", "layer", "param", "registered_layers", "require_shape"]
@@ -114,8 +115,6 @@ class Context:
 
     def key_for(self, where: str, who: str) -> Any:
         """The key of the layer at position ``where``; ``ValueError`` if no key was given."""
-        from jitnn import random  # the protocol does not depend on random otherwise
-
         if self.key is None:
             raise ValueError(f"{who} needs a random key in training mode: pass key= to jitnn.forward, value_and_grad, train_step or fit")
         return random.fold_in(self.key, where or "model")
