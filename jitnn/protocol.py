@@ -12,7 +12,20 @@ convention (``params`` are the parameter fields in declaration order, ``config``
 
 Everything else (the passes, the optimizers, the gradient checks) is written once in
 terms of these answers. The Python methods here validate every array before a kernel
-sees it, because kernels do not check bounds.
+sees it, because kernels do not check bounds, and hand kernels read-only arrays only.
+
+Three optional extensions, each a class attribute or method of the record:
+
+- ``elementwise = True``: the kernels get flat (1-D) views and the result takes ``X``'s
+  shape again, so they compile once per dtype whatever the input's rank;
+- ``needs_context = True``: :meth:`Layer.call_args` turns the pass's :class:`Context`
+  (training mode, key) into extra kernel arguments appended after ``config`` (a dropout
+  mask), kept in the trace for the backward pass; :meth:`Layer.updated` gives the layer as
+  a training batch leaves it (new running statistics);
+- :func:`buffer` fields: arrays the layer carries (and saves) but does not train.
+
+Layers made of layers derive from :class:`Composite` and implement the passes over their
+``members`` instead of kernels.
 """
 
 from __future__ import annotations
