@@ -1,23 +1,28 @@
-"""Two-dimensional convolution over NCHW batches, through columns and one matrix product.
+"""Two-dimensional convolution over NCHW batches, one example at a time, through columns and matrix products.
 
 ``Conv2D`` computes the cross-correlation PyTorch's ``Conv2d`` computes, with the same weight
 layout ``W (out_channels, in_channels, kh, kw)``, so weights move between the two unchanged.
 
-The kernels rewrite the convolution as a matrix product (im2col). For a batch ``X (n, C, H,
-W)``, the columns matrix has one row per weight position ``r = (c, a, b)`` (``C kh kw`` rows,
-in the order of ``W.reshape(out, -1)``) and one column per output position ``(i, y, x)``
-(``n Ho Wo`` columns, example-major)::
+The kernels rewrite the convolution of each example as a matrix product (im2col). For an
+example ``X[i] (C, H, W)``, the columns matrix has one row per weight position ``r = (c, a,
+b)`` (``C kh kw`` rows, in the order of ``W.reshape(out, -1)``) and one column per output
+position ``(y, x)`` (``Ho Wo`` columns, row-major)::
 
-    columns[(c, a, b), (i, y, x)] = X[i, c, y sh + a dh - ph, x sw + b dw - pw]   (0 in the padding)
+    columns_i[(c, a, b), (y, x)] = X[i, c, y sh + a dh - ph, x sw + b dw - pw]   (0 in the padding)
 
-Then, with ``W_matrix = W.reshape(out, C kh kw)`` and ``dY_matrix (out, n Ho Wo)`` the output
-gradient with its first two axes swapped,
+Then, with ``W_matrix = W.reshape(out, C kh kw)`` and ``dY_matrix_i = dY[i].reshape(out, Ho
+Wo)`` (a view: the output gradient's own layout, no axes swapped),
 
-- forward:     ``Y_matrix = W_matrix @ columns`` (one GEMM), plus ``b``, axes swapped back;
-- grad_params: ``dW = dY_matrix @ columns.T`` (one GEMM), ``db = dY_matrix @ ones`` (row sums);
-- grad_input:  ``dcolumns = W_matrix.T @ dY_matrix`` (one GEMM), then every entry of
-  ``dcolumns`` is added back to the element of ``X`` it was read from (col2im); entries read
-  from the padding are dropped.
+- forward:     ``Y[i] = [W_matrix b] @ [columns_i; ones]`` (one GEMM per example, written
+  straight into ``Y[i]``; the row of ones carries the bias);
+- grad_params: ``[dW db] = sum_i dY_matrix_i @ [columns_i; ones].T`` (one GEMM per example;
+  the last column is ``db``, the row sums of the ``dY_matrix_i``);
+- grad_input:  ``dcolumns_i = W_matrix.T @ dY_matrix_i`` (one GEMM per example), then every
+  entry of ``dcolumns_i`` is added back to the element of ``X[i]`` it was read from (col2im);
+  entries read from the padding are dropped.
+
+A kernel fills one columns buffer (``C kh kw + 1`` rows, ``Ho Wo`` columns) for every example in
+turn, so no temporary grows with the batch and each product works in cache.
 
 The helpers shared with the pooling layers also live here: the pair fields of the
 configuration and the spatial shape rule.
@@ -57,85 +62,109 @@ def _conv2d_valid_range(count, size, offset, stride):
     return lo, hi
 
 
-@jit
-def _conv2d_columns(X, kernel, stride, padding, dilation):
-    """columns[(c, a, b), (i, y, x)] = X[i, c, y sh + a dh - ph, x sw + b dw - pw] (0 in the padding);  X (n, C, H, W) -> (C kh kw, n Ho Wo)."""
-    n, C, H, W = X.shape
+@jit(inline="always")
+def _conv2d_row_window(r, kernel, stride, padding, dilation, image_size, output_size):
+    """(c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi): row (c, a, b) reads image[c, y sh + h_offset, x sw + w_offset], y_lo <= y < y_hi, x_lo <= x < x_hi."""
     kh, kw = kernel
-    Ho = _conv2d_output_size(H, kh, stride[0], padding[0], dilation[0])
-    Wo = _conv2d_output_size(W, kw, stride[1], padding[1], dilation[1])
-    columns = np.zeros((C * kh * kw, n * Ho * Wo), X.dtype)
-    for r in range(C * kh * kw):
-        c, a, b = r // (kh * kw), r // kw % kh, r % kw
-        h_offset, w_offset = a * dilation[0] - padding[0], b * dilation[1] - padding[1]
-        y_lo, y_hi = _conv2d_valid_range(Ho, H, h_offset, stride[0])
-        x_lo, x_hi = _conv2d_valid_range(Wo, W, w_offset, stride[1])
-        for i in range(n):
-            for y in range(y_lo, y_hi):
-                start, h = (i * Ho + y) * Wo, y * stride[0] + h_offset
-                for x in range(x_lo, x_hi):
-                    columns[r, start + x] = X[i, c, h, x * stride[1] + w_offset]
+    c, a, b = r // (kh * kw), r // kw % kh, r % kw
+    h_offset, w_offset = a * dilation[0] - padding[0], b * dilation[1] - padding[1]
+    y_lo, y_hi = _conv2d_valid_range(output_size[0], image_size[0], h_offset, stride[0])
+    x_lo, x_hi = _conv2d_valid_range(output_size[1], image_size[1], w_offset, stride[1])
+    return c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi
+
+
+@jit(inline="always")
+def _conv2d_example_columns(image, kernel, stride, padding, dilation, columns):
+    """columns[(c, a, b), (y, x)] = image[c, y sh + a dh - ph, x sw + b dw - pw] (padding: as is);  image (C, H, W), columns (C kh kw, Ho Wo)."""
+    C, H, W = image.shape
+    Ho = _conv2d_output_size(H, kernel[0], stride[0], padding[0], dilation[0])
+    Wo = _conv2d_output_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    pixels, entries = image.reshape(C * H * W), columns.reshape(columns.size)
+    for r in range(columns.shape[0]):
+        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = _conv2d_row_window(r, kernel, stride, padding, dilation, (H, W), (Ho, Wo))
+        for y in range(y_lo, y_hi):  # one output row: x_hi - x_lo entries, read stride[1] pixels apart
+            row = entries[(r * Ho + y) * Wo + x_lo :]
+            read = pixels[(c * H + y * stride[0] + h_offset) * W + x_lo * stride[1] + w_offset :]
+            if stride[1] == 1:  # contiguous rows vectorize (3 to 5x faster)
+                for x in range(x_hi - x_lo):
+                    row[x] = read[x]
+            else:
+                for x in range(x_hi - x_lo):
+                    row[x] = read[x * stride[1]]
+
+
+@jit(inline="always")
+def _conv2d_example_col2im(dcolumns, kernel, stride, padding, dilation, image_grad):
+    """image_grad[c, y sh + a dh - ph, x sw + b dw - pw] += dcolumns[(c, a, b), (y, x)] (padding entries dropped);  dcolumns (C kh kw, Ho Wo)."""
+    C, H, W = image_grad.shape
+    Ho = _conv2d_output_size(H, kernel[0], stride[0], padding[0], dilation[0])
+    Wo = _conv2d_output_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    pixels, entries = image_grad.reshape(C * H * W), dcolumns.reshape(dcolumns.size)
+    for r in range(dcolumns.shape[0]):
+        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = _conv2d_row_window(r, kernel, stride, padding, dilation, (H, W), (Ho, Wo))
+        for y in range(y_lo, y_hi):  # one output row: x_hi - x_lo entries, added stride[1] pixels apart
+            row = entries[(r * Ho + y) * Wo + x_lo :]
+            written = pixels[(c * H + y * stride[0] + h_offset) * W + x_lo * stride[1] + w_offset :]
+            if stride[1] == 1:  # contiguous rows vectorize (3 to 5x faster)
+                for x in range(x_hi - x_lo):
+                    written[x] += row[x]
+            else:
+                for x in range(x_hi - x_lo):
+                    written[x * stride[1]] += row[x]
+
+
+@jit(inline="always")
+def _conv2d_column_buffer(X, rows, count):
+    """[zeros (rows, count); ones (1, count)], X's dtype: one example's columns (refilled per example; padding stays 0) over the bias's ones."""
+    columns = np.zeros((rows + 1, count), X.dtype)
+    columns[rows] = 1
     return columns
 
 
 @jit
-def _conv2d_output_matrix(dY):
-    """dY_matrix[o, (i, y, x)] = dY[i, o, y, x];  dY (n, out, Ho, Wo) -> (out, n Ho Wo)."""
-    n, out = dY.shape[0], dY.shape[1]
-    size = dY.shape[2] * dY.shape[3]
-    planes = dY.reshape((n, out, size))
-    matrix = np.empty((out, n * size), dY.dtype)
-    for o in range(out):
-        for i in range(n):
-            matrix[o, i * size : (i + 1) * size] = planes[i, o]
-    return matrix
-
-
-@jit
 def _conv2d_forward(X, W, b, stride, padding, dilation):
-    """Y = W_matrix @ columns + b, axes swapped;  X (n, C, H, W), W (out, C, kh, kw), b (out,) -> Y (n, out, Ho, Wo)."""
-    n, out = X.shape[0], W.shape[0]
-    Ho = _conv2d_output_size(X.shape[2], W.shape[2], stride[0], padding[0], dilation[0])
-    Wo = _conv2d_output_size(X.shape[3], W.shape[3], stride[1], padding[1], dilation[1])
-    columns = _conv2d_columns(X, (W.shape[2], W.shape[3]), stride, padding, dilation)
-    products = W.reshape((out, columns.shape[0])) @ columns
-    size = Ho * Wo
-    Y = np.empty((n, out, size), X.dtype)
+    """Y[i] = [W_matrix b] @ [columns_i; ones] for each example;  X (n, C, H, W), W (out, C, kh, kw), b (out,) -> Y (n, out, Ho, Wo)."""
+    n, out, kernel = X.shape[0], W.shape[0], (W.shape[2], W.shape[3])
+    Ho = _conv2d_output_size(X.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+    Wo = _conv2d_output_size(X.shape[3], kernel[1], stride[1], padding[1], dilation[1])
+    rows = W.size // out
+    weights = np.empty((out, rows + 1), X.dtype)
+    weights[:, :rows] = W.reshape((out, rows))
+    weights[:, rows] = b
+    columns = _conv2d_column_buffer(X, rows, Ho * Wo)
+    Y = np.empty((n, out, Ho * Wo), X.dtype)
     for i in range(n):
-        for o in range(out):
-            for p in range(size):
-                Y[i, o, p] = products[o, i * size + p] + b[o]
+        _conv2d_example_columns(X[i], kernel, stride, padding, dilation, columns[:rows])
+        np.dot(weights, columns, Y[i])
     return Y.reshape((n, out, Ho, Wo))
 
 
 @jit
 def _conv2d_grad_input(X, dY, W, b, stride, padding, dilation):
-    """dX = col2im(W_matrix.T @ dY_matrix), each entry added where it was read;  dY (n, out, Ho, Wo) -> dX (n, C, H, W)."""
-    n, C, H, Wd = X.shape
-    out, _, kh, kw = W.shape
-    Ho, Wo = dY.shape[2], dY.shape[3]
-    dcolumns = W.reshape((out, C * kh * kw)).T @ _conv2d_output_matrix(dY)
+    """dX[i] = col2im(W_matrix.T @ dY_matrix_i), each entry added where it was read;  dY (n, out, Ho, Wo) -> dX (n, C, H, W)."""
+    n, out, Ho, Wo = dY.shape
+    W_matrix_T = W.reshape((out, W.size // out)).T
+    gradient = dY.reshape((n, out, Ho * Wo))
+    dcolumns = np.empty((W_matrix_T.shape[0], Ho * Wo), X.dtype)  # reused for every example
     dX = np.zeros(X.shape, X.dtype)
-    for r in range(C * kh * kw):
-        c, a, b = r // (kh * kw), r // kw % kh, r % kw
-        h_offset, w_offset = a * dilation[0] - padding[0], b * dilation[1] - padding[1]
-        y_lo, y_hi = _conv2d_valid_range(Ho, H, h_offset, stride[0])
-        x_lo, x_hi = _conv2d_valid_range(Wo, Wd, w_offset, stride[1])
-        for i in range(n):
-            for y in range(y_lo, y_hi):
-                start, h = (i * Ho + y) * Wo, y * stride[0] + h_offset
-                for x in range(x_lo, x_hi):
-                    dX[i, c, h, x * stride[1] + w_offset] += dcolumns[r, start + x]
+    for i in range(n):
+        np.dot(W_matrix_T, gradient[i], dcolumns)
+        _conv2d_example_col2im(dcolumns, (W.shape[2], W.shape[3]), stride, padding, dilation, dX[i])
     return dX
 
 
 @jit
 def _conv2d_grad_params(X, dY, W, b, stride, padding, dilation):
-    """dW = dY_matrix @ columns.T (out, C, kh, kw), db = dY_matrix @ ones (out,);  dY (n, out, Ho, Wo)."""
-    columns = _conv2d_columns(X, (W.shape[2], W.shape[3]), stride, padding, dilation)
-    gradient = _conv2d_output_matrix(dY)
-    db = gradient @ np.ones(gradient.shape[1], dY.dtype)  # BLAS: 20x faster than a serial sum
-    return (gradient @ columns.T).reshape(W.shape), db
+    """[dW db] = sum_i dY_matrix_i @ [columns_i; ones].T;  dY (n, out, Ho, Wo) -> dW (out, C, kh, kw), db (out,)."""
+    n, out, Ho, Wo = dY.shape
+    rows = W.size // out
+    gradient = dY.reshape((n, out, Ho * Wo))
+    columns = _conv2d_column_buffer(X, rows, Ho * Wo)
+    sums = np.zeros((out, rows + 1), X.dtype)
+    for i in range(n):
+        _conv2d_example_columns(X[i], (W.shape[2], W.shape[3]), stride, padding, dilation, columns[:rows])
+        sums += gradient[i] @ columns.T
+    return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
 
 
 # --------------------------------------------------------------------------- pair fields
