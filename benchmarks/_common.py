@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "relative_difference",
     "numba_cache_location",
     "TimingDefaults",
+    "run_with_cache_choice",
     "add_timing_arguments",
     "resolve_timing",
 ]
@@ -411,3 +413,13 @@ def resolve_timing(parser: argparse.ArgumentParser, args: argparse.Namespace, de
         args.budget = Budget(args.seconds, args.min_repeats, args.rounds)
     except ValueError as error:
         parser.error(str(error))
+
+
+def run_with_cache_choice(run: Callable[[argparse.Namespace, str | None], int], args: argparse.Namespace) -> int:
+    """``run(args, None)``, or with ``--cold-cache`` ``run(args, folder)`` with
+    ``NUMBA_CACHE_DIR`` pointed at a new, empty folder (set before Numba is imported)."""
+    if not args.cold_cache:
+        return run(args, None)
+    with tempfile.TemporaryDirectory(prefix="jitnn-bench-cache-") as cache:
+        os.environ["NUMBA_CACHE_DIR"] = cache
+        return run(args, cache)

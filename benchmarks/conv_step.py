@@ -49,13 +49,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from _common import (
+    run_with_cache_choice,
     TimingDefaults,
     add_timing_arguments,
     resolve_timing,
@@ -236,12 +236,7 @@ def _as_arrays(result: tuple[Any, ...]) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.cold_cache:
-        return run(args, None)
-    with tempfile.TemporaryDirectory(prefix="jitnn-bench-cache-") as cache:
-        os.environ["NUMBA_CACHE_DIR"] = cache  # before Numba is imported
-        return run(args, cache)
+    return run_with_cache_choice(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace, cold_cache: str | None) -> int:

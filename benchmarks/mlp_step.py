@@ -43,12 +43,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 
 from _common import (
+    kernel_cache_counts,
+    run_with_cache_choice,
     TimingDefaults,
     add_timing_arguments,
     resolve_timing,
@@ -325,25 +326,9 @@ def _changes(before: list[tuple[np.ndarray, np.ndarray]], after: list[tuple[np.n
             for pair_old, pair_new in zip(before, after) for old, new in zip(pair_old, pair_new)]
 
 
-def _cache_counts() -> tuple[int, int] | None:
-    """(kernels loaded from Numba's on-disk cache, kernels compiled) so far, if Numba says."""
-    try:
-        from jitnn._jit import KERNELS
-        hits = sum(sum(kernel.stats.cache_hits.values()) for kernel in KERNELS)
-        misses = sum(sum(kernel.stats.cache_misses.values()) for kernel in KERNELS)
-    except Exception:
-        return None
-    return hits, misses
-
-
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.cold_cache:
-        return run(args, None)
-    with tempfile.TemporaryDirectory(prefix="jitnn-bench-cache-") as cache:
-        os.environ["NUMBA_CACHE_DIR"] = cache  # before Numba is imported
-        return run(args, cache)
+    return run_with_cache_choice(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace, cold_cache: str | None) -> int:
@@ -405,7 +390,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
             seconds, value = first_call(runner.step)
             first_calls[batch, name] = seconds
             if name == "jitnn" and cache_counts is None:
-                cache_counts = _cache_counts()
+                cache_counts = kernel_cache_counts()
             if runner.weights is not None:
                 losses[name] = float(value)
                 updates[name] = _changes(before, runner.weights())
@@ -480,7 +465,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         where = ("a new, empty Numba cache folder (--cold-cache)" if cold_cache is not None
                  else f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}" if os.environ.get("NUMBA_CACHE_DIR")
                  else "Numba's default cache folders (next to the sources)")
-        final_counts = _cache_counts()
+        final_counts = kernel_cache_counts()
         counts = (f"{cache_counts[0]} kernel signatures loaded from the on-disk cache and {cache_counts[1]} compiled"
                   if cache_counts else "cache use unknown")
         if cache_counts and final_counts and final_counts != cache_counts:

@@ -57,13 +57,13 @@ import functools
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from _common import (
+    run_with_cache_choice,
     TimingDefaults,
     add_timing_arguments,
     resolve_timing,
@@ -433,12 +433,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.cold_cache:
-        return run(args, None)
-    with tempfile.TemporaryDirectory(prefix="jitnn-bench-cache-") as cache:
-        os.environ["NUMBA_CACHE_DIR"] = cache  # before Numba is imported
-        return run(args, cache)
+    return run_with_cache_choice(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace, cold_cache: str | None) -> int:

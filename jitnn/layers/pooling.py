@@ -43,7 +43,7 @@ def _pool2d_window(start, kernel, size):
 def _max_pool2d_window_max(planes, p, h_lo, h_hi, w_lo, w_hi):
     """(value, h W + w) of the first maximum of planes[p, h_lo:h_hi, w_lo:w_hi]; a NaN wins."""
     width = planes.shape[2]
-    if h_hi - h_lo == 2 and w_hi - w_lo == 2:  # the common 2x2 window, unrolled (10x faster)
+    if h_hi - h_lo == 2 and w_hi - w_lo == 2:  # the common 2x2 window, unrolled (2x faster)
         best, where = planes[p, h_lo, w_lo], h_lo * width + w_lo
         best, where = _max_pool2d_pick(best, where, planes[p, h_lo, w_lo + 1], h_lo * width + w_lo + 1)
         best, where = _max_pool2d_pick(best, where, planes[p, h_lo + 1, w_lo], (h_lo + 1) * width + w_lo)
