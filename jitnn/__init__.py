@@ -17,6 +17,7 @@ from jitnn.layers import (
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
 from jitnn.protocol import Array, Composite, Context, Kernels, Layer, buffer, layer, param, registered_layers, require_shape
+from jitnn.step import CompiledStep, compile_step
 from jitnn.train import FitResult, fit, train_step
 from jitnn import data
 
@@ -34,7 +35,7 @@ __all__ = [
     # losses
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
-    "fit", "train_step", "FitResult", "batches",
+    "fit", "train_step", "FitResult", "batches", "compile_step", "CompiledStep",
     # modules
     "init", "optim", "random", "testing", "tree", "data",
 ]

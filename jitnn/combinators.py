@@ -14,10 +14,6 @@ from jitnn.protocol import EVALUATION, Array, Composite, Context, Layer, layer
 __all__ = ["Residual", "Concatenate", "Parallel", "Add"]
 
 
-def _where(where: str, name: str) -> str:
-    return f"{where}.{name}"
-
-
 @layer
 class Residual(Composite):
     """``Y = X + f(X)``; ``f`` must keep its input's shape."""
@@ -35,6 +31,9 @@ class Residual(Composite):
     def members(self) -> tuple[Layer, ...]:
         return (self.inner,)
 
+    def named_members(self) -> tuple[tuple[str, Layer], ...]:
+        return ((".inner", self.inner),)
+
     @property
     def dtype(self) -> np.dtype | None:
         return self.inner.dtype
@@ -50,15 +49,31 @@ class Residual(Composite):
         return out
 
     def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
-        return X + self.inner._forward(X, _where(where, "inner"), context)
+        return X + self.inner._forward(X, where + ".inner", context)
 
     def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, Residual]:
-        Y, trace, inner = self.inner._trace(X, _where(where, "inner"), context)
+        Y, trace, inner = self.inner._trace(X, where + ".inner", context)
         return X + Y, trace, (self if inner is self.inner else Residual(inner))
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Residual, Array | None]:
-        grads, dX = self.inner._backward(trace, dY, _where(where, "inner"), need_input_grad)
+        grads, dX = self.inner._backward(trace, dY, where + ".inner", need_input_grad)
         return Residual(grads), (dY + dX if need_input_grad else None)
+
+    def _emit(self, source: Any, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Any]:
+        inner, out, inner_backward = source.layer(self.inner, x, shape, where + ".inner")
+        self.output_shape(shape)
+        y = source.variable("y")
+        source.line(f"{y} = {x} + {inner}")
+
+        def backward(dy: str, need_input_grad: bool) -> str | None:
+            dx = inner_backward(dy, need_input_grad)
+            if not need_input_grad:
+                return None
+            total = source.variable("dx")
+            source.line(f"{total} = {dy} + {dx}")
+            return total
+
+        return y, out, backward
 
 
 
@@ -90,6 +105,9 @@ class _Branches(Composite):
     def members(self) -> tuple[Layer, ...]:
         return self.branches
 
+    def named_members(self) -> tuple[tuple[str, Layer], ...]:
+        return tuple((f".branches[{i}]", branch) for i, branch in enumerate(self.branches))
+
     @property
     def dtype(self) -> np.dtype | None:
         for branch in self.branches:
@@ -112,22 +130,40 @@ class _Branches(Composite):
         return shapes
 
     def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
-        return self._join([b._forward(X, _where(where, f"branches[{i}]"), context) for i, b in enumerate(self.branches)])
+        return self._join([branch._forward(X, where + suffix, context) for suffix, branch in self.named_members()])
 
     def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, Any]:
-        outputs, traces, updated = zip(*(b._trace(X, _where(where, f"branches[{i}]"), context) for i, b in enumerate(self.branches)))
+        outputs, traces, updated = zip(*(branch._trace(X, where + suffix, context) for suffix, branch in self.named_members()))
         same = all(after is branch for after, branch in zip(updated, self.branches))
         return self._join(list(outputs)), (traces, [Y.shape[1:] for Y in outputs]), (self if same else attrs.evolve(self, branches=updated))
 
     def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Any, Array | None]:
         traces, shapes = trace
         grads, dX = [], None
-        for i, (branch, branch_trace, branch_dY) in enumerate(zip(self.branches, traces, self._split(dY, shapes))):
-            g, d = branch._backward(branch_trace, branch_dY, _where(where, f"branches[{i}]"), need_input_grad)
+        for (suffix, branch), branch_trace, branch_dY in zip(self.named_members(), traces, self._split(dY, shapes)):
+            g, d = branch._backward(branch_trace, branch_dY, where + suffix, need_input_grad)
             grads.append(g)
             if need_input_grad:
                 dX = d if dX is None else dX + d
         return attrs.evolve(self, branches=tuple(grads)), dX
+
+    def _emit(self, source: Any, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Any]:
+        outputs, shapes, backwards = zip(*(source.layer(branch, x, shape, where + suffix) for suffix, branch in self.named_members()))
+        out = self.output_shape(shape)
+        y = source.variable("y")
+        source.line(f"{y} = {self._join_source(list(outputs), list(shapes))}")
+
+        def backward(dy: str, need_input_grad: bool) -> str | None:
+            dxs = []
+            for part, branch_backward in zip(self._split_source(source, dy, list(shapes)), backwards):
+                dxs.append(branch_backward(part, need_input_grad))
+            if not need_input_grad:
+                return None
+            dx = source.variable("dx")
+            source.line(f"{dx} = {' + '.join(dxs)}")
+            return dx
+
+        return y, out, backward
 
 
 
@@ -155,6 +191,19 @@ class Concatenate(_Branches):
 
     def _join(self, outputs: list[Array]) -> Array:
         return np.concatenate(outputs, axis=self.axis % (outputs[0].ndim - 1) + 1)
+
+    def _join_source(self, outputs: list[str], shapes: list[tuple[int, ...]]) -> str:
+        return f"np.concatenate(({', '.join(outputs)},), axis={self.axis % len(shapes[0]) + 1})"
+
+    def _split_source(self, source: Any, dy: str, shapes: list[tuple[int, ...]]) -> list[str]:
+        axis = self.axis % len(shapes[0])
+        bounds = np.cumsum([0] + [s[axis] for s in shapes])
+        parts = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            part = source.variable("dy")
+            source.line(f"{part} = np.ascontiguousarray({dy}[{':, ' * (axis + 1)}{start}:{stop}])")
+            parts.append(part)
+        return parts
 
     def _split(self, dY: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
         axis = self.axis % len(shapes[0])
@@ -189,3 +238,9 @@ class Add(_Branches):
 
     def _split(self, dY: Array, shapes: list[tuple[int, ...]]) -> list[Array]:
         return [dY] * len(shapes)
+
+    def _join_source(self, outputs: list[str], shapes: list[tuple[int, ...]]) -> str:
+        return " + ".join(outputs)
+
+    def _split_source(self, source: Any, dy: str, shapes: list[tuple[int, ...]]) -> list[str]:
+        return [dy] * len(shapes)

@@ -19,9 +19,10 @@ Three optional extensions, each a class attribute or method of the record:
 - ``elementwise = True``: the kernels get flat (1-D) views and the result takes ``X``'s
   shape again, so they compile once per dtype whatever the input's rank;
 - ``needs_context = True``: :meth:`Layer.call_args` turns the pass's :class:`Context`
-  (training mode, key) into extra kernel arguments appended after ``config`` (a dropout
-  mask), kept in the trace for the backward pass; :meth:`Layer.updated` gives the layer as
-  a training batch leaves it (new running statistics);
+  (training mode, key) and the input's shape and dtype into extra kernel arguments
+  appended after ``config`` (a dropout mask), kept in the trace for the backward pass;
+  :meth:`Layer.updated` gives the layer as a training batch leaves it (new running
+  statistics), by default through the optional ``Kernels.update`` kernel;
 - :func:`buffer` fields: arrays the layer carries (and saves) but does not train.
 
 Layers made of layers derive from :class:`Composite` and implement the passes over their
@@ -47,11 +48,18 @@ L = TypeVar("L", bound="Layer")
 
 
 class Kernels(NamedTuple):
-    """The three kernels of a layer; ``grad_params`` is ``None`` for a layer without parameters."""
+    """The three kernels of a layer; ``grad_params`` is ``None`` for a layer without parameters.
+
+    A layer with buffers that a training batch changes (running statistics) may give a
+    fourth, ``update(X, *params, *config, *call_args) -> (new buffer, ...)`` in
+    :attr:`Layer.buffer_names` order: the default :meth:`Layer.updated` calls it, and the
+    compiled training step (:func:`jitnn.compile_step`) runs it inside the step.
+    """
 
     forward: Callable[..., Array]
     grad_input: Callable[..., Array]
     grad_params: Callable[..., tuple[Array, ...]] | None = None
+    update: Callable[..., tuple[Array, ...]] | None = None
 
 
 def _to_param(value: Any) -> Array:
@@ -225,12 +233,26 @@ class Layer:
     def call_args(self, X: Array, context: Context, where: str) -> tuple[Any, ...]:
         """Per-call arguments handed to all three kernels after the configuration (only
         for a layer with ``needs_context = True``): a dropout mask drawn from the layer's
-        key, a training flag. The trace keeps them, so the backward pass sees the same."""
+        key, a training flag. The trace keeps them, so the backward pass sees the same.
+
+        Only ``X``'s shape and dtype may be read, not its values: the compiled training
+        step calls this before the step runs, with a stand-in of the right shape and
+        dtype (values the layer needs belong in its kernels).
+        """
         return ()
 
     def updated(self: L, X: Array, call_args: tuple[Any, ...]) -> L:
-        """The layer after a training batch (new running statistics); itself by default."""
-        return self
+        """The layer after a training batch: with a ``Kernels.update`` kernel, a copy
+        holding the buffers it returns (new running statistics); otherwise itself."""
+        update = self.kernels.update if self.kernels is not None else None
+        if update is None:
+            return self
+        if self.elementwise:
+            X, call_args = X.reshape(-1), _flat(call_args)
+        new = update(readonly(X), *self.params, *self.config(), *call_args)
+        if not isinstance(new, tuple) or len(new) != len(self.buffer_names):
+            raise TypeError(f"{describe(self)}: update kernel must return a tuple of {len(self.buffer_names)} arrays (one per buffer)")
+        return attrs.evolve(self, **{name: freeze(value) for name, value in zip(self.buffer_names, new)})
 
     # ------------------------------------------------------------------ public answers
     def forward(self, X: Any) -> Array:
@@ -293,8 +315,7 @@ class Layer:
         element-wise layer, whose result takes ``X``'s shape again)."""
         arrays = (X,) if dY is None else (X, dY)
         if self.elementwise:
-            arrays = tuple(a.reshape(-1) for a in arrays)
-            extra = tuple(e.reshape(-1) if isinstance(e, np.ndarray) else e for e in extra)
+            arrays, extra = tuple(a.reshape(-1) for a in arrays), _flat(extra)
             return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra).reshape(X.shape)
         return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra)
 
@@ -329,6 +350,11 @@ class Layer:
         return grads, (self._grad_input(X, dY, where, extra) if need_input_grad else None)
 
 
+def _flat(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Per-call arguments as an element-wise layer's kernels get them: arrays flattened."""
+    return tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
+
+
 class Composite(Layer):
     """Base of the layers made of layers (``Chain``, ``Residual``, ``Concatenate``...):
     they implement ``_forward``, ``_trace`` and ``_backward`` over their members; their
@@ -340,6 +366,22 @@ class Composite(Layer):
     def members(self) -> tuple[Layer, ...]:
         """The layers this one is made of, in order."""
         raise NotImplementedError
+
+    def named_members(self) -> tuple[tuple[str, Layer], ...]:
+        """Each member with the suffix that names its position (``".layers[2]"``): the
+        passes build each layer's ``where`` (error messages, its random key) from these."""
+        raise NotImplementedError
+
+    def _emit(self, source: Any, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Callable[[str, bool], str | None]]:
+        """Write this layer's part of a compiled training step (see ``jitnn/_codegen.py``).
+
+        Given the variable ``x`` holding the input (per-example shape ``shape``), emit the
+        forward lines through ``source`` and return the output variable, the output's
+        per-example shape and a function ``backward(dy, need_input_grad) -> dx`` that emits
+        the backward lines when called (in reverse order of the forward ones). A composite
+        layer without it cannot be compiled; the generic passes still work.
+        """
+        raise TypeError(f"{type(self).__name__} has no compiled form (it does not implement Composite._emit)")
 
     def _input(self, X: Any) -> Array:
         """The layer applied first decides what input it takes (indices for an embedding);

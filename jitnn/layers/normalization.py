@@ -207,6 +207,20 @@ def _batch_norm_grad_params(X, dY, scale, shift, running_mean, running_var, mome
     return d_scale, d_shift
 
 
+@jit
+def _batch_norm_update(X, scale, shift, running_mean, running_var, momentum, eps, training):
+    """running <- (1 - momentum) running + momentum batch, with the unbiased batch variance;
+    -> (running_mean (C,), running_var (C,))."""
+    mean, variance = _batch_norm_moments(X, running_mean, running_var, True)
+    count = X.size // X.shape[1]
+    keep = 1.0 - momentum
+    new_mean, new_var = np.empty_like(running_mean), np.empty_like(running_var)
+    for c in range(mean.size):
+        new_mean[c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
+        new_var[c] = keep * np.float64(running_var[c]) + momentum * (variance[c] * (count / (count - 1)))
+    return new_mean, new_var
+
+
 def _momentum(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"BatchNorm: momentum must lie in [0, 1], got {value!r}")
@@ -234,7 +248,7 @@ class BatchNorm(Layer):
     momentum: float = attrs.field(default=0.1, converter=_momentum)
     eps: float = attrs.field(default=1e-5, converter=_epsilon)
 
-    kernels = Kernels(_batch_norm_forward, _batch_norm_grad_input, _batch_norm_grad_params)
+    kernels = Kernels(_batch_norm_forward, _batch_norm_grad_input, _batch_norm_grad_params, _batch_norm_update)
     needs_context = True
 
     @classmethod
@@ -265,13 +279,3 @@ class BatchNorm(Layer):
             raise ValueError(f"BatchNorm at model{where}: training needs more than one value per channel, got input of shape {X.shape}")
         return (context.training,)
 
-    def updated(self, X: Array, call_args: tuple[Any, ...]) -> "BatchNorm":
-        mean, variance = _batch_norm_moments(readonly(X), self.running_mean, self.running_var, True)
-        count = X.size // self.features
-        unbiased = variance * (count / (count - 1))
-        keep, dtype = 1.0 - self.momentum, self.scale.dtype
-        return attrs.evolve(
-            self,
-            running_mean=freeze((keep * self.running_mean + self.momentum * mean).astype(dtype)),
-            running_var=freeze((keep * self.running_var + self.momentum * unbiased).astype(dtype)),
-        )

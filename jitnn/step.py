@@ -1,0 +1,345 @@
+"""One compiled training step: forward, loss, backward and update in a single Numba function.
+
+``step = jitnn.compile_step(model, loss, optimizer)`` generates, from the model's structure,
+one ``@jit`` function that calls the same kernels as the generic path
+(:func:`jitnn.value_and_grad` then ``optimizer.update``) with no Python between them, and
+wraps it in :class:`CompiledStep`, a callable ``step(model, state, X, T, key=None) ->
+(model, state, value)`` with the generic path's checks and results.
+
+What the wrapper does per call, and why it keeps the functional contract:
+
+- nothing given is written to: the kernels only read their inputs;
+- every array it returns (parameters, optimizer moments, running statistics) is a fresh
+  array that a kernel allocated during this call, marked read-only before it is returned:
+  no caller holds it, and nobody can write to it later;
+- the records around those arrays are copied field by field from the model it was given
+  (their validation already ran when that model was built), so a step costs no per-record
+  checks; a model or state it returned itself is recognised (by identity) and not walked
+  again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import numba
+import numpy as np
+
+from jitnn import _blas, random
+from jitnn._checks import describe, readonly
+from jitnn._codegen import Leaf, StepSource, load_function
+from jitnn.losses import Loss
+from jitnn.optim._base import Optimizer, learning_rate_at, step_count
+from jitnn.protocol import Array, Composite, Context, Layer
+
+__all__ = ["CompiledStep", "compile_step"]
+
+
+def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> "CompiledStep":
+    """A training step compiled into one Numba function for ``model``'s architecture.
+
+    Parameters
+    ----------
+    model : the model (its structure and configuration; any model of the same architecture
+        can be passed to the step, with any parameter values)
+    loss : a jitnn loss
+    optimizer : a jitnn optimizer. A named optimizer (sgd, momentum, adam, adamw, rmsprop,
+        adagrad, lion) runs inside the compiled function; any other (an ``optim.chain``
+        with transforms, a user's own) runs its ``update`` in Python after it.
+    threads : BLAS threads for the step's matrix products: ``None`` chooses by batch size
+        (one thread for small batches, all for large ones; see :mod:`jitnn._blas`), an
+        integer fixes the count.
+
+    Returns
+    -------
+    CompiledStep
+        ``step(model, state, X, T, key=None) -> (model, state, value)``, equal to
+        :func:`jitnn.train_step` on the same arguments. The function is generated and
+        compiled at the first call for each per-example input shape (``step.compile_seconds``
+        says how long that took) and cached on disk, so another process loads it.
+
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong kind, or a model with a layer that has no compiled
+        form (a composite layer without ``_emit``, a layer whose ``updated`` is Python
+        rather than a ``Kernels.update`` kernel): use :func:`jitnn.train_step` for those.
+    """
+    return CompiledStep(model, loss, optimizer, threads=threads)
+
+
+@attrs.define
+class _Plan:
+    """The compiled function for one per-example input shape and dtype, the leaves and
+    shapes the wrapper needs to check targets and make per-call arguments, and whether the
+    function has been compiled (or loaded) for the argument types of a first call."""
+
+    function: Any
+    leaves: tuple[Leaf, ...]
+    buffer_leaves: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    source: str
+    cached: bool
+    ready: bool = False
+
+
+class CompiledStep:
+    """A compiled training step for one architecture, loss and optimizer.
+
+    Call it as ``model, state, value = step(model, state, X, T, key=None)``. Attributes:
+    ``compile_seconds`` (generation, compilation or loading from the disk cache, for all
+    input shapes so far), ``cached`` (whether the last compiled function is on disk),
+    ``source`` (the generated code of the last input shape) and ``fused`` (whether the
+    optimizer runs inside the compiled function).
+    """
+
+    def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> None:
+        if not isinstance(model, Layer):
+            raise TypeError(f"compile_step: model must be a jitnn layer (for example a Chain), got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"compile_step: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
+        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+            raise TypeError(f"compile_step: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
+        self.threads = _blas.check_threads(threads, "compile_step")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.fused = isinstance(optimizer, Optimizer)
+        self.compile_seconds = 0.0
+        self.cached = False
+        self.source = ""
+        self._leaves = _leaf_layers(model, "")
+        self._configs = tuple(layer.config() for _, layer in self._leaves)
+        self._loss_config = loss.config()
+        self._plans: dict[tuple[tuple[int, ...], np.dtype], _Plan] = {}
+        self._last_model: Any = None
+        self._last_params: tuple[Array, ...] = ()
+        self._last_configs: tuple[Any, ...] = ()
+        self._last_state: Any = None
+        self._last_moments: tuple[tuple[Array, ...], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"CompiledStep({describe(self.model)}, {type(self.loss).__name__}, {type(self.optimizer).__name__}, fused={self.fused})"
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, model: Layer, state: Any, X: Any, T: Any, *, key: random.Key | None = None) -> tuple[Layer, Any, float]:
+        """One step on the batch ``(X, T)`` in training mode; see :func:`compile_step`."""
+        if key is not None and not isinstance(key, random.Key):
+            raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
+        params, configs = self._model_arrays(model)
+        X = model._input(X)
+        plan = self._plan(X)
+        n = X.shape[0]
+        T = readonly(self.loss.targets(_stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
+        extras = self._extras(plan, n, X.dtype, key)
+        optimizer = self.optimizer
+        if self.fused:
+            moments = self._moment_arrays(state)
+            count = int(state.count)
+            who = f"{optimizer.name} in the compiled step"
+            hyper = optimizer.kernel_config(learning_rate_at(optimizer.learning_rate, count, who), count + 1)
+        else:
+            moments, hyper = (), ()
+        arguments = (X, T, params, configs, extras, self._loss_config, moments, hyper)
+        if not plan.ready:
+            self._compile(plan, arguments)
+        with _blas.threads(self.threads if self.threads is not None else _blas.auto_threads(n)):
+            if not self.fused:
+                value, grads, buffers = plan.function(*arguments)
+                model = self._rebuild(plan, model, params, buffers, params_changed=False)
+                grads = _rebuild_tree(model, iter(map(_frozen, grads)), {})
+                new_model, new_state = optimizer.update(model, grads, state)
+                return new_model, new_state, float(value)
+            value, new_params, new_moments, buffers = plan.function(*arguments)
+        new_params = tuple(map(_frozen, new_params))
+        new_moments = tuple(tuple(map(_frozen, arrays)) for arrays in new_moments)
+        new_model = self._rebuild(plan, model, new_params, buffers)
+        moment_trees = [_rebuild_tree(getattr(state, name), iter(arrays), {}) for name, arrays in zip(optimizer.moment_names, new_moments)]
+        new_state = _clone(state, dict(zip(("count", *optimizer.moment_names), (step_count(count + 1), *moment_trees))))
+        self._last_model, self._last_params, self._last_configs = new_model, new_params, self._new_configs(plan, new_model, configs, buffers)
+        self._last_state, self._last_moments = new_state, new_moments
+        return new_model, new_state, float(value)
+
+    @staticmethod
+    def _rebuild(plan: _Plan, model: Layer, params: tuple[Array, ...], buffers: tuple, params_changed: bool = True) -> Layer:
+        """``model`` holding ``params`` and the new running statistics (``model`` itself
+        when neither changed)."""
+        new_buffers = {index: tuple(map(_frozen, arrays)) for index, arrays in zip(plan.buffer_leaves, buffers)}
+        if not new_buffers and not params_changed:
+            return model
+        return _rebuild_tree(model, iter(params), new_buffers)
+
+    def _new_configs(self, plan: _Plan, model: Layer, configs: tuple[Any, ...], buffers: tuple) -> tuple[Any, ...]:
+        """The leaf configurations of ``model``: ``configs`` with the leaves whose buffers
+        changed read again."""
+        if not plan.buffer_leaves:
+            return configs
+        leaves = _leaf_layers(model, "")
+        changed = set(plan.buffer_leaves)
+        return tuple(leaves[i][1].config() if i in changed else c for i, c in enumerate(configs))
+
+    # ------------------------------------------------------------------ checked arguments
+    def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Any, ...]]:
+        """The parameter arrays and leaf configurations of ``model``, after checking it has
+        the compiled architecture (skipped for the model this step returned last)."""
+        if model is self._last_model:
+            return self._last_params, self._last_configs
+        if not isinstance(model, Layer):
+            raise TypeError(f"step: model must be a jitnn layer, got {type(model).__name__}")
+        leaves = _leaf_layers(model, "")
+        _check_architecture(self._leaves, self._configs, leaves)
+        configs = tuple(layer.config() for _, layer in leaves)
+        return tuple(p for _, layer in leaves for p in layer.params), configs
+
+    def _moment_arrays(self, state: Any) -> tuple[tuple[Array, ...], ...]:
+        if state is self._last_state:
+            return self._last_moments
+        optimizer = self.optimizer
+        if type(state) is not optimizer.state_class:
+            raise TypeError(f"step: state must be the {optimizer.state_class.__name__} from {optimizer.name}.init, got {type(state).__name__}")
+        moments = []
+        for name in optimizer.moment_names:
+            leaves = _leaf_layers(getattr(state, name), "")
+            try:
+                _check_architecture(self._leaves, None, leaves)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"step: the state's {name} does not match the model: {error}") from None
+            moments.append(tuple(p for _, layer in leaves for p in layer.params))
+        return tuple(moments)
+
+    def _dtype(self, input_dtype: np.dtype) -> np.dtype:
+        """The dtype of every array after the model's input: the parameters' dtype."""
+        return self.model.dtype or input_dtype
+
+    def _extras(self, plan: _Plan, n: int, dtype: np.dtype, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
+        """Each leaf's per-call arguments (a dropout mask), from the training context."""
+        context = Context(True, key)
+        extras = []
+        for leaf in plan.leaves:
+            layer = leaf.layer
+            if not layer.needs_context:
+                extras.append(())
+                continue
+            stand_in = _stand_in((n, *leaf.input_shape), dtype if leaf.takes_model_input else self._dtype(dtype))
+            values = tuple(layer.call_args(stand_in, context, leaf.where))
+            if layer.elementwise:
+                values = tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
+            extras.append(values)
+        return tuple(extras)
+
+    # ------------------------------------------------------------------ generation
+    def _plan(self, X: Array) -> _Plan:
+        signature = (X.shape[1:], X.dtype)
+        plan = self._plans.get(signature)
+        if plan is None:
+            started = time.perf_counter()
+            plan = self._plans[signature] = self._generate(X)
+            self.compile_seconds += time.perf_counter() - started
+            self.source, self.cached = plan.source, plan.cached
+        return plan
+
+    def _generate(self, X: Array) -> _Plan:
+        source = StepSource()
+        kernel = self.optimizer.kernel if self.fused else None
+        n_moments = len(self.optimizer.moment_names) if self.fused else 0
+        text, output_shape = source.function(self.model, X.shape[1:], self.loss, kernel, n_moments)
+        function, cached = load_function(text, source.kernels)
+        return _Plan(function, tuple(source.leaves), tuple(i for i, _ in source.buffers), output_shape, text, cached)
+
+    def _compile(self, plan: _Plan, arguments: tuple[Any, ...]) -> None:
+        """Compile (or load from the disk cache) for the types of ``arguments``, timed into
+        ``compile_seconds``, so that compilation never hides inside a step."""
+        started = time.perf_counter()
+        if hasattr(plan.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
+            try:
+                plan.function.compile(tuple(numba.typeof(a) for a in arguments))
+            except numba.core.errors.TypingError as error:
+                raise TypeError(f"compile_step: the generated step for {describe(self.model)} does not compile:\n{error}") from None
+        plan.ready = True
+        self.compile_seconds += time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- model walks
+def _leaf_layers(model: Any, where: str) -> list[tuple[str, Layer]]:
+    """The leaf layers of ``model`` with their positions, in the order the step uses them;
+    ``TypeError`` for a layer that has no compiled form."""
+    if isinstance(model, Composite):
+        if type(model)._emit is Composite._emit:
+            raise TypeError(f"compile_step: {describe(model, where)} has no compiled form (a composite layer needs _emit); use jitnn.train_step")
+        return [leaf for suffix, member in model.named_members() for leaf in _leaf_layers(member, where + suffix)]
+    if not isinstance(model, Layer):
+        raise TypeError(f"compile_step: model{where} is not a jitnn layer (got {type(model).__name__})")
+    if model.needs_context and type(model).updated is not Layer.updated:
+        raise TypeError(
+            f"compile_step: {describe(model, where)} computes its updated buffers in Python (it overrides updated); "
+            "give it a Kernels.update kernel to compile it, or use jitnn.train_step"
+        )
+    return [(where, model)]
+
+
+def _check_architecture(expected: list[tuple[str, Layer]], configs: tuple[Any, ...] | None, found: list[tuple[str, Layer]]) -> None:
+    """Raise unless ``found`` has the leaves, parameter shapes and dtypes (and, given
+    ``configs``, the configuration) of ``expected``, naming the first difference."""
+    if [w for w, _ in found] != [w for w, _ in expected]:
+        raise ValueError(f"step: the model's structure differs from the compiled one: leaves {[w or 'model' for w, _ in found]} against {[w or 'model' for w, _ in expected]}")
+    for i, ((where, layer), (_, template)) in enumerate(zip(found, expected)):
+        if type(layer) is not type(template):
+            raise ValueError(f"step: model{where} is a {type(layer).__name__}, the compiled model has a {type(template).__name__} there")
+        for name, array, wanted in zip(layer.param_names, layer.params, template.params):
+            if array.shape != wanted.shape or array.dtype != wanted.dtype:
+                raise ValueError(f"step: {describe(layer, where)}.{name} is {array.dtype}{list(array.shape)}, the compiled model has {wanted.dtype}{list(wanted.shape)}")
+        if configs is not None and not _same_config(layer.config(), configs[i]):
+            raise ValueError(f"step: {describe(layer, where)} is configured differently from the compiled model: {layer.config()} against {configs[i]}")
+
+
+def _same_config(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.shape == y.shape and x.dtype == y.dtype):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
+def _rebuild_tree(node: Any, params: Any, buffers: dict[int, tuple[Array, ...]], counter: list[int] | None = None) -> Any:
+    """A copy of ``node`` (a model, or a gradient or moment tree of its structure) whose
+    leaf layers hold the next arrays of ``params`` and, for leaf ``i`` in ``buffers``, new
+    buffers. Records are copied field by field: the arrays have the shapes and dtypes the
+    originals had, so the records' checks, which ran when ``node`` was built, still hold."""
+    counter = [0] if counter is None else counter
+    if isinstance(node, Composite):
+        changes = {}
+        for field in type(node).__attrs_attrs__:
+            value = getattr(node, field.name)
+            if isinstance(value, Layer):
+                changes[field.name] = _rebuild_tree(value, params, buffers, counter)
+            elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Layer) for v in value):
+                changes[field.name] = type(value)(_rebuild_tree(v, params, buffers, counter) for v in value)
+        return _clone(node, changes)
+    index = counter[0]
+    counter[0] += 1
+    changes = {name: next(params) for name in node.param_names}
+    if index in buffers:
+        changes.update(zip(node.buffer_names, buffers[index]))
+    return _clone(node, changes) if changes else node
+
+
+def _clone(record: Any, changes: dict[str, Any]) -> Any:
+    new = object.__new__(type(record))
+    for field in type(record).__attrs_attrs__:
+        object.__setattr__(new, field.name, changes[field.name] if field.name in changes else getattr(record, field.name))
+    return new
+
+
+def _frozen(array: Array) -> Array:
+    array.flags.writeable = False
+    return array
+
+
+def _stand_in(shape: tuple[int, ...], dtype: np.dtype) -> Array:
+    """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the checks
+    that read only shape and dtype (``Loss.targets``, ``Layer.call_args``) are handed."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
