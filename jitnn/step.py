@@ -127,7 +127,7 @@ class CompiledStep:
         if key is not None and not isinstance(key, random.Key):
             raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
         params, configs = self._model_arrays(model)
-        X = model._input(X)
+        X = readonly(model._input(X))
         plan = self._plan(X)
         n = X.shape[0]
         T = readonly(self.loss.targets(_stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
@@ -154,7 +154,8 @@ class CompiledStep:
         new_params = tuple(map(_frozen, new_params))
         new_moments = tuple(tuple(map(_frozen, arrays)) for arrays in new_moments)
         new_model = self._rebuild(plan, model, new_params, buffers)
-        moment_trees = [_rebuild_tree(getattr(state, name), iter(arrays), {}) for name, arrays in zip(optimizer.moment_names, new_moments)]
+        # as the generic update does, the moment trees take the new model's records
+        moment_trees = [_rebuild_tree(new_model, iter(arrays), {}) for arrays in new_moments]
         new_state = _clone(state, dict(zip(("count", *optimizer.moment_names), (step_count(count + 1), *moment_trees))))
         self._last_model, self._last_params, self._last_configs = new_model, new_params, self._new_configs(plan, new_model, configs, buffers)
         self._last_state, self._last_moments = new_state, new_moments

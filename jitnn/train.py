@@ -1,4 +1,5 @@
-"""A training loop over minibatches, built from the generic pieces."""
+"""A training loop over minibatches: the compiled step by default, the generic pieces for
+models it cannot compile."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ from jitnn.data import batches
 from jitnn.losses import Loss
 from jitnn.passes import value_grad_and_update
 from jitnn.protocol import Layer
+from jitnn.step import compile_step
 
 __all__ = ["FitResult", "fit", "train_step"]
 
 
 @attrs.frozen
 class FitResult:
-    """What :func:`fit` returns: the trained model, the optimizer state and, per epoch, the
-    mean training loss over the epoch's batches."""
+    """What :func:`fit` returns: the trained model, the optimizer state, per epoch the mean
+    training loss over the epoch's batches, and whether the compiled step ran."""
 
     model: Layer
     state: Any
     history: tuple[float, ...]
+    compiled: bool = False
 
 
 def train_step(
@@ -57,13 +60,22 @@ def fit(
     state: Any = None,
     verbose: bool = False,
     callback: Callable[[int, Layer, float], None] | None = None,
+    compiled: bool | None = None,
+    threads: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
     Training mode throughout; each epoch's order and each step's randomness (dropout) come
-    from keys derived from ``key``, so the same key gives the same model. ``state`` continues an earlier run (default: ``optimizer.init(model)``). With
-    ``verbose`` a line per epoch is printed; ``callback(epoch, model, mean_loss)`` is called
-    after each epoch.
+    from keys derived from ``key``, so the same key gives the same model, compiled or not.
+    ``state`` continues an earlier run (default: ``optimizer.init(model)``).
+
+    ``compiled``: ``None`` (default) runs :func:`jitnn.compile_step`'s step when the model
+    can be compiled and :func:`train_step` otherwise; ``True`` requires the compiled step
+    (``TypeError`` if the model cannot be compiled); ``False`` runs the generic path.
+    ``threads`` is handed to :func:`jitnn.compile_step` (BLAS threads; ``None`` chooses by
+    batch size). With ``verbose`` the progress through each epoch and a line per epoch are
+    printed to standard error; ``callback(epoch, model, mean_loss)`` is called after each
+    epoch.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"fit: model must be a jitnn layer, got {type(model).__name__}")
@@ -71,20 +83,62 @@ def fit(
         raise TypeError(f"fit: loss must be a jitnn loss, got {type(loss).__name__}")
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    if compiled not in (None, True, False):
+        raise TypeError(f"fit: compiled must be None, True or False, got {compiled!r}")
+    step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
     history = []
     for epoch in range(int(epochs)):
         key, epoch_key = random.split(key)
         started, values, weights = time.perf_counter(), [], []
         order_key, steps_key = random.split(epoch_key)
-        for step, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
-            model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=random.fold_in(steps_key, step))
+        progress = _Progress(epoch, epochs, verbose)
+        for index, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
+            step_key = random.fold_in(steps_key, index)
+            if step is None:
+                model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=step_key)
+            else:
+                model, state, value = step(model, state, X_batch, T_batch, key=step_key)
             values.append(value)
             weights.append(len(X_batch))
-        mean = float(np.average(values, weights=weights))
+            progress.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)
+        mean = float(np.average(values, weights=weights)) if values else float("nan")
         history.append(mean)
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: loss {mean:.4f} ({time.perf_counter() - started:.2f} s)", file=sys.stderr)
+        progress.done(mean, time.perf_counter() - started)
         if callback is not None:
             callback(epoch, model, mean)
-    return FitResult(model, state, tuple(history))
+    return FitResult(model, state, tuple(history), step is not None)
+
+
+def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, threads: int | None) -> Any:
+    """The compiled step, or ``None`` for the generic path."""
+    if compiled is False:
+        return None
+    try:
+        return compile_step(model, loss, optimizer, threads=threads)
+    except TypeError:
+        if compiled:
+            raise
+        return None
+
+
+class _Progress:
+    """Progress through an epoch on standard error: redrawn in place on a terminal (at most
+    about 20 times an epoch), one line per epoch otherwise."""
+
+    def __init__(self, epoch: int, epochs: int, verbose: bool) -> None:
+        self.prefix, self.verbose = f"epoch {epoch + 1}/{epochs}", verbose
+        self.live = verbose and sys.stderr.isatty()
+        self.shown = 0.0
+
+    def update(self, steps: int, total: int | None, seen: int, value: float) -> None:
+        if not self.live or not total:
+            return
+        fraction = seen / total
+        if fraction - self.shown >= 0.05 or seen == total:
+            self.shown = fraction
+            print(f"\r{self.prefix}: {100 * fraction:3.0f}% ({steps} steps) loss {value:.4f}", end="", file=sys.stderr, flush=True)
+
+    def done(self, mean: float, seconds: float) -> None:
+        if self.verbose:
+            print(f"{chr(13) if self.live else ''}{self.prefix}: loss {mean:.4f} ({seconds:.2f} s)", file=sys.stderr)

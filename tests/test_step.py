@@ -1,0 +1,472 @@
+"""The compiled training step agrees with the generic path (``train_step``: value_and_grad
+then the optimizer's update) for every layer, optimizer, a user's layer and nested chains;
+keeps the functional contract; refuses bad input clearly; and is cached on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+
+import jitnn as jn
+from jitnn import _blas, _codegen
+from jitnn._jit import jit
+from test_conformance import LAYER_EXAMPLES, LAYER_IDS, dense
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_trees_close(actual: Any, expected: Any, dtype: Any, what: str) -> None:
+    """Every leaf (parameters and buffers) equal to float64 1e-12 relative, or float32 rounding."""
+    jn.tree.check_same_structure(expected, actual)
+    rtol, atol = (1e-12, 1e-13) if np.dtype(dtype) == np.float64 else (2e-6, 2e-7)
+    for (path, a), (_, b) in zip(jn.tree.leaves_with_paths(actual), jn.tree.leaves_with_paths(expected)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{what}: {path}")
+
+
+def run_both(model: jn.Layer, loss: jn.Loss, optimizer: Any, batches: list[tuple[np.ndarray, np.ndarray]], dtype: Any, key: Any = None) -> None:
+    """Train with the compiled step and with train_step on the same batches and keys; the
+    models, states and loss values must agree after every step."""
+    step = jn.compile_step(model, loss, optimizer)
+    compiled = generic = model
+    compiled_state = generic_state = optimizer.init(model)
+    for i, (X, T) in enumerate(batches):
+        step_key = None if key is None else jn.random.fold_in(key, i)
+        compiled, compiled_state, value = step(compiled, compiled_state, X, T, key=step_key)
+        generic, generic_state, expected = jn.train_step(generic, generic_state, loss, optimizer, X, T, key=step_key)
+        assert value == pytest.approx(expected, rel=1e-12 if np.dtype(dtype) == np.float64 else 1e-5), f"loss at step {i}"
+        assert_trees_close(compiled, generic, dtype, f"model after step {i}")
+        assert_trees_close(compiled_state, generic_state, dtype, f"optimizer state after step {i}")
+
+
+def mse_batches(model: jn.Layer, X: np.ndarray, dtype: Any, steps: int = 3, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    shape = (X.shape[0], *model.output_shape(X.shape[1:]))
+    return [(X, rng.normal(size=shape).astype(dtype)) for _ in range(steps)]
+
+
+# --------------------------------------------------------------------------- every layer
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("layer_class", list(LAYER_EXAMPLES), ids=LAYER_IDS)
+def test_every_layer_agrees_with_the_generic_step(layer_class: type, dtype: Any) -> None:
+    layer, X = LAYER_EXAMPLES[layer_class].make(dtype, np.random.default_rng(0))
+    run_both(layer, jn.MeanSquaredError(), jn.optim.adam(0.05), mse_batches(layer, X, dtype), dtype, key=jn.random.key(3))
+
+
+def mlp(dtype: Any, seed: int = 0) -> jn.Chain:
+    rng = np.random.default_rng(seed)
+    return jn.pipe(dense(rng, 6, 8, dtype), jn.Tanh(), dense(rng, 8, 8, dtype), jn.ReLU(), dense(rng, 8, 4, dtype))
+
+
+def classification_batches(dtype: Any, steps: int = 5, n: int = 7, seed: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(n, 6)).astype(dtype), rng.integers(0, 4, n)) for _ in range(steps)]
+
+
+OPTIMIZERS = {
+    "sgd": lambda: jn.optim.sgd(0.1),
+    "momentum": lambda: jn.optim.momentum(0.05, beta=0.8),
+    "nesterov": lambda: jn.optim.momentum(0.05, nesterov=True),
+    "adam": lambda: jn.optim.adam(0.01),
+    "adamw": lambda: jn.optim.adamw(0.01, weight_decay=0.1),
+    "rmsprop": lambda: jn.optim.rmsprop(0.01),
+    "adagrad": lambda: jn.optim.adagrad(0.1),
+    "lion": lambda: jn.optim.lion(0.01),
+    "scheduled": lambda: jn.optim.adam(jn.optim.warmup_cosine_decay(0.05, 2, 10)),
+    "chain": lambda: jn.optim.chain(jn.optim.clip_by_global_norm(0.5), jn.optim.add_decayed_weights(0.01), jn.optim.momentum(0.05)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_agrees_with_the_generic_step(name: str, dtype: Any) -> None:
+    optimizer = OPTIMIZERS[name]()
+    run_both(mlp(dtype), jn.SoftmaxCrossEntropy(), optimizer, classification_batches(dtype), dtype)
+
+
+def test_every_named_optimizer_runs_inside_the_compiled_function() -> None:
+    for name, make in OPTIMIZERS.items():
+        step = jn.compile_step(mlp(np.float64), jn.SoftmaxCrossEntropy(), make())
+        assert step.fused == (name != "chain"), name
+
+
+@pytest.mark.parametrize("loss", [jn.SoftmaxCrossEntropy(), jn.MeanSquaredError(), jn.BinaryCrossEntropy()], ids=lambda l: type(l).__name__)
+def test_every_loss_agrees_with_the_generic_step(loss: jn.Loss) -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(9, 6))
+    if isinstance(loss, jn.SoftmaxCrossEntropy):
+        T = rng.integers(0, 4, 9).astype(np.int32)
+    elif isinstance(loss, jn.BinaryCrossEntropy):
+        T = rng.random((9, 4))
+    else:
+        T = rng.normal(size=(9, 4))
+    run_both(mlp(np.float64), loss, jn.optim.sgd(0.1), [(X, T)] * 3, np.float64)
+
+
+# --------------------------------------------------------------------------- a user's layer, nested models
+@jit
+def _feature_scale_forward(X, scale):
+    """Y = X * scale per feature;  X (n, k), scale (k,)."""
+    Y = np.empty_like(X)
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            Y[i, j] = X[i, j] * scale[j]
+    return Y
+
+
+@jit
+def _feature_scale_grad_input(X, dY, scale):
+    """dX = dY * scale;  (n, k)."""
+    return _feature_scale_forward(dY, scale)
+
+
+@jit
+def _feature_scale_grad_params(X, dY, scale):
+    """d scale = sum over the batch of dY * X;  -> ((k,),)."""
+    d_scale = np.zeros_like(scale)
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            d_scale[j] += dY[i, j] * X[i, j]
+    return (d_scale,)
+
+
+@jn.layer
+class FeatureScale:
+    """A user's layer: a learned scale per feature."""
+
+    scale: jn.Array = jn.param()
+    kernels = jn.Kernels(_feature_scale_forward, _feature_scale_grad_input, _feature_scale_grad_params)
+
+
+def test_a_user_layer_agrees_with_the_generic_step() -> None:
+    rng = np.random.default_rng(5)
+    model = jn.pipe(dense(rng, 6, 5, np.float64), FeatureScale(scale=rng.normal(size=5)), jn.Tanh(), dense(rng, 5, 4, np.float64))
+    run_both(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.02), classification_batches(np.float64), np.float64)
+
+
+def nested_model(dtype: Any) -> jn.Layer:
+    """Chains inside chains and every combinator, a dropout and a batch normalization."""
+    rng = np.random.default_rng(6)
+    block = jn.Residual(jn.pipe(dense(rng, 8, 8, dtype), jn.GELU(), jn.pipe(dense(rng, 8, 8, dtype))))
+    branches = jn.Concatenate((jn.pipe(dense(rng, 8, 3, dtype), jn.Sigmoid()), jn.Add((dense(rng, 8, 5, dtype), jn.pipe(dense(rng, 8, 5, dtype), jn.ReLU())))))
+    return jn.pipe(
+        jn.pipe(dense(rng, 6, 8, dtype), jn.BatchNorm.init(None, 8, dtype=dtype)),
+        block,
+        jn.Dropout(0.25),
+        branches,
+        jn.LayerNorm.init(None, 8, dtype=dtype),
+        dense(rng, 8, 4, dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_nested_chains_and_combinators_agree_with_the_generic_step(dtype: Any) -> None:
+    run_both(nested_model(dtype), jn.SoftmaxCrossEntropy(), jn.optim.adamw(0.01), classification_batches(dtype), dtype, key=jn.random.key(8))
+
+
+def test_a_small_convolutional_network_agrees_with_the_generic_step() -> None:
+    rng = np.random.default_rng(7)
+    key = jn.random.key(1)
+    model = jn.pipe(
+        jn.Conv2D.init(key, 1, 4, 3, padding=1, dtype=np.float64),
+        jn.BatchNorm.init(None, 4, dtype=np.float64),
+        jn.ReLU(),
+        jn.MaxPool2D(2),
+        jn.Flatten(),
+        jn.Dropout(0.1),
+        jn.Dense.init(key, 4 * 3 * 3, 3, dtype=np.float64),
+    )
+    batches = [(rng.normal(size=(5, 1, 6, 6)), rng.integers(0, 3, 5)) for _ in range(3)]
+    run_both(model, jn.SoftmaxCrossEntropy(), jn.optim.momentum(0.05), batches, np.float64, key=jn.random.key(2))
+
+
+def test_an_embedding_model_takes_integer_input() -> None:
+    rng = np.random.default_rng(8)
+    model = jn.pipe(jn.Embedding.init(jn.random.key(0), 10, 4, dtype=np.float64), jn.Flatten(), dense(rng, 12, 3, np.float64))
+    batches = [(rng.integers(0, 10, size=(6, 3)), rng.integers(0, 3, 6)) for _ in range(3)]
+    run_both(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.1), batches, np.float64)
+
+
+def test_batches_of_another_size_reuse_the_compiled_function() -> None:
+    model, loss, optimizer = mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1)
+    step = jn.compile_step(model, loss, optimizer)
+    state = optimizer.init(model)
+    X = np.random.default_rng(0).normal(size=(9, 6))
+    model, state, _ = step(model, state, X, np.zeros(9, np.int64))
+    seconds = step.compile_seconds
+    assert seconds > 0
+    step(model, state, X[:3], np.zeros(3, np.int64))
+    assert step.compile_seconds == seconds and len(step._plans) == 1
+
+
+# --------------------------------------------------------------------------- the functional contract
+def test_nothing_given_is_written_and_everything_returned_is_fresh_and_read_only() -> None:
+    model, loss, optimizer = nested_model(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
+    step = jn.compile_step(model, loss, optimizer)
+    state = optimizer.init(model)
+    (X, T), = classification_batches(np.float64, steps=1)
+    X.flags.writeable = True
+    before = [a.copy() for a in jn.tree.leaves(model) + jn.tree.leaves(state)] + [X.copy(), T.copy()]
+    new_model, new_state, _ = step(model, state, X, T, key=jn.random.key(0))
+    after = jn.tree.leaves(model) + jn.tree.leaves(state) + [X, T]
+    for old, now in zip(before, after):
+        np.testing.assert_array_equal(old, now)
+    given = jn.tree.leaves(model) + jn.tree.leaves(state) + [X, T]
+    fresh = jn.tree.leaves(new_model, trainable=True) + jn.tree.leaves(new_state, trainable=True)
+    fresh += [new_model.layers[0].layers[1].running_mean, new_model.layers[0].layers[1].running_var]
+    for array in fresh:
+        assert not array.flags.writeable
+        assert not any(np.shares_memory(array, old) for old in given)
+    assert int(new_state.count) == 1 and int(state.count) == 0
+
+
+def test_the_same_arguments_give_the_same_result_whichever_model_came_before() -> None:
+    """The step recognises the model it returned (and skips walking it); any other model of
+    the architecture is checked and walked. Both give the same numbers."""
+    model, loss, optimizer = mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
+    step = jn.compile_step(model, loss, optimizer)
+    (X, T), = classification_batches(np.float64, steps=1)
+    state = optimizer.init(model)
+    first, first_state, v1 = step(model, state, X, T)
+    second, _, v2 = step(first, first_state, X, T)  # the model it returned: fast path
+    again, again_state, v3 = step(model, state, X, T)  # an older model: checked path
+    assert v1 == v3
+    assert_trees_close(again, first, np.float64, "model")
+    rebuilt = jn.tree.map(np.copy, first)  # an equal model that the step never saw
+    third, _, v4 = step(rebuilt, jn.tree.map(np.copy, first_state), X, T)
+    assert v4 == v2
+    for a, b in zip(jn.tree.leaves(third), jn.tree.leaves(second)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_uses_the_compiled_step_and_gives_the_generic_result() -> None:
+    rng = np.random.default_rng(9)
+    model = jn.pipe(dense(rng, 6, 8, np.float64), jn.ReLU(), jn.Dropout(0.2), dense(rng, 8, 4, np.float64))
+    X, T = rng.normal(size=(50, 6)), rng.integers(0, 4, 50)
+    kwargs = dict(key=jn.random.key(4), epochs=2, batch_size=16)
+    compiled = jn.fit(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01), X, T, **kwargs)
+    generic = jn.fit(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01), X, T, compiled=False, **kwargs)
+    assert compiled.compiled and not generic.compiled
+    assert compiled.history == pytest.approx(generic.history, rel=1e-12)
+    assert_trees_close(compiled.model, generic.model, np.float64, "fitted model")
+
+
+def test_fit_falls_back_to_the_generic_path_for_a_model_it_cannot_compile() -> None:
+    rng = np.random.default_rng(10)
+    model = jn.pipe(Twice(dense(rng, 3, 2, np.float64)))
+    X, T = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    result = jn.fit(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), X, T, key=jn.random.key(0))
+    assert not result.compiled and len(result.history) == 1
+    with pytest.raises(TypeError, match="Twice at model.layers\\[0\\] has no compiled form"):
+        jn.fit(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), X, T, key=jn.random.key(0), compiled=True)
+    with pytest.raises(TypeError, match="compiled must be None, True or False"):
+        jn.fit(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), X, T, key=jn.random.key(0), compiled="yes")
+
+
+def test_fit_shows_progress(capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(11)
+    X, T = rng.normal(size=(20, 6)), rng.integers(0, 4, 20)
+    jn.fit(mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1), X, T, key=jn.random.key(0), epochs=2, verbose=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+# --------------------------------------------------------------------------- bad input
+@jn.layer
+class Twice(jn.Composite):
+    """A user's composite without a compiled form (it just wraps a layer)."""
+
+    inner: jn.Layer
+
+    @property
+    def members(self) -> tuple[jn.Layer, ...]:
+        return (self.inner,)
+
+    def named_members(self) -> tuple[tuple[str, jn.Layer], ...]:
+        return ((".inner", self.inner),)
+
+    def _forward(self, X: Any, where: str, context: Any = jn.protocol.EVALUATION) -> Any:
+        return self.inner._forward(X, where, context)
+
+    def _trace(self, X: Any, where: str, context: Any = jn.protocol.EVALUATION) -> Any:
+        Y, trace, inner = self.inner._trace(X, where, context)
+        return Y, trace, (self if inner is self.inner else Twice(inner))
+
+    def _backward(self, trace: Any, dY: Any, where: str, need_input_grad: bool = True) -> Any:
+        grads, dX = self.inner._backward(trace, dY, where, need_input_grad)
+        return Twice(grads), dX
+
+
+@jn.layer
+class PythonStatistics:
+    """A layer that updates a buffer in Python, so the step cannot run it."""
+
+    count: jn.Array = jn.buffer()
+    kernels = jn.Kernels(_feature_scale_forward, _feature_scale_grad_input)
+    needs_context = True
+
+    def updated(self, X: Any, call_args: Any) -> "PythonStatistics":
+        return attrs.evolve(self, count=self.count + 1)
+
+
+def test_compile_step_refuses_what_it_cannot_compile() -> None:
+    loss, optimizer = jn.MeanSquaredError(), jn.optim.sgd(0.1)
+    with pytest.raises(TypeError, match="model must be a jitnn layer"):
+        jn.compile_step("model", loss, optimizer)
+    with pytest.raises(TypeError, match="loss must be a jitnn loss"):
+        jn.compile_step(mlp(np.float64), "mse", optimizer)
+    with pytest.raises(TypeError, match="optimizer must have init and update"):
+        jn.compile_step(mlp(np.float64), loss, 0.1)
+    with pytest.raises(ValueError, match="threads must be None"):
+        jn.compile_step(mlp(np.float64), loss, optimizer, threads=0)
+    with pytest.raises(TypeError, match=r"Twice at model.layers\[1\] has no compiled form"):
+        jn.compile_step(jn.pipe(jn.ReLU(), Twice(jn.ReLU())), loss, optimizer)
+    with pytest.raises(TypeError, match="computes its updated buffers in Python"):
+        jn.compile_step(jn.pipe(PythonStatistics(count=np.zeros(1))), loss, optimizer)
+
+
+def test_a_kernel_that_cannot_be_imported_is_refused() -> None:
+    @jit
+    def local_forward(X):
+        """Y = X."""
+        return X.copy()
+
+    @jn.layer
+    class Local:
+        kernels = jn.Kernels(local_forward, local_forward)
+
+    step = jn.compile_step(Local(), jn.MeanSquaredError(), jn.optim.sgd(0.1))
+    with pytest.raises(TypeError, match="must be a module-level @jit function"):
+        step(Local(), jn.optim.sgd(0.1).init(Local()), np.ones((2, 3)), np.ones((2, 3)))
+
+
+def test_the_step_checks_its_arguments_naming_what_is_wrong() -> None:
+    model, loss, optimizer = mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
+    step = jn.compile_step(model, loss, optimizer)
+    state = optimizer.init(model)
+    X, T = np.ones((4, 6)), np.array([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"Dense at model.layers\[4\].W is float64\[8, 5\], the compiled model has float64\[8, 4\]"):
+        step(jn.pipe(*mlp(np.float64).layers[:4], dense(np.random.default_rng(0), 8, 5, np.float64)), state, X, T)
+    with pytest.raises(ValueError, match="structure differs from the compiled one"):
+        step(jn.pipe(*model.layers[:4]), state, X, T)
+    leaky = jn.pipe(*model.layers[:3], jn.LeakyReLU(0.01), model.layers[4])
+    with pytest.raises(ValueError, match=r"LeakyReLU at model.layers\[3\] is configured differently"):
+        jn.compile_step(leaky, loss, optimizer)(jn.pipe(*model.layers[:3], jn.LeakyReLU(0.1), model.layers[4]), state, X, T)
+    with pytest.raises(ValueError, match="is a Sigmoid, the compiled model has a Tanh"):
+        step(jn.pipe(model.layers[0], jn.Sigmoid(), *model.layers[2:]), state, X, T)
+    with pytest.raises(TypeError, match="state must be the AdamState"):
+        step(model, jn.optim.sgd(0.1).init(model), X, T)
+    with pytest.raises(ValueError, match="the state's mu does not match"):
+        step(model, optimizer.init(jn.pipe(*model.layers[:4], dense(np.random.default_rng(0), 8, 5, np.float64))), X, T)
+    with pytest.raises(TypeError, match="must hold floating-point numbers"):
+        step(model, state, X.astype(np.int64), T)
+    with pytest.raises(ValueError, match=r"Dense at model.layers\[0\]: expects per-example input shape \(6,\)"):
+        step(model, state, np.ones((4, 5)), T)
+    with pytest.raises(ValueError, match="labels"):
+        step(model, state, X, np.array([0, 1, 2, 9]))
+    with pytest.raises(ValueError, match="labels|examples"):
+        step(model, state, X, np.array([0, 1]))
+    with pytest.raises(TypeError, match="key must be a jitnn.random.Key"):
+        step(model, state, X, T, key=0)
+    dropout = jn.pipe(model, jn.Dropout(0.5))
+    with pytest.raises(ValueError, match="Dropout needs a random key"):
+        jn.compile_step(dropout, loss, optimizer)(dropout, optimizer.init(dropout), X, T)
+
+
+# --------------------------------------------------------------------------- the disk cache
+def test_the_generated_module_is_written_once_inside_the_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codegen, "cache_folder", lambda: tmp_path / "steps")
+    model = jn.pipe(dense(np.random.default_rng(0), 3, 2, np.float64), jn.Sigmoid(), jn.Identity())
+    step = jn.compile_step(model, jn.MeanSquaredError(), jn.optim.sgd(0.1))
+    step(model, jn.optim.sgd(0.1).init(model), np.ones((2, 3)), np.ones((2, 2)))
+    files = list((tmp_path / "steps").glob("jitnn_step_*.py"))
+    assert len(files) == 1 and step.cached
+    assert files[0].read_text().endswith(step.source)
+    assert files[0].stem in sys.modules
+
+
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_compiling_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setattr(_codegen, "cache_folder", lambda: blocked / "steps")
+    model = jn.pipe(dense(np.random.default_rng(0), 3, 2, np.float64), jn.Tanh(), jn.Identity(), jn.Identity())
+    step = jn.compile_step(model, jn.MeanSquaredError(), jn.optim.sgd(0.1))
+    with pytest.warns(RuntimeWarning, match="cannot cache the compiled step"):
+        new, _, value = step(model, jn.optim.sgd(0.1).init(model), np.ones((2, 3)), np.ones((2, 2)))
+    assert not step.cached
+    expected, _, expected_value = jn.train_step(model, jn.optim.sgd(0.1).init(model), jn.MeanSquaredError(), jn.optim.sgd(0.1), np.ones((2, 3)), np.ones((2, 2)))
+    assert value == expected_value
+    assert_trees_close(new, expected, np.float64, "model")
+
+
+CACHE_SCRIPT = textwrap.dedent("""
+    import numpy as np, jitnn as jn
+    key = jn.random.key(0)
+    model = jn.pipe(jn.Dense.init(key, 5, 4), jn.ReLU(), jn.Dense.init(key, 4, 3))
+    optimizer = jn.optim.adam(1e-2)
+    step = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer)
+    X = np.linspace(-1, 1, 20, dtype=np.float32).reshape(4, 5)
+    model, state, value = step(model, optimizer.init(model), X, np.array([0, 1, 2, 0]))
+    function = next(iter(step._plans.values())).function
+    print(repr(value), sum(function.stats.cache_hits.values()), sum(function.stats.cache_misses.values()), step.cached)
+""")
+
+
+def test_a_second_process_loads_the_step_from_the_disk_cache(tmp_path: Path) -> None:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = (run.stdout.split() for run in runs)
+    assert first[0] == second[0]  # the same loss
+    assert first[1:] == ["0", "1", "True"]  # compiled, then written to the cache
+    assert second[1:] == ["1", "0", "True"]  # loaded from the cache, not compiled
+    assert len(list((tmp_path / "cache" / "jitnn_steps").glob("jitnn_step_*.py"))) == 1
+
+
+def test_the_module_name_changes_when_a_kernel_source_changes(tmp_path: Path) -> None:
+    """Numba's cache checks only the generated file, so the environment fingerprint in the
+    file (and so its name) must follow the kernels' source files."""
+    module = tmp_path / "user_kernels.py"
+    module.write_text("from jitnn._jit import jit\n@jit\ndef k(X):\n    return X * 2.0\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import user_kernels
+
+        first = _codegen._fingerprint([user_kernels.k])
+        module.write_text("from jitnn._jit import jit\n@jit\ndef k(X):\n    return X * 3.0\n")
+        os.utime(module, (1, 1))
+        assert _codegen._fingerprint([user_kernels.k]) != first
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("user_kernels", None)
+
+
+# --------------------------------------------------------------------------- threads
+def test_threads_are_chosen_by_batch_size_and_restored() -> None:
+    assert _blas.auto_threads(1) == 1
+    assert _blas.auto_threads(_blas.SMALL_BATCH) == _blas._MAX
+    before = _blas.get_threads()
+    with _blas.threads(1):
+        assert _blas.get_threads() == 1 or not _blas.available()
+    assert _blas.get_threads() == before
+
+
+def test_a_fixed_thread_count_gives_the_same_step() -> None:
+    model, loss = mlp(np.float64), jn.SoftmaxCrossEntropy()
+    (X, T), = classification_batches(np.float64, steps=1, n=80)
+    results = []
+    for threads in (None, 1, 2):
+        step = jn.compile_step(model, loss, jn.optim.sgd(0.1), threads=threads)
+        results.append(step(model, jn.optim.sgd(0.1).init(model), X, T))
+    for other in results[1:]:
+        assert other[2] == pytest.approx(results[0][2], rel=1e-12)
+        assert_trees_close(other[0], results[0][0], np.float64, "model")
