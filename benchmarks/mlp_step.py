@@ -4,6 +4,9 @@
 One step is the forward pass, the softmax cross-entropy loss (mean over the batch), the
 backward pass and a plain SGD update with learning rate 0.01. It is timed for
 
+* ``compiled``: jitnn's compiled step, ``jn.compile_step(model, loss, jn.optim.sgd(0.01))``:
+  forward, loss, backward and update in one Numba function, called as
+  ``model, state, value = step(model, state, X, T)`` (what ``jn.fit`` runs);
 * ``jitnn``: the generic path, ``jn.value_and_grad`` then ``opt.update`` with
   ``jn.optim.sgd(0.01)`` (what ``jn.train_step`` does);
 * ``numpy``: the same step written by hand with NumPy (matrix products, ReLU masks, a stable
@@ -70,9 +73,12 @@ from _common import (
 SIZES = (784, 256, 128, 10)
 LEARNING_RATE = 0.01
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256, 1024)
-IMPLEMENTATIONS = ("jitnn", "numpy", "torch", "jax", "floor")
-LABELS = {"jitnn": "jitnn", "numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "floor": "floor"}
-PEERS = ("numpy", "torch", "jax")
+IMPLEMENTATIONS = ("compiled", "jitnn", "numpy", "torch", "jax", "floor")
+LABELS = {"compiled": "jitnn compiled", "jitnn": "jitnn generic", "numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "floor": "floor"}
+PEERS = ("jitnn", "numpy", "torch", "jax")
+#: The targets for the compiled step: at least these times faster than JAX at these batch sizes.
+JAX_TARGETS = {1: 3.0, 16: 1.5}
+FLOOR_TARGET = (1024, 1.15)
 
 #: How closely the first step of a peer must match the reference: the loss, relatively, and
 #: each updated parameter's change ``new - old``, relative to the largest change in it.
@@ -145,6 +151,26 @@ def jitnn_factory(jn: Any) -> Callable[..., Runner]:
             return [(member.W, member.b) for member in current["model"].layers if isinstance(member, jn.Dense)]
 
         return Runner(step, weights)
+
+    return build
+
+
+def compiled_factory(jn: Any) -> Callable[..., Runner]:
+    loss = jn.SoftmaxCrossEntropy()
+    optimizer = jn.optim.sgd(LEARNING_RATE)
+
+    def build(model: Any, params: Any, X: np.ndarray, T: np.ndarray) -> Runner:
+        step = jn.compile_step(model, loss, optimizer)  # generated and compiled (or loaded) at the first call
+        current = {"model": model, "state": optimizer.init(model)}
+
+        def run() -> float:
+            current["model"], current["state"], value = step(current["model"], current["state"], X, T)
+            return value
+
+        def weights() -> list[tuple[np.ndarray, np.ndarray]]:
+            return [(member.W, member.b) for member in current["model"].layers if isinstance(member, jn.Dense)]
+
+        return Runner(run, weights)
 
     return build
 
@@ -288,9 +314,9 @@ def floor_factory(_: Any = None) -> Callable[..., Runner]:
     return build
 
 
-FACTORIES = {"jitnn": jitnn_factory, "numpy": numpy_factory, "torch": torch_factory, "jax": jax_factory,
+FACTORIES = {"compiled": compiled_factory, "jitnn": jitnn_factory, "numpy": numpy_factory, "torch": torch_factory, "jax": jax_factory,
              "floor": floor_factory}
-MODULES = {"jitnn": "jitnn", "torch": "torch", "jax": "jax"}
+MODULES = {"compiled": "jitnn", "jitnn": "jitnn", "torch": "torch", "jax": "jax"}
 INSTALL_HINTS = {"torch": "a CPU build of `torch`", "jax": "`jax` (CPU)"}  # for the "not installed" note
 
 
@@ -326,6 +352,30 @@ def _changes(before: list[tuple[np.ndarray, np.ndarray]], after: list[tuple[np.n
             for pair_old, pair_new in zip(before, after) for old, new in zip(pair_old, pair_new)]
 
 
+def targets_report(batch_sizes: tuple[int, ...], median: Callable[[int, str], float | None]) -> list[str]:
+    """Each target for the compiled step with the measured ratio and whether it is met."""
+    lines = []
+    for batch, wanted in JAX_TARGETS.items():
+        compiled, jax = median(batch, "compiled"), median(batch, "jax")
+        if batch in batch_sizes and compiled and jax:
+            lines.append(f"batch {batch}: at least {wanted:g}x faster than JAX: {jax / compiled:.2f}x, "
+                         f"{'met' if jax / compiled >= wanted else 'NOT met'}")
+    for batch in batch_sizes:
+        compiled = median(batch, "compiled")
+        peers = {name: median(batch, name) for name in ("numpy", "torch", "jax") if median(batch, name)}
+        if 64 <= batch <= 1024 and compiled and peers:
+            fastest = min(peers, key=peers.get)
+            lines.append(f"batch {batch}: no slower than the fastest peer ({LABELS[fastest]}, "
+                         f"{microseconds(peers[fastest])} µs): {peers[fastest] / compiled:.2f}x, "
+                         f"{'met' if compiled <= peers[fastest] else 'NOT met'}")
+    batch, limit = FLOOR_TARGET
+    compiled, floor = median(batch, "compiled"), median(batch, "floor")
+    if batch in batch_sizes and compiled and floor:
+        lines.append(f"batch {batch}: within {limit:g}x of the floor: {compiled / floor:.2f}x, "
+                     f"{'met' if compiled / floor <= limit else 'NOT met'}")
+    return lines
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     return run_with_cache_choice(run, parse_args(argv))
@@ -344,7 +394,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         if name not in MODULES:
             continue
         module, seconds, error = import_timed(MODULES[name])
-        if module is None and name == "jitnn":
+        if module is None and MODULES[name] == "jitnn":
             raise ImportError(f"cannot import jitnn from {ROOT}: {error}")
         if module is None:
             missing[name] = error or "not importable"
@@ -355,7 +405,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     builders = {name: FACTORIES[name](modules.get(name)) for name in active}
 
     # ---- the initial weights: jitnn's initializers, shared by every implementation
-    jn = modules.get("jitnn")
+    jn = modules.get("jitnn") or modules.get("compiled")
     if jn is None:  # jitnn left out (--impls): the peers still need identical weights (Glorot uniform)
         rng = np.random.default_rng(args.seed)
         params = []
@@ -389,7 +439,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
             settle(args.pause)
             seconds, value = first_call(runner.step)
             first_calls[batch, name] = seconds
-            if name == "jitnn" and cache_counts is None:
+            if MODULES.get(name) == "jitnn" and cache_counts is None:
                 cache_counts = kernel_cache_counts()
             if runner.weights is not None:
                 losses[name] = float(value)
@@ -420,9 +470,12 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     if torch is not None:
         threads.append(f"PyTorch at its default of {torch.get_num_threads()} threads "
                        f"({torch.get_num_interop_threads()} inter-op), not changed")
-    if "jitnn" in modules:
+    if jn is not None:
         import numba
-        threads.append(f"Numba threads {numba.config.NUMBA_NUM_THREADS} (jitnn's Dense kernels use BLAS via SciPy)")
+        from jitnn import _blas
+        threads.append(f"Numba threads {numba.config.NUMBA_NUM_THREADS} (jitnn's Dense kernels use BLAS via SciPy); "
+                       f"the compiled step runs SciPy's BLAS on {_blas.auto_threads(1)} thread below batch "
+                       f"{_blas.SMALL_BATCH} and on {_blas.auto_threads(_blas.SMALL_BATCH)} from there (threads=None)")
     print("Threads: " + "; ".join(threads) + ".")
     print()
 
@@ -436,22 +489,30 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         return medians.get((batch, name))
 
     headers = ["batch"] + [f"{LABELS[name]} (µs)" for name in IMPLEMENTATIONS] + \
-              [f"{peer}/jitnn" for peer in PEERS] + ["jitnn/floor"]
+              [f"{'generic' if peer == 'jitnn' else peer}/compiled" for peer in PEERS] + ["compiled/floor"]
     rows = []
     for batch in args.batch_sizes:
         rows.append([str(batch)] + [cell(batch, name) for name in IMPLEMENTATIONS]
-                    + [ratio(median(batch, peer), median(batch, "jitnn")) for peer in PEERS]
-                    + [ratio(median(batch, "jitnn"), median(batch, "floor"))])
+                    + [ratio(median(batch, peer), median(batch, "compiled")) for peer in PEERS]
+                    + [ratio(median(batch, "compiled"), median(batch, "floor"))])
     print(markdown_table(headers, rows))
     print()
     print(f"Median wall-clock time of one step, in microseconds, over at least {args.budget.min_repeats} calls and "
           f"{args.budget.seconds:g} s per cell, spread over {args.budget.rounds} rounds in which the implementations "
           f"take turns (each turn after a {args.pause:g} s pause that lets other libraries' BLAS threads stop "
           f"spinning and one untimed call), after 3 untimed warm-up calls; first calls are excluded (next table). "
-          f"`peer/jitnn` above 1 means jitnn is faster than that peer; `jitnn/floor` is jitnn's time as a multiple "
+          f"`peer/compiled` above 1 means the compiled step is faster than that peer (`generic` is jitnn's own "
+          f"generic path); `compiled/floor` is the compiled step's time as a multiple "
           f"of the step's 8 matrix products alone through NumPy's BLAS (preallocated outputs), so 1 would be pure "
           f"BLAS time. {'Quick run: short and noisy. ' if args.quick else ''}")
     print()
+    verdicts = targets_report(args.batch_sizes, median)
+    if verdicts:
+        print("Targets for the compiled step, in this run:")
+        print()
+        for line in verdicts:
+            print(f"- {line}")
+        print()
 
     print("### First call (compile), milliseconds")
     print()
@@ -461,7 +522,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     print(markdown_table(headers, rows))
     print()
     notes = ["Each implementation's first step from a fresh state, timed alone."]
-    if "jitnn" in modules:
+    if jn is not None:
         where = ("a new, empty Numba cache folder (--cold-cache)" if cold_cache is not None
                  else f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}" if os.environ.get("NUMBA_CACHE_DIR")
                  else "Numba's default cache folders (next to the sources)")
@@ -472,7 +533,9 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
             counts += (f" (and {final_counts[0] - cache_counts[0]} loaded, {final_counts[1] - cache_counts[1]} compiled "
                        f"at later batch sizes)")
         notes.append(f"jitnn compiles its kernels once per dtype and layout, at the first batch size: {counts}, "
-                     f"using {where}.")
+                     f"using {where}. The compiled step's first call also generates its function and compiles it (or "
+                     f"loads it from the same cache) once per per-example input shape, so at the first batch size only; "
+                     f"`benchmarks/compile_time.py` times a fresh process.")
     if "jax" in modules:
         notes.append("JAX traces and compiles once per input shape, so at every batch size.")
     if import_seconds:

@@ -16,7 +16,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["available", "get_threads", "set_threads", "threads", "auto_threads", "check_threads", "SMALL_BATCH"]
+__all__ = ["available", "get_threads", "set_threads", "use_threads", "threads", "auto_threads", "check_threads", "SMALL_BATCH"]
 
 #: Batches smaller than this run the step's BLAS on one thread (measured on 2 cores,
 #: ``benchmarks/threads.py``); larger ones use every core BLAS was started with.
@@ -69,6 +69,18 @@ def auto_threads(batch_size: int) -> int:
     """The thread count for a batch of ``batch_size`` examples: 1 below :data:`SMALL_BATCH`,
     else as many as BLAS started with."""
     return 1 if batch_size < SMALL_BATCH else _MAX
+
+
+def use_threads(count: int) -> int:
+    """Set the BLAS thread count to ``count`` if it differs; return the count to restore
+    afterwards, or 0 when nothing changed (the compiled step's cheap form of :func:`threads`)."""
+    if _FUNCTIONS is None:
+        return 0
+    before = _FUNCTIONS[1]()
+    if before == count:
+        return 0
+    _FUNCTIONS[0](count)
+    return before
 
 
 @contextmanager

@@ -20,15 +20,16 @@ What the wrapper does per call, and why it keeps the functional contract:
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import attrs
 import numba
 import numpy as np
 
 from jitnn import _blas, random
-from jitnn._checks import describe, readonly
+from jitnn._checks import describe, float_input, readonly
 from jitnn._codegen import Leaf, StepSource, load_function
 from jitnn.losses import Loss
 from jitnn.optim._base import Optimizer, learning_rate_at, step_count
@@ -72,12 +73,14 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
 
 @attrs.define
 class _Plan:
-    """The compiled function for one per-example input shape and dtype, the leaves and
-    shapes the wrapper needs to check targets and make per-call arguments, and whether the
-    function has been compiled (or loaded) for the argument types of a first call."""
+    """The compiled function for one per-example input shape and dtype; the leaves that
+    take per-call arguments (with their input shapes); the model's output shape, for
+    checking targets; and whether the function has been compiled (or loaded) for the
+    argument types of a first call."""
 
     function: Any
     leaves: tuple[Leaf, ...]
+    context_leaves: tuple[int, ...]
     buffer_leaves: tuple[int, ...]
     output_shape: tuple[int, ...]
     source: str
@@ -111,10 +114,14 @@ class CompiledStep:
         self._leaves = _leaf_layers(model, "")
         self._configs = tuple(layer.config() for _, layer in self._leaves)
         self._loss_config = loss.config()
+        self._moment_names = optimizer.moment_names if self.fused else ()
+        self._input = _input_check(model)
+        self._rebuild = _rebuilder(model)
         self._plans: dict[tuple[tuple[int, ...], np.dtype], _Plan] = {}
+        self._stand_ins: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
+        # what the last call returned, recognised by identity so that it is not walked again
         self._last_model: Any = None
-        self._last_params: tuple[Array, ...] = ()
-        self._last_configs: tuple[Any, ...] = ()
+        self._last_arrays: tuple[tuple[Array, ...], tuple[Any, ...]] = ((), ())
         self._last_state: Any = None
         self._last_moments: tuple[tuple[Array, ...], ...] = ()
 
@@ -126,65 +133,64 @@ class CompiledStep:
         """One step on the batch ``(X, T)`` in training mode; see :func:`compile_step`."""
         if key is not None and not isinstance(key, random.Key):
             raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
-        params, configs = self._model_arrays(model)
-        X = readonly(model._input(X))
-        plan = self._plan(X)
+        params, configs = self._last_arrays if model is self._last_model else self._model_arrays(model)
+        X = readonly(self._input(X))
+        plan = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
         n = X.shape[0]
-        T = readonly(self.loss.targets(_stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
+        T = readonly(self.loss.targets(self._stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
         extras = self._extras(plan, n, X.dtype, key)
-        optimizer = self.optimizer
         if self.fused:
-            moments = self._moment_arrays(state)
-            count = int(state.count)
-            who = f"{optimizer.name} in the compiled step"
-            hyper = optimizer.kernel_config(learning_rate_at(optimizer.learning_rate, count, who), count + 1)
+            moments = self._last_moments if state is self._last_state else self._moment_arrays(state)
+            optimizer, count = self.optimizer, int(state.count)
+            learning_rate = learning_rate_at(optimizer.learning_rate, count, f"{optimizer.name} in the compiled step")
+            hyper = optimizer.kernel_config(learning_rate, count + 1)
         else:
             moments, hyper = (), ()
         arguments = (X, T, params, configs, extras, self._loss_config, moments, hyper)
         if not plan.ready:
             self._compile(plan, arguments)
-        with _blas.threads(self.threads if self.threads is not None else _blas.auto_threads(n)):
-            if not self.fused:
-                value, grads, buffers = plan.function(*arguments)
-                model = self._rebuild(plan, model, params, buffers, params_changed=False)
-                grads = _rebuild_tree(model, iter(map(_frozen, grads)), {})
-                new_model, new_state = optimizer.update(model, grads, state)
-                return new_model, new_state, float(value)
-            value, new_params, new_moments, buffers = plan.function(*arguments)
+        restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
+        try:
+            results = plan.function(*arguments)
+        finally:
+            if restore:
+                _blas.set_threads(restore)
+        if not self.fused:
+            return self._update_in_python(plan, model, state, params, *results)
+        value, new_params, new_moments, buffers = results
         new_params = tuple(map(_frozen, new_params))
+        new_buffers = {i: tuple(map(_frozen, arrays)) for i, arrays in zip(plan.buffer_leaves, buffers)}
+        new_model = self._rebuild(model, iter(new_params), new_buffers)
+        # as in the generic update, the moment trees are made of the new model's records
         new_moments = tuple(tuple(map(_frozen, arrays)) for arrays in new_moments)
-        new_model = self._rebuild(plan, model, new_params, buffers)
-        # as the generic update does, the moment trees take the new model's records
-        moment_trees = [_rebuild_tree(new_model, iter(arrays), {}) for arrays in new_moments]
-        new_state = _clone(state, dict(zip(("count", *optimizer.moment_names), (step_count(count + 1), *moment_trees))))
-        self._last_model, self._last_params, self._last_configs = new_model, new_params, self._new_configs(plan, new_model, configs, buffers)
+        trees = [self._rebuild(new_model, iter(arrays), {}) for arrays in new_moments]
+        new_state = _clone(state, dict(zip(("count", *self._moment_names), (step_count(count + 1), *trees))))
+        self._remember(new_model, new_params, configs, new_buffers)
         self._last_state, self._last_moments = new_state, new_moments
         return new_model, new_state, float(value)
 
-    @staticmethod
-    def _rebuild(plan: _Plan, model: Layer, params: tuple[Array, ...], buffers: tuple, params_changed: bool = True) -> Layer:
-        """``model`` holding ``params`` and the new running statistics (``model`` itself
-        when neither changed)."""
-        new_buffers = {index: tuple(map(_frozen, arrays)) for index, arrays in zip(plan.buffer_leaves, buffers)}
-        if not new_buffers and not params_changed:
-            return model
-        return _rebuild_tree(model, iter(params), new_buffers)
+    def _update_in_python(self, plan: _Plan, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
+        """For an optimizer without one kernel (a chain of transforms, a user's own): the
+        gradient records and the model with its new running statistics, then its update."""
+        new_buffers = {i: tuple(map(_frozen, arrays)) for i, arrays in zip(plan.buffer_leaves, buffers)}
+        if new_buffers:
+            model = self._rebuild(model, iter(params), new_buffers)
+        grads = self._rebuild(model, map(_frozen, grads), {})
+        new_model, new_state = self.optimizer.update(model, grads, state)
+        return new_model, new_state, float(value)
 
-    def _new_configs(self, plan: _Plan, model: Layer, configs: tuple[Any, ...], buffers: tuple) -> tuple[Any, ...]:
-        """The leaf configurations of ``model``: ``configs`` with the leaves whose buffers
-        changed read again."""
-        if not plan.buffer_leaves:
-            return configs
-        leaves = _leaf_layers(model, "")
-        changed = set(plan.buffer_leaves)
-        return tuple(leaves[i][1].config() if i in changed else c for i, c in enumerate(configs))
+    def _remember(self, model: Layer, params: tuple[Array, ...], configs: tuple[Any, ...], new_buffers: dict[int, tuple]) -> None:
+        """Keep ``model``'s arrays for the next call; the configurations of the leaves whose
+        buffers changed are read again."""
+        if new_buffers:
+            leaves = _leaf_layers(model, "")
+            configs = tuple(leaves[i][1].config() if i in new_buffers else c for i, c in enumerate(configs))
+        self._last_model, self._last_arrays = model, (params, configs)
 
     # ------------------------------------------------------------------ checked arguments
     def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Any, ...]]:
         """The parameter arrays and leaf configurations of ``model``, after checking it has
-        the compiled architecture (skipped for the model this step returned last)."""
-        if model is self._last_model:
-            return self._last_params, self._last_configs
+        the compiled architecture."""
         if not isinstance(model, Layer):
             raise TypeError(f"step: model must be a jitnn layer, got {type(model).__name__}")
         leaves = _leaf_layers(model, "")
@@ -193,13 +199,11 @@ class CompiledStep:
         return tuple(p for _, layer in leaves for p in layer.params), configs
 
     def _moment_arrays(self, state: Any) -> tuple[tuple[Array, ...], ...]:
-        if state is self._last_state:
-            return self._last_moments
         optimizer = self.optimizer
         if type(state) is not optimizer.state_class:
             raise TypeError(f"step: state must be the {optimizer.state_class.__name__} from {optimizer.name}.init, got {type(state).__name__}")
         moments = []
-        for name in optimizer.moment_names:
+        for name in self._moment_names:
             leaves = _leaf_layers(getattr(state, name), "")
             try:
                 _check_architecture(self._leaves, None, leaves)
@@ -212,40 +216,43 @@ class CompiledStep:
         """The dtype of every array after the model's input: the parameters' dtype."""
         return self.model.dtype or input_dtype
 
+    def _stand_in(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the
+        checks that read only shape and dtype (``Loss.targets``, ``Layer.call_args``) get."""
+        found = self._stand_ins.get((shape, dtype))
+        if found is None:
+            found = self._stand_ins[shape, dtype] = np.broadcast_to(np.zeros((), dtype), shape)
+        return found
+
     def _extras(self, plan: _Plan, n: int, dtype: np.dtype, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
         """Each leaf's per-call arguments (a dropout mask), from the training context."""
+        if not plan.context_leaves:
+            return _NO_EXTRAS[len(plan.leaves)]
         context = Context(True, key)
-        extras = []
-        for leaf in plan.leaves:
+        extras: list[tuple[Any, ...]] = [()] * len(plan.leaves)
+        for index in plan.context_leaves:
+            leaf = plan.leaves[index]
             layer = leaf.layer
-            if not layer.needs_context:
-                extras.append(())
-                continue
-            stand_in = _stand_in((n, *leaf.input_shape), dtype if leaf.takes_model_input else self._dtype(dtype))
+            stand_in = self._stand_in((n, *leaf.input_shape), dtype if leaf.takes_model_input else self._dtype(dtype))
             values = tuple(layer.call_args(stand_in, context, leaf.where))
             if layer.elementwise:
                 values = tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
-            extras.append(values)
+            extras[index] = values
         return tuple(extras)
 
     # ------------------------------------------------------------------ generation
     def _plan(self, X: Array) -> _Plan:
-        signature = (X.shape[1:], X.dtype)
-        plan = self._plans.get(signature)
-        if plan is None:
-            started = time.perf_counter()
-            plan = self._plans[signature] = self._generate(X)
-            self.compile_seconds += time.perf_counter() - started
-            self.source, self.cached = plan.source, plan.cached
-        return plan
-
-    def _generate(self, X: Array) -> _Plan:
+        started = time.perf_counter()
         source = StepSource()
         kernel = self.optimizer.kernel if self.fused else None
-        n_moments = len(self.optimizer.moment_names) if self.fused else 0
-        text, output_shape = source.function(self.model, X.shape[1:], self.loss, kernel, n_moments)
+        text, output_shape = source.function(self.model, X.shape[1:], self.loss, kernel, len(self._moment_names))
         function, cached = load_function(text, source.kernels)
-        return _Plan(function, tuple(source.leaves), tuple(i for i, _ in source.buffers), output_shape, text, cached)
+        context = tuple(i for i, leaf in enumerate(source.leaves) if leaf.layer.needs_context)
+        plan = _Plan(function, tuple(source.leaves), context, tuple(i for i, _ in source.buffers), output_shape, text, cached)
+        self._plans[X.shape[1:], X.dtype] = plan
+        self.source, self.cached = text, cached
+        self.compile_seconds += time.perf_counter() - started
+        return plan
 
     def _compile(self, plan: _Plan, arguments: tuple[Any, ...]) -> None:
         """Compile (or load from the disk cache) for the types of ``arguments``, timed into
@@ -258,6 +265,17 @@ class CompiledStep:
                 raise TypeError(f"compile_step: the generated step for {describe(self.model)} does not compile:\n{error}") from None
         plan.ready = True
         self.compile_seconds += time.perf_counter() - started
+
+
+class _NoExtras(dict):
+    """``_NO_EXTRAS[k]``: a tuple of ``k`` empty tuples, made once."""
+
+    def __missing__(self, count: int) -> tuple[tuple[()], ...]:
+        value = self[count] = ((),) * count
+        return value
+
+
+_NO_EXTRAS = _NoExtras()
 
 
 # --------------------------------------------------------------------------- model walks
@@ -305,42 +323,72 @@ def _same_config(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return True
 
 
-def _rebuild_tree(node: Any, params: Any, buffers: dict[int, tuple[Array, ...]], counter: list[int] | None = None) -> Any:
-    """A copy of ``node`` (a model, or a gradient or moment tree of its structure) whose
-    leaf layers hold the next arrays of ``params`` and, for leaf ``i`` in ``buffers``, new
-    buffers. Records are copied field by field: the arrays have the shapes and dtypes the
-    originals had, so the records' checks, which ran when ``node`` was built, still hold."""
-    counter = [0] if counter is None else counter
-    if isinstance(node, Composite):
-        changes = {}
-        for field in type(node).__attrs_attrs__:
-            value = getattr(node, field.name)
-            if isinstance(value, Layer):
-                changes[field.name] = _rebuild_tree(value, params, buffers, counter)
-            elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Layer) for v in value):
-                changes[field.name] = type(value)(_rebuild_tree(v, params, buffers, counter) for v in value)
-        return _clone(node, changes)
-    index = counter[0]
-    counter[0] += 1
-    changes = {name: next(params) for name in node.param_names}
-    if index in buffers:
-        changes.update(zip(node.buffer_names, buffers[index]))
-    return _clone(node, changes) if changes else node
+def _input_check(model: Layer) -> Callable[[Any], Array]:
+    """``model._input`` (check and convert a batch), with the walk to the layer that decides
+    what input the model takes done once."""
+    first = model
+    while isinstance(first, Composite):
+        first = first.members[0]
+    if type(first)._input is not Layer._input:
+        return first._input
+    dtype, who = model.dtype, describe(model)
+    return lambda X: float_input(X, dtype, who)
 
 
-def _clone(record: Any, changes: dict[str, Any]) -> Any:
+Rebuild = Callable[[Any, Iterator[Array], "dict[int, tuple[Array, ...]]"], Any]
+
+
+def _rebuilder(template: Layer) -> Rebuild:
+    """A function ``rebuild(node, params, buffers)`` that copies ``node`` (``template``'s
+    architecture: the model, or a gradient or moment tree of its structure) with its leaf
+    layers holding the next arrays of ``params`` and, for leaf ``i`` in ``buffers``, those
+    buffers. The walk is planned once, here. Records are copied field by field: the arrays
+    have the shapes and dtypes the originals had, so the records' checks (which ran when
+    ``node`` was built) still hold."""
+    leaves = itertools.count()
+
+    def plan(node: Layer) -> Rebuild:
+        cls = type(node)
+        names = tuple(field.name for field in cls.__attrs_attrs__)
+        if isinstance(node, Composite):
+            parts: list[tuple[str, type | None, Any]] = []
+            for name in names:
+                value = getattr(node, name)
+                if isinstance(value, Layer):
+                    parts.append((name, None, plan(value)))
+                elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Layer) for v in value):
+                    parts.append((name, type(value), tuple(plan(v) for v in value)))
+
+            def composite(old: Any, params: Iterator[Array], buffers: dict[int, tuple[Array, ...]]) -> Any:
+                changes = {}
+                for name, kind, inner in parts:
+                    value = getattr(old, name)
+                    changes[name] = inner(value, params, buffers) if kind is None else kind(f(v, params, buffers) for f, v in zip(inner, value))
+                return _clone(old, changes, names)
+
+            return composite
+        index, param_names, buffer_names = next(leaves), cls.param_names, cls.buffer_names
+
+        def leaf(old: Any, params: Iterator[Array], buffers: dict[int, tuple[Array, ...]]) -> Any:
+            changes = {name: next(params) for name in param_names}
+            if index in buffers:
+                changes.update(zip(buffer_names, buffers[index]))
+            return _clone(old, changes, names) if changes else old
+
+        return leaf
+
+    return plan(template)
+
+
+def _clone(record: Any, changes: dict[str, Any], names: tuple[str, ...] | None = None) -> Any:
+    """A copy of the frozen record ``record`` with ``changes``, made without running its
+    converters and checks (the caller guarantees that they hold)."""
     new = object.__new__(type(record))
-    for field in type(record).__attrs_attrs__:
-        object.__setattr__(new, field.name, changes[field.name] if field.name in changes else getattr(record, field.name))
+    for name in names or tuple(field.name for field in type(record).__attrs_attrs__):
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(record, name))
     return new
 
 
 def _frozen(array: Array) -> Array:
     array.flags.writeable = False
     return array
-
-
-def _stand_in(shape: tuple[int, ...], dtype: np.dtype) -> Array:
-    """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the checks
-    that read only shape and dtype (``Loss.targets``, ``Layer.call_args``) are handed."""
-    return np.broadcast_to(np.zeros((), dtype), shape)
