@@ -25,9 +25,10 @@ the model and the data, the first step (and, for the compiled step, the part of 
 step, which shows the steady state. The parent also times the whole child process,
 interpreter start-up and exit included. Each column is the median over ``--repeats``
 runs, taken separately, so the columns need not add up exactly. Before the timed runs one
-untimed child imports jitnn (with a throwaway cache folder), so that Python's bytecode
-caches exist and the operating system has read the libraries once; otherwise the first
-run alone would pay for that.
+untimed child imports jitnn (with a throwaway cache folder and bytecode writing on, even
+where ``PYTHONDONTWRITEBYTECODE`` is set), so that Python's bytecode caches exist, as they
+do for an installed package, and the operating system has read the libraries once;
+otherwise the first run alone would pay for that.
 
 The target is a first finished step within 2 s of the child's start, import included,
 with a warm cache.
@@ -209,7 +210,9 @@ def prime() -> None:
     bytecode caches and lets the operating system read the libraries once."""
     cache = tempfile.mkdtemp(prefix="jitnn-bench-prime-")
     try:
-        finished = subprocess.run([sys.executable, "-c", "import numpy, jitnn"], env=child_environment(cache),
+        environment = child_environment(cache)
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package would have them
+        finished = subprocess.run([sys.executable, "-c", "import numpy, jitnn"], env=environment,
                                   capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS)
         if finished.returncode != 0:
             raise RuntimeError(f"cannot import jitnn from {ROOT}:\n{finished.stderr}")

@@ -52,6 +52,7 @@ import numpy as np
 
 from _common import (
     kernel_cache_counts,
+    page_faults_per_call,
     run_with_cache_choice,
     TimingDefaults,
     add_timing_arguments,
@@ -423,6 +424,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     medians: dict[tuple[int, str], float] = {}
     spreads: dict[tuple[int, str], float] = {}
     first_calls: dict[tuple[int, str], float] = {}
+    faults: dict[tuple[int, str], float | None] = {}
     worst_loss_difference = worst_update_difference = 0.0
     cache_counts = None
     data_rng = np.random.default_rng(args.seed + 1)
@@ -459,6 +461,8 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         for name, cell in samples.items():
             medians[batch, name], spreads[batch, name] = cell.median, cell.spread
             stderr(f"  {name:6s} {cell.summary()}")
+        for name in active:
+            faults[batch, name] = page_faults_per_call(runners[name].step)
 
     # ---- the report
     print(f"## One SGD step of a {'-'.join(map(str, SIZES))} ReLU MLP (float32, softmax cross-entropy, lr {LEARNING_RATE})")
@@ -512,6 +516,18 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         print()
         for line in verdicts:
             print(f"- {line}")
+        print()
+
+    if any(value is not None for value in faults.values()):
+        print("### Page faults per step")
+        print()
+        headers = ["batch"] + [LABELS[name] for name in IMPLEMENTATIONS]
+        rows = [[str(batch)] + [f"{faults[batch, name]:.1f}" if faults.get((batch, name)) is not None else "n/a"
+                                for name in IMPLEMENTATIONS] for batch in args.batch_sizes]
+        print(markdown_table(headers, rows))
+        print()
+        print("Minor page faults of the process per step, averaged over 10 untimed steps after the timing: "
+              "0 means every array a step allocates reuses memory that earlier steps freed.")
         print()
 
     print("### First call (compile), milliseconds")
