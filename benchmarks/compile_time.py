@@ -231,6 +231,13 @@ def run_pair(path: str, batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return cold, warm
 
 
+def source_state() -> dict[str, tuple[int, int]]:
+    """The modification time and size of every Python file of jitnn. A change between a
+    cold run and the warm run after it changes the generated step's name, so the warm run
+    compiles it again."""
+    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size) for path in sorted((ROOT / "jitnn").rglob("*.py"))}
+
+
 # --------------------------------------------------------------------------- the report
 def median_of(reports: list[dict[str, Any]], key: str) -> float | None:
     values = [report[key] for report in reports if report.get(key) is not None]
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                  for path in paths for warm in (False, True)]
     results: dict[Scenario, list[dict[str, Any]]] = {scenario: [] for scenario in scenarios}
     load_before = load_average()
+    sources_before = source_state()
 
     stderr("importing jitnn once, untimed ...")
     prime()
@@ -279,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, report in (("cold", cold), ("warm", warm)):
                 stderr(f"  {name}: first step finished {report['total_seconds']:.2f} s after the start "
                        f"(import {report['import_seconds']:.2f} s, first step {report['first_step_seconds']:.2f} s), "
-                       f"whole process {report['process_seconds']:.2f} s")
+                       f"whole process {report['process_seconds']:.2f} s, second step "
+                       f"{report['second_step_seconds'] * 1e3:.2f} ms")
 
     # ---- checks: every run of a path computed the same losses, and the warm runs compiled nothing
     problems = []
@@ -297,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios:
         if scenario.warm and any(r["kernel_cache_misses"] or r["step_cache_misses"] for r in results[scenario]):
             problems.append(f"{scenario.label}: some signatures were compiled instead of loaded from the cache")
+    if source_state() != sources_before:
+        problems.append("jitnn's source files changed during the runs, so they timed different code")
     for problem in problems:
         stderr("warning: " + problem)
 
@@ -306,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in describe_machine(["numpy", "scipy", "numba", "llvmlite"]):
         print(line + "  ")
-    load = f"; load average {load_before:.2f} before the runs" if load_before is not None else ""
+    load_after = load_average()
+    load = (f"; 1-minute load average {load_before:.2f} before the runs, {load_after:.2f} after"
+            if load_before is not None and load_after is not None else "")
     print(f"Threads: {thread_settings()}{load}.")
     print()
 

@@ -17,7 +17,10 @@ The generated function has one calling convention::
   kernel's scalars for this step.
 
 Every value is passed in, none is written into the source as a constant: Numba would type an
-integer constant as a literal and compile a kernel once per value.
+integer constant as a literal and compile a kernel once per value. Every array the step makes
+itself is handed to kernels through ``as_readonly`` (a retyping, not a copy), so the kernels
+run with the read-only signatures the generic path compiles, and the step compiles no
+kernel a second time.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class StepSource:
         forward, grad_input = self.kernel(kernels.forward), self.kernel(kernels.grad_input)
         grad_params = self.kernel(kernels.grad_params) if layer.param_names else None
         flat = layer.elementwise
-        x_in = f"{x}.reshape(-1)" if flat else x
+        x_in = f"ro({x}.reshape(-1))" if flat else f"ro({x})"
         back_shape = f".reshape({x}.shape)" if flat else ""
         rest = "".join(f", params[{first + j}]" for j in range(len(layer.param_names))) + f", *configs[{index}], *extras[{index}]"
         y = self.variable("y")
@@ -125,7 +128,7 @@ class StepSource:
         self.grads.extend([""] * len(layer.param_names))
 
         def backward(dy: str, need_input_grad: bool) -> str | None:
-            dy_in = f"{dy}.reshape(-1)" if flat else dy
+            dy_in = f"ro({dy}.reshape(-1))" if flat else f"ro({dy})"
             if grad_params is not None:
                 grads = self.variable("grads")
                 self.line(f"{grads} = {grad_params}({x_in}, {dy_in}{rest})")
@@ -147,8 +150,8 @@ class StepSource:
         ``-> (value, new params, new moments, new buffers)``."""
         y, output_shape, backward = self.layer(model, "X", tuple(input_shape), "")
         value, grad = self.kernel(loss.kernels.value), self.kernel(loss.kernels.grad)
-        self.line(f"value = {value}({y}, T, *loss_config)")
-        self.line(f"dy = {grad}({y}, T, *loss_config)")
+        self.line(f"value = {value}(ro({y}), T, *loss_config)")
+        self.line(f"dy = {grad}(ro({y}), T, *loss_config)")
         backward("dy", False)
         for k, gradient in enumerate(self.grads):
             self.line(f"if {gradient}.shape != params[{k}].shape:")
@@ -162,7 +165,7 @@ class StepSource:
             for k, gradient in enumerate(self.grads):
                 out = self.variable("updated")
                 moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(n_moments))
-                self.line(f"{out} = {update}(params[{k}].reshape(-1), {gradient}.reshape(-1){moments}, *hyper)")
+                self.line(f"{out} = {update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
                 new_params.append(f"{out}[0].reshape(params[{k}].shape)")
                 for j in range(n_moments):
                     new_moments[j].append(f"{out}[{j + 1}].reshape(params[{k}].shape)")
@@ -174,7 +177,7 @@ class StepSource:
         )
         body = "\n".join(f"    {line}" for line in self.lines)
         source = (
-            f"{imports}\nimport numpy as np\nfrom jitnn._jit import jit\n\n\n"
+            f"{imports}\nimport numpy as np\nfrom jitnn._jit import as_readonly as ro, jit\n\n\n"
             "@jit\ndef step(X, T, params, configs, extras, loss_config, moments, hyper):\n"
             f"{body}\n"
         )

@@ -16,8 +16,12 @@ import warnings
 from typing import Any, Callable
 
 import numba
+import numpy as np
+from numba import types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
 
-__all__ = ["jit", "KERNELS"]
+__all__ = ["jit", "KERNELS", "as_readonly"]
 
 _POLICY: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -43,3 +47,29 @@ def jit(function: Callable | None = None, **options: Any) -> Any:
         dispatcher = numba.njit(**{**settings, "cache": False})(function)
     KERNELS.append(dispatcher)
     return dispatcher
+
+
+@intrinsic
+def _as_readonly(typingctx: Any, array: Any) -> Any:
+    """The same array, typed read-only: no copy, no change to the data."""
+    if not isinstance(array, types.Array):
+        return None
+    result = array.copy(readonly=True)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return impl_ret_borrowed(context, builder, result, args[0])
+
+    return result(array), codegen
+
+
+def _as_readonly_view(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+#: ``as_readonly(array)`` inside compiled code: the array typed read-only. Kernels see only
+#: read-only arrays, so code that hands them arrays it made itself (the compiled training
+#: step) reuses the signatures the generic path compiled instead of compiling each kernel
+#: again for writable arrays. Under ``NUMBA_DISABLE_JIT=1`` it is a read-only view.
+as_readonly = _as_readonly_view if numba.config.DISABLE_JIT else _as_readonly

@@ -2,7 +2,8 @@
 
 A read-only array is a different Numba type from a writable one (``Array.mutable`` is False), and a 1-D array from a
 2-D one: a kernel handed an inconsistent mix is compiled again for each combination. This
-test drives every built-in layer, loss, optimizer and gradient transform through the public entry points,
+test drives every built-in layer, loss, optimizer and gradient transform through the public entry points
+(the compiled step and ``fit`` included),
 with writable, read-only, non-contiguous and float16 inputs in float32 and float64, then
 looks at what each kernel was compiled for.
 
@@ -151,6 +152,16 @@ EXERCISE = textwrap.dedent(
                 Y, trace = jn.forward(norm_net, x, training=training, key=jn.random.key(0))
                 jn.backward(norm_net, trace, np.ones(Y.shape, dtype))
             jn.train_step(norm_net, opt.init(norm_net), jn.SoftmaxCrossEntropy(), opt, x, rng.integers(0, 29, size=2), key=jn.random.key(1))
+        # ---- the compiled step and fit: the step hands kernels read-only arrays only, so it
+        #      compiles no kernel again
+        step_models = [(classifier, X, rng.integers(0, 3, size=6)), (norm_net, X4, rng.integers(0, 29, size=2)),
+                       (network, X4, rng.integers(0, 3, size=2))]
+        for (m, x, labels), optimizer in zip(step_models, (jn.optim.adam(), jn.optim.momentum(0.1), optimizers[-1])):
+            step = jn.compile_step(m, jn.SoftmaxCrossEntropy(), optimizer)
+            m_state = optimizer.init(m)
+            for variant in variants(x, dtype)[:2]:
+                m, m_state, _ = step(m, m_state, variant, labels, key=jn.random.key(2))
+        jn.fit(classifier, jn.MeanSquaredError(), opt, X, rng.normal(size=(6, 3)), key=jn.random.key(3), batch_size=4)
         embedding = jn.Embedding(table=rng.normal(size=(7, 3)).astype(dtype))
         for index_dtype in (np.int8, np.uint16, np.int32, np.int64):
             indices = rng.integers(0, 7, size=(2, 4)).astype(index_dtype)
