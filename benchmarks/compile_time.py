@@ -37,7 +37,7 @@ The report on stdout is Markdown; progress goes to stderr.
 
 Usage::
 
-    python benchmarks/compile_time.py                 # 3 repeats of each scenario, about 2 minutes
+    python benchmarks/compile_time.py                 # 3 repeats of each scenario, about a minute
     python benchmarks/compile_time.py --quick         # 1 repeat
     python benchmarks/compile_time.py --repeats 5 --batch-size 256 --no-generic
 """
@@ -145,6 +145,7 @@ print(json.dumps({{
     "losses": [float(value), float(second_value)],
 }}))
 """.format(n0=SIZES[0], n1=SIZES[1], n2=SIZES[2], n3=SIZES[3], lr=LEARNING_RATE)
+
 
 class Scenario(NamedTuple):
     label: str
@@ -306,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios:
         if scenario.warm and any(r["kernel_cache_misses"] or r["step_cache_misses"] for r in results[scenario]):
             problems.append(f"{scenario.label}: some signatures were compiled instead of loaded from the cache")
+    if any(report["cached"] is False for scenario in scenarios if scenario.path == "compiled"
+           for report in results[scenario]):
+        problems.append("the compiled step could not be cached on disk (step.cached is False)")
     if source_state() != sources_before:
         problems.append("jitnn's source files changed during the runs, so they timed different code")
     for problem in problems:
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     numpy_import = median_of([r for reports in results.values() for r in reports], "numpy_import_seconds")
     runs = (f"Medians over {args.repeats} runs of each scenario, each run a new Python process; the range of the "
-            f"runs in brackets." if args.repeats > 1 else "One run of each scenario (--quick), each a new Python process.")
+            f"runs in brackets." if args.repeats > 1 else "One run of each scenario, in a new Python process.")
     print(f"{runs} "
           f"\"compiled\" is `jn.compile_step`'s step, \"generic\" is `jn.train_step`. A cold run gets a new, empty "
           f"`NUMBA_CACHE_DIR`; the warm run after it reuses that folder. \"import\" is `import numpy, jitnn` "

@@ -27,10 +27,17 @@ on the machine is shared between them. Each cell is the median of single-call wa
 times.
 
 From the medians the report gives, per batch size, ``t(1 thread) / t(2 threads)`` (above 1:
-two threads are faster), which count is faster (a difference under ``TIE`` of the faster
-time is called a tie), the crossover (the smallest batch size from which two threads win at
-every larger size measured), what ``threads=None`` chose and how its time compares with the
-faster fixed count, and which values of ``SMALL_BATCH`` the measurements support.
+two threads are faster), which count is faster (medians closer than ``TIE``, or overlapping
+interquartile ranges, are a tie), the crossover (the smallest batch size at which two
+threads win and from which one thread wins at no larger size measured), what ``threads=None`` chose and how its time
+compares with the faster fixed count, and which values of ``SMALL_BATCH`` the measurements
+support.
+
+Two BLAS threads need both cores of a 2-core machine: while another process keeps one core
+busy, every product waits for the descheduled thread, and two threads come out several
+times slower than one. So each row also says how many cores other processes kept busy while
+it was timed (``/proc/stat``'s busy time less this process's CPU time); rows above
+``DISTURBED`` are shown but left out of the conclusions. Run it on a quiet machine.
 
 None of jitnn's kernels uses Numba's ``prange`` (the script checks that no compiled kernel
 has ``parallel=True``), so Numba's own thread count plays no part here and is not varied;
@@ -63,7 +70,6 @@ from _common import (
     TimingDefaults,
     add_timing_arguments,
     describe_machine,
-    first_call,
     load_average,
     markdown_table,
     measure_interleaved,
@@ -95,9 +101,14 @@ TITLES = {
 FEW, MANY = 1, 2
 VARIANTS = {"1 thread": FEW, "2 threads": MANY, "auto": None}
 
-#: Two medians closer than this fraction of the smaller one are called a tie: on a busy
-#: 2-core machine repeated runs of the same cell differ by a few percent.
+#: Two medians closer than this fraction of the smaller one are called a tie (so are two
+#: cells whose interquartile ranges overlap): repeated runs of the same cell differ by a few
+#: percent on a 2-core machine.
 TIE = 0.05
+
+#: A row timed while other processes kept more than this many cores busy is shown but left
+#: out of the conclusions: two BLAS threads stall whenever one of the two cores is taken.
+DISTURBED = 0.25
 
 #: How closely the three first steps (same model, same batch) must agree: the loss, relatively,
 #: and every updated parameter relative to its largest element. BLAS may split a product
@@ -217,22 +228,25 @@ class OtherLoad:
 
 
 # --------------------------------------------------------------------------- analysis
-def faster(t_few: float, t_many: float) -> str:
-    """Which fixed count is faster, or ``"tie"`` when the medians differ by less than TIE."""
-    if t_few > t_many * (1 + TIE):
+def faster(few: Samples, many: Samples) -> str:
+    """Which fixed count is faster, or ``"tie"`` when the medians differ by less than TIE or
+    the interquartile ranges overlap."""
+    if few.median > many.median * (1 + TIE) and few.quantile(0.25) > many.quantile(0.75):
         return f"{MANY} threads"
-    if t_many > t_few * (1 + TIE):
+    if many.median > few.median * (1 + TIE) and many.quantile(0.25) > few.quantile(0.75):
         return f"{FEW} thread"
     return "tie"
 
 
 def crossover(sizes: Sequence[int], verdicts: Sequence[str]) -> int | None:
-    """The smallest batch size from which two threads are faster at every larger size measured."""
+    """The smallest batch size at which two threads are faster and from which one thread is
+    faster at no larger size measured (``None`` if two threads never win there)."""
     found = None
     for size, verdict in reversed(list(zip(sizes, verdicts))):
-        if verdict != f"{MANY} threads":
+        if verdict == f"{FEW} thread":
             break
-        found = size
+        if verdict == f"{MANY} threads":
+            found = size
     return found
 
 
@@ -249,30 +263,31 @@ def threshold_classes(sizes: Sequence[int]) -> list[tuple[int, int | None]]:
     return classes
 
 
-def class_costs(sizes: Sequence[int], times: dict[int, tuple[float, float]],
+def class_costs(times: dict[int, tuple[float, float, str]],
                 classes: list[tuple[int, int | None]]) -> list[tuple[float, float]]:
     """For each threshold class: (sum over sizes, worst size) of the chosen count's time over
-    the faster count's time, minus 1."""
+    the faster count's time, minus 1; a tie costs nothing either way. ``times`` maps a batch
+    size to the medians with 1 and 2 threads and the verdict of :func:`faster`."""
     costs = []
-    for low, high in classes:
+    for _, high in classes:
         threshold = high if high is not None else math.inf
-        excesses = []
-        for size in sizes:
-            t_few, t_many = times[size]
+        excesses = [0.0]
+        for size, (t_few, t_many, verdict) in times.items():
             chosen = t_few if size < threshold else t_many
-            excesses.append(chosen / min(t_few, t_many) - 1)
+            excesses.append(0.0 if verdict == "tie" else chosen / min(t_few, t_many) - 1)
         costs.append((sum(excesses), max(excesses)))
     return costs
 
 
 def describe_class(low: int, high: int | None) -> str:
+    """``SMALL_BATCH`` from ``low`` to ``high`` (``None``: no upper end), in words."""
     if high is None:
-        return f"above {low - 1} (one thread at every size measured)"
-    if low == 1 and high == 1:
+        return f"{low} or more" + (" (one thread at every size measured)" if low > 1 else "")
+    if low == high == 1:
         return "1 (two threads at every size)"
     if low == high:
         return f"{high}"
-    return f"{low} to {high}"
+    return f"{low} to {high}" + (" (1: two threads at every size)" if low == 1 else "")
 
 
 def class_of(value: int, classes: list[tuple[int, int | None]]) -> int:
@@ -283,6 +298,26 @@ def class_of(value: int, classes: list[tuple[int, int | None]]) -> int:
 
 
 # --------------------------------------------------------------------------- main
+class Results:
+    """What a run measured, for the report."""
+
+    def __init__(self, all_cores: int, small_batch: int):
+        self.all_cores, self.small_batch = all_cores, small_batch
+        self.sizes: dict[str, tuple[int, ...]] = {}
+        self.cells: dict[tuple[str, int, str], Samples] = {}
+        self.others: dict[tuple[str, int], float | None] = {}
+        self.compile_seconds: dict[tuple[str, str], float] = {}
+        self.sources: list[str] = []
+        self.worst_loss = self.worst_param = 0.0
+        self.load: list[float | None] = []
+        self.n_kernels = self.n_parallel = 0
+        self.numba_threads = 0
+
+    def disturbed(self, name: str, batch: int) -> bool:
+        cores = self.others.get((name, batch))
+        return cores is not None and cores > DISTURBED
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_with_cache_choice(run, parse_args(argv))
 
@@ -290,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     """The benchmark; ``cold_cache`` is the new, empty Numba cache folder of ``--cold-cache``."""
     sys.path.insert(0, str(ROOT))  # benchmark this checkout of jitnn
+    import numba
+
     import jitnn as jn
     from jitnn import _blas
     from jitnn._jit import KERNELS
@@ -300,47 +337,37 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         print("SciPy's BLAS thread count cannot be read or changed here (it is not OpenBLAS, or it was not found), "
               "so `threads=` has no effect and there is nothing to compare.")
         return 1
-    all_cores = _blas.auto_threads(10**9)
-    args.load = [load_average()]
+    results = Results(_blas.auto_threads(10**9), _blas.SMALL_BATCH)
+    results.load.append(load_average())
     loss = jn.SoftmaxCrossEntropy()
     optimizer = jn.optim.sgd(LEARNING_RATE)
-
-    sizes: dict[str, tuple[int, ...]] = {}
-    medians: dict[tuple[str, int, str], float] = {}
-    spreads: dict[tuple[str, int, str], float] = {}
-    counts: dict[tuple[str, int, str], int] = {}
-    compile_seconds: dict[tuple[str, str], float] = {}
-    first_calls: dict[tuple[str, str], float] = {}
-    others: dict[tuple[str, int], float | None] = {}
-    sources: list[str] = []
-    worst_loss = worst_param = 0.0
     for name in args.models:
         model = build_model(jn, name, args.seed)
         steps = {label: jn.compile_step(model, loss, optimizer, threads=threads) for label, threads in VARIANTS.items()}
         state = optimizer.init(model)
         before = parameters(jn, model)
-        sizes[name] = tuple(size for size in args.batch_sizes if name != "cnn" or size <= args.cnn_max_batch)
+        sizes = results.sizes[name] = tuple(size for size in args.batch_sizes if name != "cnn" or size <= args.cnn_max_batch)
         data_rng = np.random.default_rng(args.seed + 1)
-        for batch in sizes[name]:
+        for batch in sizes:
             X, T = make_batch(name, batch, data_rng)
 
-            # first calls, untimed: compile (or load) at the first batch size, and check the counts agree
+            # first calls, untimed (they compile, or load, at the first batch size), from the same
+            # model and batch: the three thread settings must compute the same step
             values, updates = {}, {}
             for label, step in steps.items():
                 settle(args.pause)
-                seconds, (new_model, _, value) = first_call(lambda: step(model, state, X, T))
-                if (name, label) not in first_calls:
-                    first_calls[name, label] = seconds
-                    compile_seconds[name, label] = step.compile_seconds
-                    sources.append(step.source)
-                values[label] = value
+                new_model, _, values[label] = step(model, state, X, T)
+                if (name, label) not in results.compile_seconds:
+                    results.compile_seconds[name, label] = step.compile_seconds
+                    results.sources.append(step.source)
                 updates[label] = [after - old for after, old in zip(parameters(jn, new_model), before)]
             reference = values["1 thread"]
             for label in VARIANTS:
                 loss_difference = abs(values[label] - reference) / abs(reference)
                 param_difference = max(relative_difference(got, expected)
                                        for got, expected in zip(updates[label], updates["1 thread"]))
-                worst_loss, worst_param = max(worst_loss, loss_difference), max(worst_param, param_difference)
+                results.worst_loss = max(results.worst_loss, loss_difference)
+                results.worst_param = max(results.worst_param, param_difference)
                 if not (loss_difference <= LOSS_RTOL and param_difference <= PARAM_RTOL):
                     stderr(f"{name}, batch {batch}: the step with {label} differs from the one with 1 thread "
                            f"(loss {values[label]!r} against {reference!r}, parameter updates by {param_difference:.1e} "
@@ -350,32 +377,25 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
             stderr(f"{name}, batch {batch}: timing {', '.join(VARIANTS)} ({args.budget}) ...")
             loops = {label: Loop(step, model, state, X, T) for label, step in steps.items()}
             with OtherLoad() as other:
-                samples: dict[str, Samples] = measure_interleaved(loops, args.budget, pause=args.pause)
-            others[name, batch] = other.cores
-            if other.cores is not None:
-                stderr(f"  other processes kept {other.cores:.2f} cores busy meanwhile")
+                samples = measure_interleaved(loops, args.budget, pause=args.pause)
+            results.others[name, batch] = other.cores
             for label, cell in samples.items():
-                medians[name, batch, label], spreads[name, batch, label] = cell.median, cell.spread
-                counts[name, batch, label] = len(cell)
+                results.cells[name, batch, label] = cell
                 stderr(f"  {label:9s} {cell.summary()}")
-    args.load.append(load_average())
-
-    parallel_kernels = [kernel for kernel in KERNELS if kernel.targetoptions.get("parallel")]
-    prange_in_steps = any("prange" in source or "parallel" in source for source in sources)
-    import numba
-
-    report(args, medians, spreads, counts, others, sizes, compile_seconds, first_calls, worst_loss, worst_param, all_cores,
-           _blas.SMALL_BATCH, len(KERNELS), len(parallel_kernels), prange_in_steps, numba, cold_cache)
+            if other.cores is not None:
+                stderr(f"  other processes kept {other.cores:.2f} cores busy meanwhile"
+                       + (" (disturbed: left out of the conclusions)" if other.cores > DISTURBED else ""))
+    results.load.append(load_average())
+    results.n_kernels = len(KERNELS)
+    results.n_parallel = sum(1 for kernel in KERNELS if kernel.targetoptions.get("parallel"))
+    results.numba_threads = numba.config.NUMBA_NUM_THREADS
+    report(args, results, cold_cache)
     return 0
 
 
 # --------------------------------------------------------------------------- the report
-def report(args: argparse.Namespace, medians: dict[tuple[str, int, str], float],
-           spreads: dict[tuple[str, int, str], float], counts: dict[tuple[str, int, str], int],
-           others: dict[tuple[str, int], float | None], sizes: dict[str, tuple[int, ...]], compile_seconds: dict[tuple[str, str], float],
-           first_calls: dict[tuple[str, str], float], worst_loss: float, worst_param: float, all_cores: int,
-           small_batch: int, n_kernels: int, n_parallel: int, prange_in_steps: bool, numba: Any,
-           cold_cache: str | None) -> None:
+def report(args: argparse.Namespace, results: Results, cold_cache: str | None) -> None:
+    small_batch, all_cores = results.small_batch, results.all_cores
     print("## BLAS threads of jitnn's compiled step: 1 thread against 2, per batch size")
     print()
     for line in describe_machine(["numpy", "scipy", "numba", "llvmlite"]):
@@ -383,10 +403,10 @@ def report(args: argparse.Namespace, medians: dict[tuple[str, int, str], float],
     print(f"Threads: {thread_settings()}; the BLAS count is set per step by `jn.compile_step(..., threads=...)`; "
           f"`threads=None` uses 1 thread below `SMALL_BATCH = {small_batch}` examples and {all_cores} (every core "
           f"SciPy's OpenBLAS started with) from there on.  ")
-    if None not in args.load:
-        print(f"Load average (1 min) before the first model and after the last timing: {args.load[0]:.2f}, "
-              f"{args.load[1]:.2f} (this process alone brings it towards 1, or 2 while BLAS runs 2 threads; well "
-              f"above that means something else was running on the {os.cpu_count()} cores).")
+    if None not in results.load:
+        print(f"Load average (1 min) before the first model and after the last timing: {results.load[0]:.2f}, "
+              f"{results.load[1]:.2f} (this process alone brings it towards 1, or 2 while BLAS runs 2 threads; the "
+              f"`other load` column says what else ran while each row was timed).")
     print()
     if all_cores != MANY:
         print(f"Note: BLAS started with {all_cores} threads, so `threads=None` uses {all_cores} threads on large "
@@ -394,132 +414,168 @@ def report(args: argparse.Namespace, medians: dict[tuple[str, int, str], float],
         print()
 
     def cell(name: str, batch: int, label: str) -> str:
-        text = microseconds(medians[name, batch, label])
-        return text + (f" ±{spreads[name, batch, label] * 100:.0f}%" if args.spread else "")
+        samples = results.cells[name, batch, label]
+        return microseconds(samples.median) + (f" ±{samples.spread * 100:.0f}%" if args.spread else "")
 
-    conclusions = []
-    all_times: dict[str, dict[int, tuple[float, float]]] = {}
+    # ---- one table per model
+    kept: dict[str, dict[int, tuple[float, float, str]]] = {}  # undisturbed rows: medians and verdict
     for name in args.models:
+        sizes = results.sizes[name]
         print(f"### {TITLES[name]}, float32, softmax cross-entropy, SGD {LEARNING_RATE:g}")
         print()
-        rows, verdicts = [], []
-        times = all_times[name] = {}
-        for batch in sizes[name]:
-            t_few, t_many, t_auto = (medians[name, batch, label] for label in VARIANTS)
-            times[batch] = (t_few, t_many)
-            verdict = faster(t_few, t_many)
-            verdicts.append(verdict)
+        rows, verdicts = [], {}
+        kept[name] = {}
+        for batch in sizes:
+            few, many, auto = (results.cells[name, batch, label] for label in VARIANTS)
+            verdict = verdicts[batch] = faster(few, many)
+            if not results.disturbed(name, batch):
+                kept[name][batch] = (few.median, many.median, verdict)
             chosen = 1 if batch < small_batch else all_cores
-            best = min(t_few, t_many)
-            picks_right = ("yes" if verdict == "tie" or (verdict == f"{FEW} thread") == (chosen == FEW) else "**no**")
+            picks = ("n/a" if chosen not in (FEW, MANY) else "yes" if verdict == "tie"
+                     or (verdict == f"{FEW} thread") == (chosen == FEW) else "**no**")
+            load = results.others[name, batch]
             rows.append([str(batch), cell(name, batch, "1 thread"), cell(name, batch, "2 threads"),
-                         cell(name, batch, "auto"), ratio(t_few, t_many), verdict, str(chosen),
-                         picks_right if chosen in (FEW, MANY) else "n/a", ratio(t_auto, best),
-                         "n/a" if others[name, batch] is None else f"{others[name, batch]:.2f}"])
+                         cell(name, batch, "auto"), ratio(few.median, many.median), verdict, str(chosen), picks,
+                         ratio(auto.median, min(few.median, many.median)),
+                         "n/a" if load is None else f"{load:.2f}" + (" (disturbed)" if load > DISTURBED else "")])
         print(markdown_table(["batch", "1 thread (µs)", "2 threads (µs)", "auto (µs)", "t(1)/t(2)", "faster",
                               "auto uses", "auto picks the faster", "auto/best", "other load (cores)"], rows))
         print()
-        cross = crossover(sizes[name], verdicts)
-        ones = [size for size, verdict in zip(sizes[name], verdicts) if verdict == f"{FEW} thread"]
-        twos = [size for size, verdict in zip(sizes[name], verdicts) if verdict == f"{MANY} threads"]
-        if cross is None:
-            text = (f"two threads are not faster at the largest batch measured ({sizes[name][-1]}): no crossover "
-                    f"within the sizes measured")
-        elif cross == sizes[name][0]:
-            text = f"two threads are faster at every batch size measured, from {cross} on"
-        else:
-            text = f"**crossover at batch {cross}**: two threads are faster from {cross} on"
-        extra = []
-        if ones:
-            extra.append(f"one thread is faster at {', '.join(map(str, ones))}")
-        if twos and cross is not None and any(size < cross for size in twos):
-            extra.append(f"two threads also win at {', '.join(str(s) for s in twos if s < cross)} below the "
-                         f"crossover (not monotonic: noise, or a real bump)")
-        print(f"{TITLES[name].split(' ')[0]}: {text}" + ("; " + "; ".join(extra) if extra else "") + ".")
+        print(f"{name.upper()}: {summarize(sizes, verdicts, [batch for batch in sizes if results.disturbed(name, batch)])}")
         print()
-        conclusions.append((name, cross))
 
     # ---- what SMALL_BATCH the measurements support
     print("### The threshold `SMALL_BATCH`")
     print()
-    joint = sorted(set(size for name in args.models for size in sizes[name]))
-    classes = threshold_classes(joint)
-    per_model = {name: class_costs(sizes[name], all_times[name], classes) for name in args.models}
-    rows = []
-    for index, (low, high) in enumerate(classes):
-        worst = max(per_model[name][index][1] for name in args.models)
-        total = sum(per_model[name][index][0] for name in args.models)
-        mark = " (current)" if index == class_of(small_batch, classes) else ""
-        rows.append([describe_class(low, high) + mark]
-                    + [f"{per_model[name][index][1] * 100:.0f}%" for name in args.models]
-                    + [f"{worst * 100:.0f}%", f"{total * 100:.0f}%"])
-    print(markdown_table(["SMALL_BATCH"] + [f"{name.upper()} worst loss" for name in args.models]
-                         + ["worst loss", "summed loss"], rows))
-    print()
-    print("For each range of `SMALL_BATCH` (values in one range make the same choice at every batch size measured): "
-          "how much slower the count the rule would pick is than the faster fixed count, at the worst batch size and "
-          "summed over the batch sizes (as fractions of the faster time; 0% means the rule picks the faster count "
-          "everywhere).")
-    print()
-    supported = [index for index in range(len(classes))
-                 if max(per_model[name][index][1] for name in args.models) <= TIE]
-    best = min(range(len(classes)), key=lambda i: sum(per_model[name][i][0] for name in args.models))
-    current = class_of(small_batch, classes)
-    if supported:
-        ranges = ", ".join(describe_class(*classes[i]) for i in supported)
-        verdict = ("supported" if current in supported else "**not supported**")
-        print(f"**`SMALL_BATCH = {small_batch}` is {verdict} by these measurements**: the values for which the rule "
-              f"is never slower than the faster count by more than {TIE * 100:.0f}% at any batch size measured, "
-              f"for every model, are {ranges}; the smallest summed loss is at {describe_class(*classes[best])}.")
+    joint = sorted(set(size for name in args.models for size in kept[name]))
+    if not joint:
+        print(f"Every row was disturbed (other processes kept more than {DISTURBED:g} cores busy while it was timed): "
+              f"no conclusion about `SMALL_BATCH`. Run again on a quiet machine.")
+        print()
     else:
-        print(f"**No single `SMALL_BATCH` picks the faster count (within {TIE * 100:.0f}%) at every batch size for "
-              f"every model**; the smallest summed loss is at {describe_class(*classes[best])}, against "
-              f"{sum(per_model[name][current][0] for name in args.models) * 100:.0f}% for the current "
-              f"`SMALL_BATCH = {small_batch}`.")
-    print()
+        threshold_report(args.models, kept, joint, small_batch)
 
     # ---- method
-    smallest = min(counts.values())
-    largest = max(counts.values())
+    counts = [len(samples) for samples in results.cells.values()]
     print(f"Median wall-clock time of one compiled step (forward, loss, backward, SGD update), in microseconds, over "
-          f"at least {args.budget.min_repeats} calls and {args.budget.seconds:g} s per cell (here {smallest} to "
-          f"{largest} calls), spread over {args.budget.rounds} rounds in which the three steps take turns "
+          f"at least {args.budget.min_repeats} calls and {args.budget.seconds:g} s per cell (here {min(counts)} to "
+          f"{max(counts)} calls), spread over {args.budget.rounds} rounds in which the three steps take turns "
           f"(1 thread, 2 threads, automatic; each turn after a {args.pause:g} s pause that lets OpenBLAS's threads "
           f"stop spinning, and one untimed call), after 3 untimed warm-up calls. Each call continues from the model "
           f"and state the previous one returned, as in training. `t(1)/t(2)` above 1 means 2 threads are faster; "
-          f"`faster` calls medians within {TIE * 100:.0f}% a tie. `auto` is `threads=None`; `auto uses` is the "
-          f"count it set; `auto/best` is its time over the faster fixed count's (1 up to noise when it picks "
-          f"well). `other load` is how many cores other processes kept busy (or the hypervisor took) while the "
-          f"row was timed, from `/proc/stat` less this process's CPU time: 2 BLAS threads need both cores, so a "
-          f"row with other load well above 0 understates what 2 threads give on an idle machine. The crossover is "
-          f"the smallest batch size from which 2 threads are faster at every larger size measured. {'Quick run: short and noisy. ' if args.quick else ''}")
+          f"`faster` calls a tie when the medians differ by less than {TIE * 100:.0f}% or the interquartile ranges "
+          f"overlap. `auto` is `threads=None`; `auto uses` is the count it set; `auto/best` is its time over the "
+          f"faster fixed count's (1 up to noise when it picks well). `other load` is how many cores other "
+          f"processes kept busy (or the hypervisor took) while the row was timed, from `/proc/stat` less this "
+          f"process's CPU time: 2 BLAS threads need both cores, and a step waits for the slower thread at every "
+          f"product, so a row with other load above {DISTURBED:g} is marked disturbed, shown, and left out of the "
+          f"crossover and the threshold analysis. The crossover is the smallest batch size at which 2 threads "
+          f"are faster and from which 1 thread is faster at no larger undisturbed size measured (ties allowed). {'Quick run: short and noisy. ' if args.quick else ''}")
     print()
     compiled = "; ".join(
-        f"{name.upper()} " + ", ".join(f"{label} {milliseconds(compile_seconds[name, label])} ms"
+        f"{name.upper()} " + ", ".join(f"{label} {milliseconds(results.compile_seconds[name, label])} ms"
                                        for label in VARIANTS)
         for name in args.models)
     print(f"Compilation is never timed: each step was called once, untimed, before any measurement (generation and "
           f"compilation, or loading from the disk cache, `step.compile_seconds`: {compiled}), with "
           f"{numba_cache_location(cold_cache)}. Check before timing, at every batch size: the first step with "
           f"each thread count, from the same model and batch, gives the same loss (largest relative difference "
-          f"{worst_loss:.1e}) and the same parameter updates (largest difference {worst_param:.1e} of the "
-          f"largest element).")
+          f"{results.worst_loss:.1e}) and the same parameter updates (largest difference {results.worst_param:.1e} "
+          f"of the largest element).")
     print()
 
     # ---- Numba's own threads
     print("### Numba's prange: not used, so not timed")
     print()
-    in_steps = "contain it" if prange_in_steps else "contain neither `prange` nor `parallel`"
-    print(f"Checked in this run: {n_parallel} of the {n_kernels} Numba functions jitnn compiled (its kernels and "
-          f"the generated steps) have `parallel=True`, and the generated steps' sources {in_steps}. So "
-          f"`numba.set_num_threads` (Numba's pool has {numba.config.NUMBA_NUM_THREADS} threads here) changes "
-          f"nothing in these steps, and there is no second thread count to measure: all parallelism is BLAS's, "
-          f"inside each matrix product. Parallelizing the Conv2D loop over examples with `prange` (one GEMM per "
-          f"example) was not done because it would nest thread pools: each of Numba's workers would call a GEMM "
-          f"that OpenBLAS may split over its own threads, so on 2 cores Numba's 2 and BLAS's 2 threads would "
-          f"oversubscribe the machine (4 busy threads, plus OpenBLAS's spinning waits). Such a kernel would have to "
-          f"pin BLAS to one thread inside the loop, and would then compete with the Dense layer's multithreaded "
-          f"BLAS calls for the same cores; the tables above measure only BLAS's threads.")
+    found = any("prange" in source or "parallel" in source for source in results.sources)
+    in_steps = "contain `prange` or `parallel`" if found else "contain neither `prange` nor `parallel`"
+    print(f"Checked in this run: {results.n_parallel} of the {results.n_kernels} Numba functions jitnn compiled (its "
+          f"kernels and the generated steps) have `parallel=True`, and the generated steps' sources {in_steps}. So "
+          f"`numba.set_num_threads` (Numba's pool has {results.numba_threads} threads here) changes nothing in these "
+          f"steps, and there is no second thread count to measure: all parallelism is BLAS's, inside each matrix "
+          f"product. Parallelizing the Conv2D loop over examples with `prange` (one GEMM per example) was not done "
+          f"because it would nest thread pools: each of Numba's workers would call a GEMM that OpenBLAS may split "
+          f"over its own threads, so on 2 cores Numba's 2 and BLAS's 2 threads would oversubscribe the machine "
+          f"(4 busy threads, plus OpenBLAS's spinning waits). Such a kernel would have to pin BLAS to one thread "
+          f"inside the loop, and would then compete with the Dense layer's multithreaded BLAS calls for the same "
+          f"cores; the tables above measure only BLAS's threads.")
+
+
+def summarize(sizes: Sequence[int], verdicts: dict[int, str], disturbed: Sequence[int]) -> str:
+    """One model's conclusion: the crossover, and the undisturbed sizes where 1 thread wins."""
+    clean = [size for size in sizes if size not in disturbed]
+    if not clean:
+        return f"every row was disturbed (other load above {DISTURBED:g} cores): no conclusion."
+    cross = crossover(clean, [verdicts[size] for size in clean])
+    ones = [size for size in clean if verdicts[size] == f"{FEW} thread"]
+    twos = [size for size in clean if verdicts[size] == f"{MANY} threads"]
+    if cross is None:
+        text = "**no crossover within the sizes measured**: " + (
+            f"two threads win at no size above {ones[-1]}, the largest where one thread wins" if ones
+            else "two threads are faster at no batch size measured")
+    elif cross == clean[0]:
+        text = (f"**crossover at batch {cross}, the smallest size measured**: two threads are faster there, and one "
+                f"thread is faster at no larger size")
+    else:
+        text = (f"**crossover at batch {cross}**: two threads are faster at {cross}, and one thread is faster at no "
+                f"larger size measured")
+    extra = []
+    if ones:
+        extra.append(f"one thread is faster at {', '.join(map(str, ones))}")
+    below = [size for size in twos if cross is None or size < cross]
+    if below:
+        extra.append(f"two threads also win at {', '.join(map(str, below))}, below a size where one thread wins or "
+                     f"the crossover (not monotonic: noise, or a real bump)")
+    ties = [size for size in clean if verdicts[size] == "tie"]
+    if ties:
+        extra.append(f"ties at {', '.join(map(str, ties))}")
+    if disturbed:
+        extra.append(f"left out as disturbed: {', '.join(map(str, disturbed))}")
+    return text + ("; " + "; ".join(extra) if extra else "") + "."
+
+
+def threshold_report(models: Sequence[str], kept: dict[str, dict[int, tuple[float, float, str]]],
+                     joint: Sequence[int], small_batch: int) -> None:
+    classes = threshold_classes(joint)
+    per_model = {name: class_costs(kept[name], classes) for name in models}
+    current = class_of(small_batch, classes)
+    rows = []
+    for index, (low, high) in enumerate(classes):
+        worst = max(per_model[name][index][1] for name in models)
+        total = sum(per_model[name][index][0] for name in models)
+        rows.append([describe_class(low, high) + (" (current)" if index == current else "")]
+                    + [f"{per_model[name][index][1] * 100:.0f}%" for name in models]
+                    + [f"{worst * 100:.0f}%", f"{total * 100:.0f}%"])
+    print(markdown_table(["SMALL_BATCH"] + [f"{name.upper()} worst loss" for name in models]
+                         + ["worst loss", "summed loss"], rows))
+    print()
+    print("For each range of `SMALL_BATCH` (values in one range make the same choice at every batch size measured): "
+          "how much slower the count the rule would pick is than the faster fixed count, at the worst undisturbed "
+          "batch size and summed over them (as fractions of the faster time; a tie costs nothing; 0% means the rule "
+          "picks the faster count everywhere).")
+    print()
+    supported = [index for index in range(len(classes)) if max(per_model[name][index][1] for name in models) == 0]
+    best = min(range(len(classes)), key=lambda i: (sum(per_model[name][i][0] for name in models), -i))
+    if supported:
+        runs: list[list[int]] = []  # neighbouring ranges joined
+        for index in supported:
+            if runs and runs[-1][-1] == index - 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        ranges = " and ".join(describe_class(classes[run[0]][0], classes[run[-1]][1]) for run in runs)
+        verdict = "supported" if current in supported else "not supported"
+        print(f"**`SMALL_BATCH = {small_batch}` is {verdict} by these measurements**: the values with which the rule "
+              f"picks the faster count (or one of two that tie) at every undisturbed batch size, for every model, "
+              f"are {ranges}" + ("" if current in supported else
+                                 f"; with {small_batch} the rule is up to "
+                                 f"{max(per_model[name][current][1] for name in models) * 100:.0f}% slower") + ".")
+    else:
+        print(f"**No single `SMALL_BATCH` picks the faster count at every undisturbed batch size for every model**; "
+              f"the smallest summed loss is at {describe_class(*classes[best])}, against "
+              f"{sum(per_model[name][current][0] for name in models) * 100:.0f}% for the current "
+              f"`SMALL_BATCH = {small_batch}`.")
+    print()
 
 
 if __name__ == "__main__":

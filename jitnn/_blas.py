@@ -18,9 +18,12 @@ from typing import Any, Iterator
 
 __all__ = ["available", "get_threads", "set_threads", "use_threads", "threads", "auto_threads", "check_threads", "SMALL_BATCH"]
 
-#: Batches smaller than this run the step's BLAS on one thread (measured on 2 cores,
-#: ``benchmarks/threads.py``); larger ones use every core BLAS was started with.
-SMALL_BATCH = 64
+#: Batches smaller than this run the step's BLAS on one thread; larger ones use every core
+#: BLAS was started with. ``benchmarks/threads.py`` on 2 cores: the 784-256-128-10 MLP ties
+#: at batch 1-10 and is 1.3x faster on 2 threads at 16 (1.8x at 1024); a small CNN ties at
+#: every batch size. One thread below the crossover also keeps small steps from waiting on a
+#: second core that other processes hold (on a loaded machine 2 threads were up to 100x slower).
+SMALL_BATCH = 16
 
 
 def _find() -> tuple[Any, Any] | None:
