@@ -133,7 +133,7 @@ class StepSource:
                 grads = self.variable("grads")
                 self.line(f"{grads} = {grad_params}({x_in}, {dy_in}{rest})")
                 for j in range(len(layer.param_names)):
-                    self.grads[first + j] = f"{grads}[{j}]"
+                    self._gradient(first + j, f"{grads}[{j}]", describe(layer, where))
             if not need_input_grad:
                 return None
             dx = self.variable("dx")
@@ -147,29 +147,27 @@ class StepSource:
         """The source of the step for ``model`` on per-example input ``input_shape``, and
         the model's per-example output shape. With ``optimizer_kernel`` ``None`` the step
         stops at the gradients: ``-> (value, grads, new buffers)``; otherwise it updates:
-        ``-> (value, new params, new moments, new buffers)``."""
+        ``-> (value, new params, new moments, new buffers)``.
+
+        Each layer's parameters are updated as soon as its gradients exist, in the backward
+        pass, while they are still in cache (the order changes no result: each update reads
+        only its own parameter, gradient and moments)."""
+        self._update = self.kernel(optimizer_kernel) if optimizer_kernel is not None else None
+        self._n_moments = n_moments
+        self._new_params: dict[int, str] = {}
+        self._new_moments: list[dict[int, str]] = [{} for _ in range(n_moments)]
         y, output_shape, backward = self.layer(model, "X", tuple(input_shape), "")
         value, grad = self.kernel(loss.kernels.value), self.kernel(loss.kernels.grad)
         self.line(f"value = {value}(ro({y}), T, *loss_config)")
         self.line(f"dy = {grad}(ro({y}), T, *loss_config)")
         backward("dy", False)
-        for k, gradient in enumerate(self.grads):
-            self.line(f"if {gradient}.shape != params[{k}].shape:")
-            self.line(f"    raise ValueError('the grad_params kernel of {_quote(self._owner(k))} returned a gradient of the wrong shape')")
         buffers = _tuple(name for _, name in self.buffers)
-        if optimizer_kernel is None:
+        if self._update is None:
             self.line(f"return value, {_tuple(self.grads)}, {buffers}")
         else:
-            update = self.kernel(optimizer_kernel)
-            new_params, new_moments = [], [[] for _ in range(n_moments)]
-            for k, gradient in enumerate(self.grads):
-                out = self.variable("updated")
-                moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(n_moments))
-                self.line(f"{out} = {update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
-                new_params.append(f"{out}[0].reshape(params[{k}].shape)")
-                for j in range(n_moments):
-                    new_moments[j].append(f"{out}[{j + 1}].reshape(params[{k}].shape)")
-            self.line(f"return value, {_tuple(new_params)}, {_tuple(_tuple(m) for m in new_moments)}, {buffers}")
+            new_params = [self._new_params[k] for k in range(len(self.grads))]
+            new_moments = (_tuple(moment[k] for k in range(len(self.grads))) for moment in self._new_moments)
+            self.line(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
         imports = "\n".join(
             f"from {d.py_func.__module__ if hasattr(d, 'py_func') else d.__module__} import "
             f"{getattr(d, 'py_func', d).__name__} as {alias}"
@@ -183,11 +181,20 @@ class StepSource:
         )
         return source, output_shape
 
-    def _owner(self, k: int) -> str:
-        for leaf in reversed(self.leaves):
-            if leaf.first_param <= k:
-                return describe(leaf.layer, leaf.where)
-        return "the model"
+    def _gradient(self, k: int, gradient: str, owner: str) -> None:
+        """Parameter ``k``'s gradient is ``gradient``: check its shape (a kernel that got
+        it wrong would make the optimizer read out of bounds) and update the parameter."""
+        self.grads[k] = gradient
+        self.line(f"if {gradient}.shape != params[{k}].shape:")
+        self.line(f"    raise ValueError('the grad_params kernel of {_quote(owner)} returned a gradient of the wrong shape')")
+        if self._update is None:
+            return
+        out = self.variable("updated")
+        moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(self._n_moments))
+        self.line(f"{out} = {self._update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
+        self._new_params[k] = f"{out}[0].reshape(params[{k}].shape)"
+        for j in range(self._n_moments):
+            self._new_moments[j][k] = f"{out}[{j + 1}].reshape(params[{k}].shape)"
 
     @property
     def kernels(self) -> list[Any]:

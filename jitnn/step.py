@@ -12,6 +12,10 @@ What the wrapper does per call, and why it keeps the functional contract:
 - every array it returns (parameters, optimizer moments, running statistics) is a fresh
   array that a kernel allocated during this call, marked read-only before it is returned:
   no caller holds it, and nobody can write to it later;
+- the arrays inside the step (activations, gradients) and the ones it returns are
+  allocated by the kernels; with glibc's malloc thresholds fixed (:mod:`jitnn._memory`)
+  each step gets the blocks the previous one freed, so after the first step of a batch
+  shape nothing new is mapped and no page faults are paid;
 - the records around those arrays are copied field by field from the model it was given
   (their validation already ran when that model was built), so a step costs no per-record
   checks; a model or state it returned itself is recognised (by identity) and not walked
@@ -28,7 +32,7 @@ import attrs
 import numba
 import numpy as np
 
-from jitnn import _blas, random
+from jitnn import _blas, _memory, random
 from jitnn._checks import describe, float_input, readonly
 from jitnn._codegen import Leaf, StepSource, load_function
 from jitnn.losses import Loss
@@ -106,6 +110,7 @@ class CompiledStep:
         if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
             raise TypeError(f"compile_step: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
         self.threads = _blas.check_threads(threads, "compile_step")
+        _memory.keep_freed_memory()  # reuse the blocks the previous step freed (see _memory.py)
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.fused = isinstance(optimizer, Optimizer)
         self.compile_seconds = 0.0
@@ -115,6 +120,8 @@ class CompiledStep:
         self._configs = tuple(layer.config() for _, layer in self._leaves)
         self._loss_config = loss.config()
         self._moment_names = optimizer.moment_names if self.fused else ()
+        self._who = f"{optimizer.name} in the compiled step" if self.fused else ""
+        self._model_dtype = model.dtype
         self._input = _input_check(model)
         self._rebuild = _rebuilder(model)
         self._plans: dict[tuple[tuple[int, ...], np.dtype], _Plan] = {}
@@ -142,7 +149,7 @@ class CompiledStep:
         if self.fused:
             moments = self._last_moments if state is self._last_state else self._moment_arrays(state)
             optimizer, count = self.optimizer, int(state.count)
-            learning_rate = learning_rate_at(optimizer.learning_rate, count, f"{optimizer.name} in the compiled step")
+            learning_rate = learning_rate_at(optimizer.learning_rate, count, self._who)
             hyper = optimizer.kernel_config(learning_rate, count + 1)
         else:
             moments, hyper = (), ()
@@ -214,7 +221,7 @@ class CompiledStep:
 
     def _dtype(self, input_dtype: np.dtype) -> np.dtype:
         """The dtype of every array after the model's input: the parameters' dtype."""
-        return self.model.dtype or input_dtype
+        return self._model_dtype or input_dtype
 
     def _stand_in(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
         """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the

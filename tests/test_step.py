@@ -470,3 +470,32 @@ def test_a_fixed_thread_count_gives_the_same_step() -> None:
     for other in results[1:]:
         assert other[2] == pytest.approx(results[0][2], rel=1e-12)
         assert_trees_close(other[0], results[0][0], np.float64, "model")
+
+
+# --------------------------------------------------------------------------- memory between steps
+def test_steps_reuse_the_memory_the_previous_step_freed() -> None:
+    """With malloc's thresholds fixed (jitnn/_memory.py) a step gets the blocks the last one
+    freed: a step writing a few megabytes costs no page faults once the shape is known
+    (without the fix it paid hundreds a step)."""
+    resource = pytest.importorskip("resource")
+    if not jn._memory.keep_freed_memory():
+        pytest.skip("malloc tuning is not available here (not glibc, or JITNN_MALLOC_TUNING=0)")
+    rng = np.random.default_rng(12)
+    model = jn.pipe(dense(rng, 300, 400, np.float32), jn.ReLU(), dense(rng, 400, 10, np.float32))
+    optimizer = jn.optim.adam(1e-3)
+    step, state = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer), optimizer.init(model)
+    X, T = rng.normal(size=(256, 300)).astype(np.float32), rng.integers(0, 10, 256)
+    for _ in range(5):
+        model, state, _ = step(model, state, X, T)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        model, state, _ = step(model, state, X, T)
+    per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+    assert per_step < 10, f"{per_step} page faults per step"
+
+
+def test_malloc_tuning_can_be_turned_off() -> None:
+    code = "import jitnn._memory as m; print(m.keep_freed_memory())"
+    off = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JITNN_MALLOC_TUNING": "0"}, capture_output=True, text=True, timeout=120)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip() == "False"
