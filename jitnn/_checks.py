@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from jitnn._jit import jit
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -76,11 +78,14 @@ def integer_labels(T: Any, n_examples: int, n_classes: int, who: str) -> np.ndar
         raise TypeError(f"{who}: labels must be integers (class indices), got dtype {labels.dtype}")
     if labels.shape != (n_examples,):
         raise ValueError(f"{who}: labels must have shape ({n_examples},) to match the predictions, got {labels.shape}")
-    low, high = int(labels.min()), int(labels.max())
+    if labels.dtype == np.uint64 and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{who}: label {int(labels.max())} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
+    converted = np.ascontiguousarray(labels, dtype=np.int64)
+    low, high = _bounds(readonly(converted)) if converted.size else (0, 0)
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
         raise ValueError(f"{who}: label {bad} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
-    return np.ascontiguousarray(labels, dtype=np.int64)
+    return converted
 
 
 def float_targets(T: Any, shape: tuple[int, ...], dtype: np.dtype, who: str) -> np.ndarray:
@@ -102,3 +107,13 @@ def _as_array(value: Any, who: str, name: str) -> np.ndarray:
 
 def _nearest_float(dtype: np.dtype) -> np.dtype:
     return FLOAT_DTYPES[0] if dtype.itemsize <= 4 else FLOAT_DTYPES[1]
+
+
+@jit
+def _bounds(values):
+    """(min, max) of a non-empty int64 array (m,) in one pass: one kernel call instead of two
+    NumPy reductions, on every training step."""
+    low = high = values[0]
+    for value in values[1:]:
+        low, high = min(low, value), max(high, value)
+    return int(low), int(high)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numba
 import numpy as np
 import pytest
 
@@ -22,6 +23,7 @@ from jitnn._jit import jit
 from test_conformance import LAYER_EXAMPLES, LAYER_IDS, dense
 
 ROOT = Path(__file__).resolve().parent.parent
+needs_jit = pytest.mark.skipif(bool(numba.config.DISABLE_JIT), reason="about compiled machine code, which NUMBA_DISABLE_JIT=1 turns off")
 
 
 def assert_trees_close(actual: Any, expected: Any, dtype: Any, what: str) -> None:
@@ -420,6 +422,7 @@ CACHE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@needs_jit
 def test_a_second_process_loads_the_step_from_the_disk_cache(tmp_path: Path) -> None:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     runs = [subprocess.run([sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
@@ -473,6 +476,7 @@ def test_a_fixed_thread_count_gives_the_same_step() -> None:
 
 
 # --------------------------------------------------------------------------- memory between steps
+@needs_jit
 def test_steps_reuse_the_memory_the_previous_step_freed() -> None:
     """With malloc's thresholds fixed (jitnn/_memory.py) a step gets the blocks the last one
     freed: a step writing a few megabytes costs no page faults once the shape is known
