@@ -126,11 +126,10 @@ class CompiledStep:
         self._rebuild = _rebuilder(model)
         self._plans: dict[tuple[tuple[int, ...], np.dtype], _Plan] = {}
         self._stand_ins: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
-        # what the last call returned, recognised by identity so that it is not walked again
-        self._last_model: Any = None
-        self._last_arrays: tuple[tuple[Array, ...], tuple[Any, ...]] = ((), ())
-        self._last_state: Any = None
-        self._last_moments: tuple[tuple[Array, ...], ...] = ()
+        # what the last call returned, recognised by identity so that it is not walked again;
+        # each is one tuple, replaced whole, so threads sharing a step never see half of one
+        self._last_model: tuple[Any, tuple[Array, ...], tuple[Any, ...]] = (None, (), ())
+        self._last_state: tuple[Any, tuple[tuple[Array, ...], ...]] = (None, ())
 
     def __repr__(self) -> str:
         return f"CompiledStep({describe(self.model)}, {type(self.loss).__name__}, {type(self.optimizer).__name__}, fused={self.fused})"
@@ -140,14 +139,16 @@ class CompiledStep:
         """One step on the batch ``(X, T)`` in training mode; see :func:`compile_step`."""
         if key is not None and not isinstance(key, random.Key):
             raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
-        params, configs = self._last_arrays if model is self._last_model else self._model_arrays(model)
+        last = self._last_model
+        params, configs = (last[1], last[2]) if model is last[0] else self._model_arrays(model)
         X = readonly(self._input(X))
         plan = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
         n = X.shape[0]
         T = readonly(self.loss.targets(self._stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
         extras = self._extras(plan, n, X.dtype, key)
         if self.fused:
-            moments = self._last_moments if state is self._last_state else self._moment_arrays(state)
+            last_state = self._last_state
+            moments = last_state[1] if state is last_state[0] else self._moment_arrays(state)
             optimizer, count = self.optimizer, int(state.count)
             learning_rate = learning_rate_at(optimizer.learning_rate, count, self._who)
             hyper = optimizer.kernel_config(learning_rate, count + 1)
@@ -173,7 +174,7 @@ class CompiledStep:
         trees = [self._rebuild(new_model, iter(arrays), _NONE) for arrays in new_moments]
         new_state = _clone(state, dict(zip(("count", *self._moment_names), (step_count(count + 1), *trees))))
         self._remember(new_model, new_params, configs, new_buffers)
-        self._last_state, self._last_moments = new_state, new_moments
+        self._last_state = (new_state, new_moments)
         return new_model, new_state, float(value)
 
     def _update_in_python(self, plan: _Plan, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
@@ -192,7 +193,7 @@ class CompiledStep:
         if new_buffers:
             leaves = _leaf_layers(model, "")
             configs = tuple(leaves[i][1].config() if i in new_buffers else c for i, c in enumerate(configs))
-        self._last_model, self._last_arrays = model, (params, configs)
+        self._last_model = (model, params, configs)
 
     # ------------------------------------------------------------------ checked arguments
     def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Any, ...]]:

@@ -503,3 +503,31 @@ def test_malloc_tuning_can_be_turned_off() -> None:
     off = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JITNN_MALLOC_TUNING": "0"}, capture_output=True, text=True, timeout=120)
     assert off.returncode == 0, off.stderr
     assert off.stdout.strip() == "False"
+
+
+def test_threads_sharing_one_step_get_the_results_of_running_alone() -> None:
+    """The kernels release the GIL, so a step may be shared by threads; what it remembers
+    between calls is replaced whole, so no thread picks up another's arrays."""
+    import threading
+
+    loss, optimizer = jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
+    models = [mlp(np.float64, seed) for seed in range(4)]
+    data = classification_batches(np.float64, steps=15, n=5)
+    step = jn.compile_step(models[0], loss, optimizer)
+
+    def train(model: jn.Layer) -> jn.Layer:
+        state = optimizer.init(model)
+        for X, T in data:
+            model, state, _ = step(model, state, X, T)
+        return model
+
+    alone = [train(model) for model in models]
+    shared: list[Any] = [None] * len(models)
+    threads = [threading.Thread(target=lambda i=i: shared.__setitem__(i, train(models[i]))) for i in range(len(models))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for expected, got in zip(alone, shared):
+        for a, b in zip(jn.tree.leaves(got), jn.tree.leaves(expected)):
+            np.testing.assert_array_equal(a, b)
