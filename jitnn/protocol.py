@@ -411,6 +411,19 @@ class Composite(Layer):
 _REGISTRY: list[type] = []
 
 
+def _read_only_after(setstate: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """attrs' ``__setstate__`` (unpickling) followed by marking the parameter and buffer
+    arrays read-only again: unpickled arrays are fresh copies that no one else holds, but
+    NumPy unpickles every array writable and attrs sets fields without their converters."""
+
+    def __setstate__(self: Any, state: Any) -> None:
+        setstate(self, state)
+        for name in self.param_names + self.buffer_names:
+            getattr(self, name).flags.writeable = False
+
+    return __setstate__
+
+
 def layer(cls: type) -> type:
     """Make ``cls`` a jitnn layer: a frozen ``attrs`` record that follows the protocol.
 
@@ -428,6 +441,7 @@ def layer(cls: type) -> type:
     cls.param_names = tuple(f.name for f in fields if f.metadata.get(PARAM))
     cls.buffer_names = tuple(f.name for f in fields if f.metadata.get(BUFFER))
     cls.config_names = tuple(f.name for f in fields if not f.metadata.get(PARAM))
+    cls.__setstate__ = _read_only_after(cls.__setstate__)
     if cls._forward is Layer._forward:  # a leaf layer: it must bring its kernels
         if not isinstance(cls.kernels, Kernels):
             raise TypeError(f"layer {cls.__name__} must define kernels = Kernels(forward, grad_input, grad_params)")

@@ -1,0 +1,209 @@
+"""scikit-learn estimators built on jitnn: :class:`MLPClassifier` and :class:`MLPRegressor`.
+
+They follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
+``get_params``/``set_params``, parameters stored unchanged by ``__init__``, fitted attributes
+ending in ``_``), so ``Pipeline``, ``GridSearchCV`` and ``cross_val_score`` work with them,
+and they pass scikit-learn's ``check_estimator``. Training runs :func:`jitnn.fit`, on the
+compiled step: every fit of the same depth and activation reuses one compiled function
+(the generated code depends on the architecture, not on the widths), loaded from the disk
+cache in a new process.
+
+Needs scikit-learn 1.6 or newer (``pip install scikit-learn``); ``import jitnn`` does not.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
+    raise ImportError("jitnn.sklearn needs scikit-learn 1.6 or newer: pip install scikit-learn") from error
+
+import jitnn as jn
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+ACTIVATIONS = {"relu": jn.ReLU, "tanh": jn.Tanh, "logistic": jn.Sigmoid, "gelu": jn.GELU, "identity": jn.Identity}
+OPTIMIZERS = {
+    "adam": jn.optim.adam,
+    "adamw": jn.optim.adamw,
+    "sgd": jn.optim.sgd,
+    "momentum": jn.optim.momentum,
+    "rmsprop": jn.optim.rmsprop,
+    "adagrad": jn.optim.adagrad,
+    "lion": jn.optim.lion,
+}
+
+
+class _MLP(BaseEstimator):
+    """What both estimators share: the parameters, their checks, building the network and
+    training it. Subclasses say how targets become what the loss takes, and the loss."""
+
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] = (100,),
+        activation: str = "relu",
+        optimizer: str = "adam",
+        learning_rate: float = 1e-3,
+        alpha: float = 0.0,
+        batch_size: int = 32,
+        max_iter: int = 100,
+        dtype: Any = "float64",
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+    def _checked(self) -> tuple[tuple[int, ...], Any, Any, np.dtype]:
+        """The parameters, checked: hidden widths, activation class, optimizer, dtype."""
+        name = type(self).__name__
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+            raise ValueError(f"{name}: hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{name}: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        for field in ("batch_size", "max_iter"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+        for field in ("learning_rate", "alpha"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: {field} must be a finite non-negative number, got {value!r}")
+        dtype = jn._checks.check_float_dtype(self.dtype, name)
+        optimizer = OPTIMIZERS[self.optimizer](float(self.learning_rate))
+        if self.alpha > 0:  # L2 penalty on the gradients, as scikit-learn's alpha
+            optimizer = jn.optim.chain(jn.optim.add_decayed_weights(float(self.alpha)), optimizer)
+        return tuple(int(s) for s in sizes), ACTIVATIONS[self.activation], optimizer, dtype
+
+    # ------------------------------------------------------------------ training
+    def _build(self, key: Any, n_in: int, n_out: int, sizes: tuple[int, ...], activation: type, dtype: np.dtype) -> jn.Chain:
+        keys = jn.random.split(key, len(sizes) + 1)
+        # He initialization for the ReLU family, Dense's default (Glorot) for the others
+        init = {"weight_init": jn.init.he_normal} if activation in (jn.ReLU, jn.GELU) else {}
+        layers: list[jn.Layer] = []
+        for k, width in zip(keys, sizes):
+            layers += [jn.Dense.init(k, n_in, width, dtype=dtype, **init), activation()]
+            n_in = width
+        layers.append(jn.Dense.init(keys[-1], n_in, n_out, dtype=dtype))
+        return jn.pipe(*layers)
+
+    def _train(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss) -> None:
+        sizes, activation, optimizer, dtype = self._checked()
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        init_key, fit_key = jn.random.split(jn.random.key(seed))
+        model = self._build(init_key, X.shape[1], n_out, sizes, activation, dtype)
+        result = jn.fit(
+            model, loss, optimizer, X.astype(dtype, copy=False), T,
+            key=fit_key, epochs=int(self.max_iter), batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose),
+        )
+        self.model_ = result.model
+        self.loss_curve_ = list(result.history)
+        self.n_iter_ = int(self.max_iter)
+        self.compiled_ = result.compiled
+
+    def _outputs(self, X: Any) -> np.ndarray:
+        """The network's outputs for ``X`` (evaluation mode)."""
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return np.asarray(self.model_.forward(X.astype(self.model_.dtype, copy=False)), dtype=np.float64)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # the same random_state gives the same model
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _MLP):
+    """A multi-layer perceptron classifier trained with jitnn (softmax cross-entropy).
+
+    Parameters
+    ----------
+    hidden_layer_sizes : widths of the hidden layers, default ``(100,)``
+    activation : ``"relu"`` (default), ``"tanh"``, ``"logistic"``, ``"gelu"`` or ``"identity"``
+    optimizer : ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"momentum"``, ``"rmsprop"``,
+        ``"adagrad"`` or ``"lion"``
+    learning_rate : the optimizer's learning rate, default 1e-3
+    alpha : L2 penalty added to the gradients (``g + alpha * w``), default 0
+    batch_size : examples per step (at most the number of examples), default 32
+    max_iter : epochs, default 100
+    dtype : ``"float64"`` (default) or ``"float32"``, the network's parameters
+    random_state : None, an int or a ``numpy.random.RandomState``: the initial weights
+        and the order of the batches; the same value gives the same model
+    verbose : print the loss per epoch
+
+    Attributes
+    ----------
+    classes_ : the class labels, sorted; n_features_in_ ; model_ : the trained jitnn model
+    (its outputs are logits); loss_curve_ : mean training loss per epoch ; n_iter_ : epochs
+    run ; compiled_ : whether the compiled step trained it
+    """
+
+    def fit(self, X: Any, y: Any) -> "MLPClassifier":
+        """Train on ``X`` (n, n_features) and class labels ``y`` (n,) of any kind."""
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        check_classification_targets(y)
+        self.classes_, T = np.unique(y, return_inverse=True)
+        self._train(X, T.astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy())
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        logits = self._outputs(X)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """The logarithms of :meth:`predict_proba`, computed stably."""
+        logits = self._outputs(X)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each example."""
+        best = np.argmax(self._outputs(X), axis=1)  # checks that the estimator is fitted
+        return self.classes_[best]
+
+
+class MLPRegressor(RegressorMixin, _MLP):
+    """A multi-layer perceptron regressor trained with jitnn (mean squared error); one or
+    several outputs. Parameters and attributes as :class:`MLPClassifier`, without
+    ``classes_``."""
+
+    def fit(self, X: Any, y: Any) -> "MLPRegressor":
+        """Train on ``X`` (n, n_features) and targets ``y`` (n,) or (n, n_outputs)."""
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True)
+        self._one_output = y.ndim == 1
+        T = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        self._train(X, T, T.shape[1], jn.MeanSquaredError())
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions, (n,) for a one-output fit, else (n, n_outputs)."""
+        Y = self._outputs(X)
+        return Y[:, 0] if self._one_output else Y

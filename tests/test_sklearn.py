@@ -1,0 +1,147 @@
+"""jitnn.sklearn: scikit-learn's estimator checks, cross-validation on the digits, and the
+estimators in Pipeline and GridSearchCV."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from jitnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+@parametrize_with_checks([MLPClassifier(random_state=0), MLPRegressor(random_state=0)])
+def test_scikit_learn_estimator_checks(estimator, check) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # checks feed degenerate data on purpose
+        check(estimator)
+
+
+def test_cross_validated_accuracy_on_the_digits() -> None:
+    """Shuffled stratified 5-fold cross-validation with the default parameters. (On the
+    unshuffled folds of ``cv=5`` both this and scikit-learn's own MLPClassifier reach 0.94:
+    those folds split the digits by writer.)"""
+    X, y = load_digits(return_X_y=True)
+    scores = cross_val_score(MLPClassifier(random_state=0), X / 16.0, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    assert scores.mean() >= 0.95, scores
+
+
+def digits_subset(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    X, y = load_digits(return_X_y=True)
+    return X[:n], y[:n]
+
+
+def test_in_a_pipeline_and_a_grid_search() -> None:
+    X, y = digits_subset()
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), MLPClassifier(max_iter=10, random_state=0)),
+        {"mlpclassifier__hidden_layer_sizes": [(16,), (32,)], "mlpclassifier__learning_rate": [1e-3, 1e-2]},
+        cv=3,
+    )
+    search.fit(X, y)
+    assert set(search.best_params_) == {"mlpclassifier__hidden_layer_sizes", "mlpclassifier__learning_rate"}
+    assert search.score(X, y) > 0.8
+
+
+def test_labels_of_any_kind_come_back_as_given() -> None:
+    X, y = digits_subset()
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    model = MLPClassifier(max_iter=20, random_state=0).fit(X / 16.0, names[y])
+    assert list(model.classes_) == sorted(names)
+    predicted = model.predict(X / 16.0)
+    assert predicted.dtype == names.dtype and np.mean(predicted == names[y]) > 0.9
+    probabilities = model.predict_proba(X[:5] / 16.0)
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.exp(model.predict_log_proba(X[:5] / 16.0)), probabilities)
+
+
+def test_training_is_reproducible_and_runs_the_compiled_step() -> None:
+    X, y = digits_subset()
+    first = MLPClassifier(max_iter=5, random_state=3).fit(X, y)
+    second = MLPClassifier(max_iter=5, random_state=3).fit(X, y)
+    assert first.compiled_ and first.n_iter_ == 5 and len(first.loss_curve_) == 5
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    other = MLPClassifier(max_iter=5, random_state=4).fit(X, y)
+    assert not np.array_equal(first.predict_proba(X), other.predict_proba(X))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_pickled_estimator_predicts_the_same_and_keeps_its_arrays_read_only(dtype: str) -> None:
+    X, y = digits_subset()
+    model = MLPClassifier(max_iter=3, dtype=dtype, random_state=0).fit(X, y)
+    copy = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(copy.predict_proba(X), model.predict_proba(X))
+    assert copy.model_.layers[0].W.dtype == np.dtype(dtype)
+    assert not copy.model_.layers[0].W.flags.writeable
+
+
+def test_the_regressor_fits_one_and_several_outputs() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(200, 3))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
+    model = MLPRegressor(hidden_layer_sizes=(32, 32), learning_rate=1e-2, max_iter=100, random_state=0).fit(X, y)
+    assert model.predict(X).shape == (200,)
+    assert model.score(X, y) > 0.9
+    Y = np.stack([y, -y], axis=1)
+    both = MLPRegressor(hidden_layer_sizes=(32,), learning_rate=1e-2, max_iter=50, random_state=0).fit(X, Y)
+    assert both.predict(X).shape == (200, 2)
+
+
+def test_the_optimizers_and_activations_it_offers_all_train() -> None:
+    X, y = digits_subset(200)
+    for optimizer in ("adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "lion"):
+        for activation in ("relu", "tanh", "logistic", "gelu", "identity"):
+            model = MLPClassifier(hidden_layer_sizes=(8,), optimizer=optimizer, activation=activation, learning_rate=1e-2,
+                                  max_iter=2, random_state=0).fit(X / 16.0, y)
+            assert np.isfinite(model.loss_curve_).all(), (optimizer, activation)
+
+
+def test_an_l2_penalty_shrinks_the_weights() -> None:
+    X, y = digits_subset()
+    plain = MLPClassifier(max_iter=10, random_state=0).fit(X / 16.0, y)
+    penalized = MLPClassifier(max_iter=10, alpha=1.0, random_state=0).fit(X / 16.0, y)
+    assert np.linalg.norm(penalized.model_.layers[0].W) < np.linalg.norm(plain.model_.layers[0].W)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be positive integers"),
+        ({"hidden_layer_sizes": (4.5,)}, "hidden_layer_sizes must be positive integers"),
+        ({"activation": "softplus"}, "activation must be one of"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"max_iter": True}, "max_iter must be a positive integer"),
+        ({"learning_rate": -1.0}, "learning_rate must be a finite non-negative number"),
+        ({"alpha": float("nan")}, "alpha must be a finite non-negative number"),
+        ({"dtype": "float16"}, "dtype must be float32 or float64"),
+    ],
+)
+def test_bad_parameters_are_refused_when_fitting(params: dict, message: str) -> None:
+    X, y = digits_subset(50)
+    estimator = MLPClassifier(**params)
+    with pytest.raises((ValueError, TypeError), match=message):
+        estimator.fit(X, y)
+
+
+def test_predicting_before_fitting_or_with_other_features_is_refused() -> None:
+    X, y = digits_subset(50)
+    with pytest.raises(NotFittedError):
+        MLPClassifier().predict(X)
+    model = MLPClassifier(max_iter=1).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(X[:, :10])
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(np.full_like(X, np.nan))
