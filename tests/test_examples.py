@@ -57,3 +57,13 @@ def test_digits_cnn_reaches_097_test_accuracy() -> None:
     out = run_example("digits_cnn.py")
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
     assert accuracy >= 0.97, out
+
+
+def test_checkpoint_example_reloads_the_model_in_a_new_process(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (the 'examples' extra)")
+    out = run_example("checkpoint.py", "--epochs", "3", "--folder", str(tmp_path))
+    assert "the reloaded model gives the same accuracy" in out, out
+    assert "after 129 steps" in out  # 3 epochs of 43 batches (42 of 32, one of 4) of the 1,348 training digits
+    assert (tmp_path / "model.npz").exists() and (tmp_path / "state.npz").exists()
+    accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+    assert accuracy > 0.8, out
