@@ -17,9 +17,11 @@ from jitnn.layers import (
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
 from jitnn.protocol import Array, Composite, Context, Kernels, Layer, buffer, layer, param, registered_layers, require_shape
+from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
+from jitnn.summary import Summary, SummaryRow, summary
 from jitnn.train import FitResult, fit, train_step
-from jitnn import data
+from jitnn import data, datasets, metrics
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,8 @@ __all__ = [
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
     "fit", "train_step", "FitResult", "batches", "compile_step", "CompiledStep",
+    # metrics and inspection
+    "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules
-    "init", "optim", "random", "testing", "tree", "data",
+    "init", "optim", "random", "testing", "tree", "data", "datasets", "metrics",
 ]

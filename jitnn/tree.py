@@ -21,7 +21,7 @@ import numpy as np
 from jitnn.protocol import PARAM
 
 __all__ = [
-    "map", "map_with_paths", "leaves", "leaves_with_paths", "flatten", "unflatten", "check_same_structure",
+    "map", "map_with_paths", "leaves", "leaves_with_paths", "flatten", "unflatten", "check_same_structure", "short_repr",
 ]
 
 
@@ -157,3 +157,18 @@ def _refill(tree: Any, new_leaves: list[np.ndarray], trainable: bool = False) ->
     """:func:`unflatten` for callers that know the count is right (one walk instead of two)."""
     supply = iter(new_leaves)
     return map(lambda _: next(supply), tree, trainable=trainable)
+
+
+def short_repr(tree: Any) -> str:
+    """A repr of ``tree`` that shows every array as its dtype and shape (``float32[3, 4]``)
+    rather than its contents; records keep their own reprs (which do the same)."""
+    if isinstance(tree, np.ndarray):
+        return f"{tree.dtype}[{', '.join(str(size) for size in tree.shape)}]"
+    if isinstance(tree, dict):
+        return "{" + ", ".join(f"{key!r}: {short_repr(value)}" for key, value in tree.items()) + "}"
+    if isinstance(tree, (tuple, list)):
+        items = ", ".join(short_repr(item) for item in tree)
+        if hasattr(tree, "_fields"):
+            return f"{type(tree).__name__}({items})"
+        return f"[{items}]" if isinstance(tree, list) else f"({items}{',' if len(tree) == 1 else ''})"
+    return repr(tree)

@@ -21,7 +21,7 @@ from jitnn import tree
 from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
 
-__all__ = ["Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
+__all__ = ["count_field", "moment_field", "Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
 
 LearningRate = float | Schedule | Callable[[int], float]
 
@@ -73,6 +73,16 @@ def learning_rate_at(learning_rate: LearningRate, count: int, who: str) -> float
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{who}: the learning-rate schedule gave {value!r} at step {count}; it must be a finite non-negative number")
     return float(value)
+
+
+def count_field() -> Any:
+    """The ``count`` field of a state record: a 0-d int64 array, shown as its number."""
+    return attrs.field(repr=lambda count: str(int(count)))
+
+
+def moment_field() -> Any:
+    """A moment field of a state record (a tree like the parameters), shown by shapes."""
+    return attrs.field(repr=tree.short_repr)
 
 
 def step_count(count: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from jitnn import tree
 from jitnn._checks import freeze
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
 
 __all__ = ["Adagrad", "AdagradState", "adagrad"]
 
@@ -32,8 +32,8 @@ def _adagrad_update(param, grad, sum_of_squares, learning_rate, eps):
 class AdagradState:
     """The step count and the running sum of squared gradients."""
 
-    count: np.ndarray
-    sum_of_squares: Any
+    count: np.ndarray = count_field()
+    sum_of_squares: Any = moment_field()
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
 
 __all__ = ["Adam", "AdamW", "AdamState", "adam", "adamw"]
 
@@ -37,9 +37,9 @@ def _adam_update(param, grad, mu, nu, hyper):
 class AdamState:
     """The step count and the first and second moment estimates (trees like the params)."""
 
-    count: np.ndarray
-    mu: Any
-    nu: Any
+    count: np.ndarray = count_field()
+    mu: Any = moment_field()
+    nu: Any = moment_field()
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
 
 __all__ = ["Lion", "LionState", "lion"]
 
@@ -29,8 +29,8 @@ def _lion_update(param, grad, mu, learning_rate, b1, b2, weight_decay):
 class LionState:
     """The step count and the momentum."""
 
-    count: np.ndarray
-    mu: Any
+    count: np.ndarray = count_field()
+    mu: Any = moment_field()
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
 
 __all__ = ["RMSprop", "RMSpropState", "rmsprop"]
 
@@ -30,8 +30,8 @@ def _rmsprop_update(param, grad, nu, learning_rate, decay, eps):
 class RMSpropState:
     """The step count and the running mean of squared gradients."""
 
-    count: np.ndarray
-    nu: Any
+    count: np.ndarray = count_field()
+    nu: Any = moment_field()
 
 
 @attrs.frozen

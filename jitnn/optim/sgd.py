@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import jit
-from jitnn.optim._base import LearningRate, Optimizer, as_learning_rate, check_flag, check_fraction
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_flag, check_fraction
 
 __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
@@ -26,7 +26,7 @@ def _sgd_update(param, grad, learning_rate):
 class SGDState:
     """Plain SGD keeps only the step count (for learning-rate schedules)."""
 
-    count: np.ndarray
+    count: np.ndarray = count_field()
 
 
 @attrs.frozen
@@ -62,8 +62,8 @@ def _momentum_update(param, grad, velocity, learning_rate, beta, nesterov):
 class MomentumState:
     """The step count and the velocity (a tree of the parameters' structure)."""
 
-    count: np.ndarray
-    velocity: Any
+    count: np.ndarray = count_field()
+    velocity: Any = moment_field()
 
 
 @attrs.frozen

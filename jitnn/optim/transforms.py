@@ -19,7 +19,7 @@ import numpy as np
 
 from jitnn._checks import readonly
 from jitnn._jit import jit
-from jitnn.optim._base import as_learning_rate, check_nonnegative, check_real, float_leaves, learning_rate_at, map_kernel, step_count
+from jitnn.optim._base import count_field, as_learning_rate, check_nonnegative, check_real, float_leaves, learning_rate_at, map_kernel, step_count
 
 __all__ = [
     "GradientTransform", "EmptyState", "CountState", "ChainState", "OptimizerChain",
@@ -81,7 +81,7 @@ class EmptyState:
 class CountState:
     """The state of a transform that counts its updates."""
 
-    count: np.ndarray
+    count: np.ndarray = count_field()
 
 
 class GradientTransform:
