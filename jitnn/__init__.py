@@ -17,9 +17,10 @@ from jitnn.layers import (
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
 from jitnn.protocol import Array, Composite, Context, Kernels, Layer, buffer, layer, param, registered_layers, require_shape
+from jitnn.io import load, save
 from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
-from jitnn.summary import Summary, SummaryRow, summary
+from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, fit, train_step
 from jitnn import data, datasets, metrics
 
@@ -38,6 +39,8 @@ __all__ = [
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
     "fit", "train_step", "FitResult", "batches", "compile_step", "CompiledStep",
+    # checkpoints
+    "save", "load",
     # metrics and inspection
     "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules

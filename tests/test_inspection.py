@@ -1,4 +1,4 @@
-"""jitnn.summary: the table of a model's layers (rows, shapes, counts, bytes, text), its
+"""jn.summary (jitnn/inspection.py): the table of a model's layers (rows, shapes, counts, bytes, text), its
 errors, and readable reprs of the built-in records the table sits beside."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jitnn as jn
-from jitnn.summary import Summary, SummaryRow, _format_bytes, summary
+from jitnn.inspection import Summary, SummaryRow, _format_bytes, summary
 
 
 def keys(n: int, seed: int = 0) -> tuple[jn.random.Key, ...]:
@@ -504,7 +504,7 @@ def test_optimizer_state_of_a_plain_tree_shows_no_array_contents():
 def test_the_module_example_is_current():
     import doctest
 
-    import jitnn.summary
+    import jitnn.inspection
 
-    result = doctest.testmod(jitnn.summary, extraglobs={"jitnn": jn})
+    result = doctest.testmod(jitnn.inspection, extraglobs={"jitnn": jn})
     assert result.attempted == 3 and result.failed == 0
