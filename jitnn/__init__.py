@@ -21,7 +21,7 @@ from jitnn.io import load, save
 from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
 from jitnn.inspection import Summary, SummaryRow, summary
-from jitnn.train import FitResult, fit, train_step
+from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
 from jitnn import data, datasets, metrics
 
 __version__ = "0.1.0"
@@ -38,7 +38,7 @@ __all__ = [
     # losses
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
-    "fit", "train_step", "FitResult", "batches", "compile_step", "CompiledStep",
+    "fit", "train_step", "FitResult", "NonFiniteLossError", "batches", "compile_step", "CompiledStep",
     # checkpoints
     "save", "load",
     # metrics and inspection

@@ -3,6 +3,7 @@ models it cannot compile."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import time
@@ -18,7 +19,7 @@ from jitnn.passes import value_grad_and_update
 from jitnn.protocol import Layer
 from jitnn.step import compile_step
 
-__all__ = ["FitResult", "fit", "train_step"]
+__all__ = ["FitResult", "NonFiniteLossError", "fit", "train_step"]
 
 
 @attrs.frozen
@@ -30,6 +31,22 @@ class FitResult:
     state: Any
     history: tuple[float, ...]
     compiled: bool = False
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite during :func:`fit` (with ``check_finite=True``).
+
+    Attributes: ``epoch`` and ``step`` (1-based, the step within the epoch), ``value`` (the
+    loss), and ``model`` and ``state``: the model and optimizer state the failing step
+    started from, the last ones whose loss was finite, so nothing trained is lost.
+    """
+
+    def __init__(self, epoch: int, step: int, value: float, model: Layer, state: Any) -> None:
+        super().__init__(
+            f"fit: the loss is {value} at epoch {epoch}, step {step}: the first non-finite loss. The model and "
+            "optimizer state that step started from are this error's .model and .state"
+        )
+        self.epoch, self.step, self.value, self.model, self.state = epoch, step, value, model, state
 
 
 def train_step(
@@ -62,6 +79,7 @@ def fit(
     callback: Callable[[int, Layer, float], None] | None = None,
     compiled: bool | None = None,
     threads: int | None = None,
+    check_finite: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
@@ -76,6 +94,10 @@ def fit(
     batch size). With ``verbose`` the progress through each epoch and a line per epoch are
     printed to standard error; ``callback(epoch, model, mean_loss)`` is called after each
     epoch.
+
+    With ``check_finite`` every step's loss is checked, and the first NaN or infinite one
+    raises :class:`NonFiniteLossError` naming the epoch and step and holding the model and
+    state that step started from. Off by default; when off, nothing is checked.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"fit: model must be a jitnn layer, got {type(model).__name__}")
@@ -85,6 +107,8 @@ def fit(
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
     if compiled not in (None, True, False):
         raise TypeError(f"fit: compiled must be None, True or False, got {compiled!r}")
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"fit: check_finite must be True or False, got {check_finite!r}")
     step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
     history = []
@@ -95,10 +119,13 @@ def fit(
         progress = _Progress(epoch, epochs, verbose)
         for index, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
             step_key = random.fold_in(steps_key, index)
+            before = (model, state)
             if step is None:
                 model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=step_key)
             else:
                 model, state, value = step(model, state, X_batch, T_batch, key=step_key)
+            if check_finite and not math.isfinite(value):
+                raise NonFiniteLossError(epoch + 1, index + 1, value, *before)
             values.append(value)
             weights.append(len(X_batch))
             progress.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)

@@ -531,3 +531,29 @@ def test_threads_sharing_one_step_get_the_results_of_running_alone() -> None:
     for expected, got in zip(alone, shared):
         for a, b in zip(jn.tree.leaves(got), jn.tree.leaves(expected)):
             np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- a loss that stops being finite
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "generic"])
+def test_fit_reports_the_first_non_finite_loss_and_keeps_the_last_good_model(compiled: bool) -> None:
+    rng = np.random.default_rng(13)
+    X, T = rng.normal(size=(40, 6)), rng.integers(0, 4, 40)
+    X[25] = np.inf  # one bad example: the first epoch's step whose batch holds it is the first bad one
+    model, optimizer = mlp(np.float64), jn.optim.sgd(0.1)
+    kwargs = dict(key=jn.random.key(5), epochs=2, batch_size=10, compiled=compiled)
+    with pytest.raises(jn.NonFiniteLossError, match=r"the loss is nan at epoch 1, step \d") as caught:
+        jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, check_finite=True, **kwargs)
+    error = caught.value
+    assert error.epoch == 1 and not np.isfinite(error.value)
+    # the model the failing step started from: finite, and what training up to there gives
+    assert all(np.isfinite(leaf).all() for leaf in jn.tree.leaves(error.model))
+    epoch_key = jn.random.split(jn.random.key(5))[1]  # as fit derives the first epoch's batch order
+    order = jn.random.split(epoch_key)[0]
+    first_bad = next(i for i, (Xb, _) in enumerate(jn.batches(order, X, T, 10)) if not np.isfinite(Xb).all()) + 1
+    assert error.step == first_bad
+    assert int(error.state.count) == first_bad - 1
+    # without the check, training runs on and the history shows the NaN
+    result = jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, **kwargs)
+    assert np.isnan(result.history).any()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, check_finite=1, **kwargs)
