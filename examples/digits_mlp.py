@@ -15,11 +15,7 @@ import jitnn as jn
 
 def load_digits(seed: int, test_fraction: float = 0.25) -> tuple[np.ndarray, ...]:
     """The digits scaled to [0, 1], split into train and test sets by a seeded permutation."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    X = (digits.data / 16.0).astype(np.float32)
-    T = digits.target.astype(np.int64)
+    X, T = jn.datasets.load_digits()
     order = jn.random.permutation(jn.random.key(seed), len(X))
     n_test = int(len(X) * test_fraction)
     test, train = order[:n_test], order[n_test:]
