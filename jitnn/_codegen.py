@@ -224,8 +224,11 @@ def _fingerprint(kernels: list[Any]) -> str:
         if path is None:
             return ""  # a kernel without a source file: the step cannot be cached
         files.add(str(path))
-    for path in sorted(files):
-        digest.update(_file_digest(path))
+    try:
+        for path in sorted(files):
+            digest.update(_file_digest(path))
+    except OSError:
+        return ""  # a source file removed or unreadable since it was imported: likewise
     return digest.hexdigest()
 
 
@@ -264,12 +267,12 @@ def load_function(source: str, kernels: list[Any]) -> tuple[Any, bool]:
     folder, cached = cache_folder(), bool(fingerprint)
     try:
         if not cached:
-            raise OSError("a kernel has no source file")
+            raise OSError("a kernel has no readable source file")
         path = _write_once(folder, f"{name}.py", text)
     except OSError as error:
         warnings.warn(f"jitnn: cannot cache the compiled step in {folder} ({error}); compiling it in memory", RuntimeWarning, stacklevel=3)
         path, cached = Path(tempfile.mkdtemp(prefix="jitnn_step_")) / f"{name}.py", False
-        path.write_text(text.replace("@jit\n", "@jit(cache=False)\n", 1))
+        path.write_bytes(text.replace("@jit\n", "@jit(cache=False)\n", 1).encode())
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -284,17 +287,19 @@ def load_function(source: str, kernels: list[Any]) -> tuple[Any, bool]:
 def _write_once(folder: Path, filename: str, text: str) -> Path:
     """Write ``text`` to ``folder/filename`` unless it is already there, atomically (a
     temporary file, then a rename), so two processes never see half a file. An existing
-    file is never rewritten: its timestamp is what Numba's cache index keys on."""
+    file is never rewritten: its timestamp is what Numba's cache index keys on. The text is
+    UTF-8 whatever the locale (Python reads a module's source as UTF-8; a layer's name in
+    the generated code may not be ASCII)."""
     path = folder / filename
-    if path.exists() and path.read_text() == text:
+    if path.exists() and path.read_bytes() == text.encode():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK):
         raise OSError("the folder is not writable")
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".py")
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(text.encode())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -7,11 +7,14 @@ model (``x / 0`` gives inf or NaN, as in NumPy) rather than Python's: Python's c
 zero divisor on every division keeps loops from vectorizing (Adam's update ran 4.5x
 slower with it, ``benchmarks/optim_update.py``). Inputs are validated before any kernel
 runs, so no kernel divides by a zero that a user's mistake could produce. Where the cache
-folder cannot be written, the kernel is compiled in memory instead, with a warning.
+folder cannot be written, the kernel is compiled in memory instead, with a warning; a cache
+file that cannot be read back (damaged, truncated, or in a folder that has gone) or written
+(a full disk) costs a compilation and a warning, never the call.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Callable
 
@@ -45,8 +48,46 @@ def jit(function: Callable | None = None, **options: Any) -> Any:
             stacklevel=2,
         )
         dispatcher = numba.njit(**{**settings, "cache": False})(function)
+    if settings["cache"]:
+        _guard_cache(dispatcher)
     KERNELS.append(dispatcher)
     return dispatcher
+
+
+def _guard_cache(dispatcher: Any) -> None:
+    """Make a failure of ``dispatcher``'s disk cache a cache miss with a warning.
+
+    Numba raises whatever reading an index or data file raises (``UnpicklingError`` for a
+    truncated file, ``NotADirectoryError`` for a folder replaced by a file) from the call that
+    loads it, and whatever writing raises (``OSError`` for a full disk) from the call that
+    compiled. Here a file that cannot be loaded is compiled instead, and its index is removed
+    so that the next save writes a sound one; a save that fails keeps the machine code in
+    memory.
+    """
+    cache = getattr(dispatcher, "_cache", None)
+    load, save = getattr(cache, "load_overload", None), getattr(cache, "save_overload", None)
+    if load is None or save is None:
+        return
+    name = dispatcher.py_func.__qualname__
+
+    def load_overload(signature: Any, target_context: Any) -> Any:
+        try:
+            return load(signature, target_context)
+        except Exception as error:
+            warnings.warn(f"jitnn: cannot load {name} from the disk cache ({type(error).__name__}: {error}); compiling it again", RuntimeWarning, stacklevel=2)
+            try:
+                os.unlink(cache._cache_file._index_path)
+            except (AttributeError, OSError):
+                pass
+            return None
+
+    def save_overload(signature: Any, data: Any) -> None:
+        try:
+            save(signature, data)
+        except Exception as error:
+            warnings.warn(f"jitnn: cannot save {name} to the disk cache ({type(error).__name__}: {error}); it stays compiled in memory", RuntimeWarning, stacklevel=2)
+
+    cache.load_overload, cache.save_overload = load_overload, save_overload
 
 
 @intrinsic

@@ -3,6 +3,7 @@ made of layers; its gradient record has its own type, holding the members' recor
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import attrs
@@ -14,11 +15,22 @@ from jitnn.protocol import EVALUATION, Array, Composite, Context, Layer, layer
 __all__ = ["Residual", "Concatenate", "Parallel", "Add"]
 
 
+def _check_inner(record: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, Layer):
+        raise TypeError(f"Residual: inner must be a jitnn layer, got {type(value).__name__}")
+
+
+def _axis(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Concatenate: axis must be an integer, got {value!r}")
+    return int(value)
+
+
 @layer
 class Residual(Composite):
     """``Y = X + f(X)``; ``f`` must keep its input's shape."""
 
-    inner: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
+    inner: Layer = attrs.field(validator=_check_inner)
 
     def __attrs_post_init__(self) -> None:
         shape = self.inner.input_shape
@@ -173,7 +185,7 @@ class Concatenate(_Branches):
     (default 0: the features of ``(n, k)`` outputs, the channels of ``(n, C, H, W)``)."""
 
     branches: tuple[Layer, ...] = attrs.field(converter=_as_layers)
-    axis: int = attrs.field(default=0, converter=int)
+    axis: int = attrs.field(default=0, converter=_axis)
 
     def __attrs_post_init__(self) -> None:
         self._validate()

@@ -8,12 +8,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from jitnn import random
+from jitnn._checks import _as_array
 
 __all__ = ["batches", "n_batches"]
 
 
 def _check(X: Any, T: Any, batch_size: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    X, T = np.asarray(X), np.asarray(T)
+    X, T = _as_array(X, "batches", "X"), _as_array(T, "batches", "T")
     if X.ndim == 0 or T.ndim == 0:
         raise ValueError("batches: X and T must be arrays whose first axis is the example")
     if X.shape[0] != T.shape[0]:
@@ -44,6 +45,8 @@ def batches(
     fresh C-contiguous copies: writing into one never changes the caller's arrays.
     """
     X, T, batch_size = _check(X, T, batch_size)
+    if shuffle and not isinstance(key, random.Key):
+        raise TypeError(f"batches: shuffle=True needs a jitnn.random.Key to draw the order, got {type(key).__name__}")
     order = random.permutation(key, X.shape[0]) if shuffle else None
     return _batches(X, T, batch_size, order, drop_last)
 

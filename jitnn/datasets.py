@@ -91,6 +91,8 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
         file = open(name, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"load_idx: no such file: {name!r}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"load_idx: {name!r} is a folder; give the path of an IDX file") from None
     with file:
         compressed = file.read(2) == _GZIP_MAGIC
         file.seek(0)

@@ -166,6 +166,10 @@ def load(path: str | os.PathLike[str], like: _Tree) -> _Tree:
     """
     path = _check_path(path, "load")
     entries = _entries(like, "load", "like")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"load: {path!r} is a folder; give the path of a checkpoint file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: no such file: {path!r}")
     open_archive = _SafetensorsArchive if _is_safetensors(path) else _NpzArchive
     with open(path, "rb") as file:
         head = file.read(8)

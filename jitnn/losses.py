@@ -44,6 +44,8 @@ class Loss:
 
     def _prepare(self, Y: Any, T: Any) -> tuple[Array, Array]:
         Y = float_input(Y, None, describe(self), "predictions Y")
+        if Y.size == 0:
+            raise ValueError(f"{describe(self)}: predictions Y of shape {Y.shape} hold no values; the mean over them is undefined")
         return readonly(Y), readonly(self.targets(Y, T))
 
     def value(self, Y: Any, T: Any) -> float:

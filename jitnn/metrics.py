@@ -250,4 +250,7 @@ def confusion_matrix(labels: Any, predictions: Any, n_classes: int | None = None
     labels, largest_label = _class_indices(labels, predicted.shape[0], n_classes, who, "labels")
     if n_classes is None:
         n_classes = 1 + max(largest_label, largest_predicted)
-    return freeze(_metrics_confusion_matrix(labels, predicted, n_classes))
+    try:
+        return freeze(_metrics_confusion_matrix(labels, predicted, n_classes))
+    except (MemoryError, ValueError):
+        raise ValueError(f"{who}: a {n_classes} x {n_classes} matrix of counts is too large to allocate; give class indices of a smaller range") from None

@@ -273,9 +273,11 @@ class Layer:
     def grad_params(self: L, X: Any, dY: Any) -> L:
         """[3] A new record of this layer's type whose parameter fields hold ``dL/dW``.
 
-        A layer without parameters returns itself.
+        A layer without parameters returns itself (once ``X`` and ``dY`` are checked).
         """
         X, dY = self._boundary(X, dY)
+        if not self.param_names and not isinstance(self, Composite):
+            self._check(X, "", dY)
         return self._grad_params(X, dY, "")
 
     def _input(self, X: Any) -> Array:

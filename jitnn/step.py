@@ -128,8 +128,8 @@ class CompiledStep:
         self._stand_ins: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
         # what the last call returned, recognised by identity so that it is not walked again;
         # each is one tuple, replaced whole, so threads sharing a step never see half of one
-        self._last_model: tuple[Any, tuple[Array, ...], tuple[Any, ...]] = (None, (), ())
-        self._last_state: tuple[Any, tuple[tuple[Array, ...], ...]] = (None, ())
+        self._last_model: tuple[Any, tuple[Array, ...], tuple[Any, ...]] = (_NOTHING, (), ())
+        self._last_state: tuple[Any, tuple[tuple[Array, ...], ...]] = (_NOTHING, ())
 
     def __repr__(self) -> str:
         return f"CompiledStep({describe(self.model)}, {type(self.loss).__name__}, {type(self.optimizer).__name__}, fused={self.fused})"
@@ -285,6 +285,7 @@ class _NoExtras(dict):
 
 _NO_EXTRAS = _NoExtras()
 _NONE: dict[int, tuple[Array, ...]] = {}  # no new buffers (never written to)
+_NOTHING = object()  # what the step remembers before its first call: no argument is this
 
 
 # --------------------------------------------------------------------------- model walks

@@ -6,6 +6,8 @@ any layer, a user's own included.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable
 
 import numpy as np
@@ -16,6 +18,15 @@ from jitnn.losses import Loss
 from jitnn.protocol import Layer
 
 __all__ = ["check_grads", "check_loss_grad", "jacobian", "numerical_gradient", "relative_error"]
+
+
+def _check_tolerances(who: str, eps: Any, rtol: Any, atol: Any) -> None:
+    """``eps`` must be a finite positive number, ``rtol`` and ``atol`` finite non-negative ones."""
+    for name, value, low in (("eps", eps, "positive"), ("rtol", rtol, "non-negative"), ("atol", atol, "non-negative")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{who}: {name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (name == "eps" and value == 0):
+            raise ValueError(f"{who}: {name} must be a finite {low} number, got {value!r}")
 
 
 def _to_float64(layer: Layer) -> Layer:
@@ -88,6 +99,11 @@ def check_grads(
     if not isinstance(layer, Layer):
         raise TypeError(f"check_grads: expected a jitnn layer, got {type(layer).__name__}")
     who = f"check_grads({describe(layer)})"
+    _check_tolerances(who, eps, rtol, atol)
+    if key is not None and not isinstance(key, random.Key):
+        raise TypeError(f"{who}: key must be a jitnn.random.Key or None, got {type(key).__name__}")
+    if not isinstance(training, bool):
+        raise TypeError(f"{who}: training must be True or False, got {training!r}")
     key = key or random.key(0)
     layer64 = _to_float64(layer)
     X = np.array(layer64._input(X))
@@ -117,6 +133,7 @@ def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: floa
     """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64."""
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss_grad: expected a jitnn loss, got {type(loss).__name__}")
+    _check_tolerances(f"check_loss_grad({describe(loss)})", eps, rtol, atol)
     Y = np.array(float_input(Y, np.float64, describe(loss), "predictions Y"))
     numeric = numerical_gradient(lambda y: loss.value(y, T), Y, eps)
     _compare(f"check_loss_grad({describe(loss)})", "grad", loss.grad(Y, T), numeric, rtol, atol)

@@ -59,6 +59,7 @@ def train_step(
     Returns the new model (new parameters and running statistics), the new optimizer state
     and the loss before the update.
     """
+    _check_optimizer(optimizer, "train_step")
     value, grads, model = value_grad_and_update(model, loss, X, T, key=key, training=True)
     model, state = optimizer.update(model, grads, state)
     return model, state, value
@@ -109,6 +110,13 @@ def fit(
         raise TypeError(f"fit: compiled must be None, True or False, got {compiled!r}")
     if not isinstance(check_finite, bool):
         raise TypeError(f"fit: check_finite must be True or False, got {check_finite!r}")
+    if not isinstance(verbose, bool):
+        raise TypeError(f"fit: verbose must be True or False, got {verbose!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be a function (epoch, model, mean_loss) or None, got {callback!r}")
+    if not isinstance(key, random.Key):
+        raise TypeError(f"fit: key must be a jitnn.random.Key (jn.random.key(seed)), got {type(key).__name__}")
+    _check_optimizer(optimizer, "fit")
     step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
     history = []
@@ -135,6 +143,11 @@ def fit(
         if callback is not None:
             callback(epoch, model, mean)
     return FitResult(model, state, tuple(history), step is not None)
+
+
+def _check_optimizer(optimizer: Any, who: str) -> None:
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"{who}: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
 
 
 def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, threads: int | None) -> Any:

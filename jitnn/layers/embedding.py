@@ -9,7 +9,7 @@ import numpy as np
 
 from jitnn import init as initializers
 from jitnn import random
-from jitnn._checks import check_float_dtype, describe
+from jitnn._checks import _as_array, check_float_dtype, describe
 from jitnn._jit import jit
 from jitnn.protocol import Array, Kernels, Layer, layer, param
 
@@ -80,7 +80,7 @@ class Embedding(Layer):
     def _input(self, X: Any) -> Array:
         """Indices of any integer dtype, converted to C-contiguous int64."""
         who = describe(self)
-        indices = X if isinstance(X, np.ndarray) else np.asarray(X)
+        indices = X if isinstance(X, np.ndarray) else _as_array(X, who, "input")
         if indices.dtype.kind not in "iu":
             raise TypeError(f"{who}: input must be integer indices, got dtype {indices.dtype}")
         if indices.ndim == 0 or indices.shape[0] == 0:

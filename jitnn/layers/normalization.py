@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -85,9 +86,9 @@ def _layer_norm_grad_params(X, dY, scale, shift, eps):
     return d_scale, d_shift
 
 
-def _epsilon(value: Any) -> float:
+def _epsilon(who: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"normalization: eps must be a positive number, got {value!r}")
+        raise ValueError(f"{who}: eps must be a positive number, got {value!r}")
     return float(value)
 
 
@@ -99,7 +100,7 @@ class LayerNorm(Layer):
 
     scale: Array = param()
     shift: Array = param()
-    eps: float = attrs.field(default=1e-5, converter=_epsilon)
+    eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "LayerNorm"))
 
     kernels = Kernels(_layer_norm_forward, _layer_norm_grad_input, _layer_norm_grad_params)
 
@@ -246,7 +247,7 @@ class BatchNorm(Layer):
     running_mean: Array = buffer()
     running_var: Array = buffer()
     momentum: float = attrs.field(default=0.1, converter=_momentum)
-    eps: float = attrs.field(default=1e-5, converter=_epsilon)
+    eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "BatchNorm"))
 
     kernels = Kernels(_batch_norm_forward, _batch_norm_grad_input, _batch_norm_grad_params, _batch_norm_update)
     needs_context = True

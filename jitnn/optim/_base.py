@@ -20,8 +20,9 @@ import numpy as np
 from jitnn import tree
 from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
+from jitnn.protocol import Layer
 
-__all__ = ["count_field", "moment_field", "Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
+__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
 
 LearningRate = float | Schedule | Callable[[int], float]
 
@@ -77,7 +78,16 @@ def learning_rate_at(learning_rate: LearningRate, count: int, who: str) -> float
 
 def count_field() -> Any:
     """The ``count`` field of a state record: a 0-d int64 array, shown as its number."""
-    return attrs.field(repr=lambda count: str(int(count)))
+    return attrs.field(repr=lambda count: str(int(count)), validator=_check_count)
+
+
+def _check_count(state: Any, attribute: Any, value: Any) -> None:
+    """A step count must be a non-negative integer (0-d): the updates depend on it."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.shape != () or array.dtype.kind not in "iu":
+        raise TypeError(f"{type(state).__name__}: count must be a 0-d integer array (the number of updates so far), got {value!r}")
+    if int(array) < 0:
+        raise ValueError(f"{type(state).__name__}: count must be non-negative, got {int(array)}")
 
 
 def moment_field() -> Any:
@@ -93,6 +103,13 @@ def step_count(count: int) -> np.ndarray:
 def zeros_like_tree(params: Any) -> Any:
     """A tree of ``params``' structure holding read-only zeros for every trainable array."""
     return tree.map(lambda p: freeze(np.zeros_like(p)), params, trainable=True)
+
+
+def check_params_tree(params: Any, who: str) -> None:
+    """``TypeError`` unless ``params`` is a model or a tree holding arrays (a layer without
+    parameters is a model too: its state has empty moments)."""
+    if not isinstance(params, Layer) and not tree.leaves(params):
+        raise TypeError(f"{who}: params must be a model or a tree of arrays (records, tuples, lists, dicts), got {type(params).__name__} without arrays")
 
 
 def float_leaves(arrays: Any, who: str, role: str) -> list[tuple[str, np.ndarray]]:
@@ -175,6 +192,7 @@ class Optimizer:
 
     def init(self, params: Any) -> Any:
         """The state for ``params``: a zero step count and zero moments."""
+        check_params_tree(params, f"{self.name}.init")
         return self.state_class(step_count(0), *(zeros_like_tree(params) for _ in self.moment_names))
 
     def update(self, params: Any, grads: Any, state: Any) -> tuple[Any, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 from jitnn import tree
 from jitnn._checks import freeze
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
+from jitnn.optim._base import check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
 
 __all__ = ["Adagrad", "AdagradState", "adagrad"]
 
@@ -48,6 +48,7 @@ class Adagrad(Optimizer):
     state_class = AdagradState
 
     def init(self, params: Any) -> AdagradState:
+        check_params_tree(params, "adagrad.init")
         start = self.initial_accumulator
         return AdagradState(step_count(0), tree.map(lambda p: freeze(np.full_like(p, start)), params, trainable=True))
 
