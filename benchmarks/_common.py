@@ -46,6 +46,7 @@ __all__ = [
     "run_with_cache_choice",
     "add_timing_arguments",
     "resolve_timing",
+    "positive_integers",
 ]
 
 #: The repository root (the folder above ``benchmarks/``).
@@ -423,3 +424,15 @@ def run_with_cache_choice(run: Callable[[argparse.Namespace, str | None], int], 
     with tempfile.TemporaryDirectory(prefix="jitnn-bench-cache-") as cache:
         os.environ["NUMBA_CACHE_DIR"] = cache
         return run(args, cache)
+
+
+def positive_integers(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive integers (``"1,16,64"``), sorted, without
+    repeats."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return tuple(sorted(set(values)))

@@ -51,6 +51,7 @@ from typing import Any, Callable
 import numpy as np
 
 from _common import (
+    positive_integers,
     kernel_cache_counts,
     page_faults_per_call,
     run_with_cache_choice,
@@ -91,16 +92,6 @@ UPDATE_RTOL = 1e-3
 #: The timing budget per table cell, for a full and a --quick run.
 TIMING = TimingDefaults()
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not sizes or any(size < 1 for size in sizes):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sizes
-
-
 def _implementations(text: str) -> tuple[str, ...]:
     names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in IMPLEMENTATIONS]
@@ -114,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time one SGD step (forward, softmax cross-entropy, backward, update) of a "
         "784-256-128-10 ReLU MLP in float32: jitnn against NumPy, PyTorch, JAX and a BLAS floor.",
     )
-    parser.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
+    parser.add_argument("--batch-sizes", type=positive_integers, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
                         help="batch sizes to time (default: %(default)s)")
     parser.add_argument("--impls", type=_implementations, default=IMPLEMENTATIONS, metavar="NAME,...",
                         help=f"implementations to run, from {','.join(IMPLEMENTATIONS)} (default: all)")

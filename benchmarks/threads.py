@@ -65,6 +65,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from _common import (
+    positive_integers,
     ROOT,
     Samples,
     TimingDefaults,
@@ -121,16 +122,6 @@ TIMING = TimingDefaults()
 
 
 # --------------------------------------------------------------------------- arguments
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not sizes or any(size < 1 for size in sizes):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return tuple(sorted(set(sizes)))
-
-
 def _models(text: str) -> tuple[str, ...]:
     names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in MODELS]
@@ -144,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time jitnn's compiled training step with BLAS on 1 thread, on 2 threads and with the "
         "automatic choice (threads=None), per batch size, for an MLP and a small CNN.",
     )
-    parser.add_argument("--batch-sizes", type=_batch_sizes, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
+    parser.add_argument("--batch-sizes", type=positive_integers, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
                         help="batch sizes to time (default: %(default)s)")
     parser.add_argument("--models", type=_models, default=MODELS, metavar="NAME,...",
                         help=f"models to time, from {','.join(MODELS)} (default: all)")
