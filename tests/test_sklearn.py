@@ -145,3 +145,17 @@ def test_predicting_before_fitting_or_with_other_features_is_refused() -> None:
         model.predict(X[:, :10])
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.full_like(X, np.nan))
+
+
+def test_fits_of_one_depth_share_one_compiled_step() -> None:
+    """The generated code depends on the architecture, not on the widths: fits with other
+    hidden widths, feature counts and class counts add no compiled step module."""
+    import sys
+
+    X, y = digits_subset()
+    MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X, y)
+    steps = {name for name in sys.modules if name.startswith("jitnn_step_")}
+    MLPClassifier(hidden_layer_sizes=(24,), max_iter=1, random_state=0).fit(X[:, :40], y % 3)
+    assert {name for name in sys.modules if name.startswith("jitnn_step_")} == steps
+    MLPClassifier(hidden_layer_sizes=(8, 8), max_iter=1, random_state=0).fit(X, y)  # another depth: a new one
+    assert len({name for name in sys.modules if name.startswith("jitnn_step_")} - steps) == 1
