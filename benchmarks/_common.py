@@ -127,9 +127,9 @@ def settle(seconds: float) -> None:
     """Sleep, so that thread pools left spinning by the previous call go idle.
 
     OpenBLAS's worker threads busy-wait for about 0.1 s after each call before they sleep
-    (measured here: 0.1 s of CPU during a 0.5 s pause). NumPy and SciPy each ship their own
-    OpenBLAS, so without a pause the code timed next shares the cores with another
-    library's spinning threads.
+    (measured here: 0.1 s of CPU during a 0.5 s pause). NumPy, SciPy, PyTorch and JAX each
+    bring their own thread pools, so without a pause the code timed next shares the cores
+    with another library's spinning threads.
     """
     if seconds > 0:
         time.sleep(seconds)

@@ -342,8 +342,8 @@ def report(args: argparse.Namespace, jn: Any, torch: Any, input_shape: tuple[int
     print()
     for line in describe_machine(["numpy", "scipy", "numba", "llvmlite", "torch"]):
         print(line + "  ")
-    threads = [thread_settings(), "jitnn's loops run on one thread and its matrix products on SciPy's OpenBLAS, "
-               "NumPy's on NumPy's OpenBLAS (thread counts above)"]
+    threads = [thread_settings(), "jitnn's loops run on one thread and its matrix products on the BLAS of jitnn._blas.library() "
+               f"({jn._blas.library().name}'s), NumPy's on NumPy's OpenBLAS (thread counts above)"]
     if torch is not None:
         threads.append(f"PyTorch at its default of {torch.get_num_threads()} threads "
                        f"({torch.get_num_interop_threads()} inter-op), not changed")

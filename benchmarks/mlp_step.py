@@ -28,8 +28,9 @@ own ("first call (compile)": Numba compilation or on-disk cache load, JAX tracin
 compilation, PyTorch's lazy set-up) and left out of the step times, which are medians of
 single-call wall-clock times, taken in rounds in which the implementations take turns. Each
 turn starts after a short pause, because OpenBLAS's threads keep spinning for about 0.1 s
-after a call and NumPy and SciPy (whose BLAS jitnn's kernels call through Numba) each load
-their own OpenBLAS: without the pause one library's idle threads slow the next one down.
+after a call and NumPy (whose bundled OpenBLAS jitnn's kernels also call, see
+``jitnn/_blas.py``), SciPy, PyTorch and JAX each bring their own thread pools: without the
+pause one library's idle threads slow the next one down.
 
 The report on stdout is Markdown; progress goes to stderr.
 
@@ -468,9 +469,10 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     if jn is not None:
         import numba
         from jitnn import _blas
-        threads.append(f"Numba threads {numba.config.NUMBA_NUM_THREADS} (jitnn's Dense kernels use BLAS via SciPy); "
-                       f"the compiled step runs SciPy's BLAS on {_blas.auto_threads(1)} thread below batch "
-                       f"{_blas.SMALL_BATCH} and on {_blas.auto_threads(_blas.SMALL_BATCH)} from there (threads=None)")
+        blas = "NumPy's OpenBLAS" if _blas.library().name == "numpy" else "SciPy's BLAS"
+        threads.append(f"Numba threads {numba.config.NUMBA_NUM_THREADS}; jitnn's matrix products run on {blas} "
+                       f"(see jitnn/_blas.py), on {_blas.auto_threads(1)} thread below batch "
+                       f"{_blas.SMALL_BATCH} and on {_blas.auto_threads(_blas.SMALL_BATCH)} from there in the compiled step (threads=None)")
     print("Threads: " + "; ".join(threads) + ".")
     print()
 

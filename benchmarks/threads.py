@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: the compiled training step with its BLAS on 1 thread against 2, per batch size.
 
-jitnn's kernels run on one thread; their matrix products (``np.dot`` and ``@`` in Numba)
-call SciPy's OpenBLAS, whose thread count ``jn.compile_step(..., threads=...)`` sets for the
+jitnn's kernels run on one thread; their matrix products (``jitnn._blas.matmul``) call
+the OpenBLAS of ``jitnn._blas.library()`` (NumPy's bundled one where there is one), whose thread count ``jn.compile_step(..., threads=...)`` sets for the
 duration of each step. ``threads=None`` (the default) lets :func:`jitnn._blas.auto_threads`
 choose: one thread below ``jitnn._blas.SMALL_BATCH`` examples, every core BLAS started with
 from there on. This script measures whether that rule picks the faster count, for
@@ -325,7 +325,7 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     if not _blas.available():
         print("## BLAS threads of jitnn's compiled step")
         print()
-        print("SciPy's BLAS thread count cannot be read or changed here (it is not OpenBLAS, or it was not found), "
+        print("The BLAS thread count cannot be read or changed here (it is not OpenBLAS, or it was not found), "
               "so `threads=` has no effect and there is nothing to compare.")
         return 1
     results = Results(_blas.auto_threads(10**9), _blas.SMALL_BATCH)
@@ -393,7 +393,7 @@ def report(args: argparse.Namespace, results: Results, cold_cache: str | None) -
         print(line + "  ")
     print(f"Threads: {thread_settings()}; the BLAS count is set per step by `jn.compile_step(..., threads=...)`; "
           f"`threads=None` uses 1 thread below `SMALL_BATCH = {small_batch}` examples and {all_cores} (every core "
-          f"SciPy's OpenBLAS started with) from there on.  ")
+          f"the BLAS started with) from there on.  ")
     if None not in results.load:
         print(f"Load average (1 min) before the first model and after the last timing: {results.load[0]:.2f}, "
               f"{results.load[1]:.2f} (this process alone brings it towards 1, or 2 while BLAS runs 2 threads; the "

@@ -38,6 +38,7 @@ import numpy as np
 
 from jitnn import init as initializers
 from jitnn import random
+from jitnn._blas import matmul_into
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
 from jitnn.protocol import Array, Kernels, Layer, layer, param
@@ -135,7 +136,7 @@ def _conv2d_forward(X, W, b, stride, padding, dilation):
     Y = np.empty((n, out, Ho * Wo), X.dtype)
     for i in range(n):
         _conv2d_example_columns(X[i], kernel, stride, padding, dilation, columns[:rows])
-        np.dot(weights, columns, Y[i])
+        matmul_into(weights, columns, Y[i])
     return Y.reshape((n, out, Ho, Wo))
 
 
@@ -148,7 +149,7 @@ def _conv2d_grad_input(X, dY, W, b, stride, padding, dilation):
     dcolumns = np.empty((W_matrix_T.shape[0], Ho * Wo), X.dtype)  # reused for every example
     dX = np.zeros(X.shape, X.dtype)
     for i in range(n):
-        np.dot(W_matrix_T, gradient[i], dcolumns)
+        matmul_into(W_matrix_T, gradient[i], dcolumns)
         _conv2d_example_col2im(dcolumns, (W.shape[2], W.shape[3]), stride, padding, dilation, dX[i])
     return dX
 
@@ -163,7 +164,7 @@ def _conv2d_grad_params(X, dY, W, b, stride, padding, dilation):
     sums = np.zeros((out, rows + 1), X.dtype)
     for i in range(n):
         _conv2d_example_columns(X[i], (W.shape[2], W.shape[3]), stride, padding, dilation, columns[:rows])
-        sums += gradient[i] @ columns.T
+        matmul_into(gradient[i], columns.T, sums, True)
     return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
 
 

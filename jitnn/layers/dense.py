@@ -9,6 +9,7 @@ import numpy as np
 
 from jitnn import init as initializers
 from jitnn import random
+from jitnn._blas import matmul
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
 from jitnn.protocol import Array, Kernels, Layer, layer, param, require_shape
@@ -19,7 +20,7 @@ __all__ = ["Dense"]
 @jit
 def _dense_forward(X, W, b):
     """Y = X @ W + b;  X (n, n_in), W (n_in, n_out), b (n_out,) -> Y (n, n_out)."""
-    Y = X @ W
+    Y = matmul(X, W)
     for i in range(Y.shape[0]):
         for j in range(Y.shape[1]):
             Y[i, j] += b[j]
@@ -29,7 +30,7 @@ def _dense_forward(X, W, b):
 @jit
 def _dense_grad_input(X, dY, W, b):
     """dX = dY @ W.T;  dY (n, n_out), W (n_in, n_out) -> dX (n, n_in)."""
-    return dY @ W.T
+    return matmul(dY, W.T)
 
 
 @jit
@@ -39,7 +40,7 @@ def _dense_grad_params(X, dY, W, b):
     for i in range(dY.shape[0]):
         for j in range(dY.shape[1]):
             db[j] += dY[i, j]
-    return X.T @ dY, db
+    return matmul(X.T, dY), db
 
 
 def _positive(value: Any, name: str) -> int:

@@ -1,0 +1,177 @@
+"""The matrix products of jitnn's kernels (``jitnn._blas.matmul`` and ``matmul_into``) and
+the choice of BLAS behind them.
+
+Each product is compared with NumPy's ``@`` for every memory layout a kernel hands it (C
+order, a transposed view, a strided view), both float dtypes, empty and single-row or
+single-column shapes. Child processes show that ``JITNN_BLAS=scipy`` (Numba's own product,
+SciPy's BLAS) gives the same layers' results as the default, that the two share one on-disk
+cache, and that an unknown ``JITNN_BLAS`` is refused at import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from jitnn import _blas
+from jitnn._blas import matmul, matmul_into
+from jitnn._jit import jit
+
+TOLERANCE = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@jit(cache=False)
+def compiled_matmul(A, B):
+    return matmul(A, B)
+
+
+@jit(cache=False)
+def compiled_matmul_into(A, B, out, accumulate):
+    matmul_into(A, B, out, accumulate)
+
+
+def layouts(M: np.ndarray) -> dict[str, np.ndarray]:
+    """The same matrix as a C array, a transposed view (F order) and a strided view."""
+    strided = np.zeros((M.shape[0] * 2, M.shape[1] * 3), M.dtype)[::2, ::3]
+    strided[...] = M
+    return {"C": np.ascontiguousarray(M), "F": np.asfortranarray(M), "strided": strided}
+
+
+SHAPES = [(3, 4, 5), (1, 7, 6), (6, 7, 1), (5, 1, 4), (16, 33, 9)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", SHAPES)
+@pytest.mark.parametrize("product", [compiled_matmul, matmul], ids=["compiled", "python"])
+def test_matmul_agrees_with_numpy_for_every_layout(product: Callable, dtype: Any, m: int, k: int, n: int) -> None:
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A, B = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    expected = A.astype(np.float64) @ B.astype(np.float64)
+    for a_name, a in layouts(A).items():
+        for b_name, b in layouts(B).items():
+            got = product(a, b)
+            assert got.shape == (m, n) and got.dtype == dtype and got.flags.c_contiguous, (a_name, b_name)
+            np.testing.assert_allclose(got, expected, **TOLERANCE[dtype], err_msg=f"A {a_name}, B {b_name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(0, 3, 4), (3, 0, 4), (3, 4, 0)])
+def test_matmul_of_empty_matrices_is_empty_or_zero(dtype: Any, m: int, k: int, n: int) -> None:
+    got = compiled_matmul(np.ones((m, k), dtype), np.ones((k, n), dtype))
+    assert got.shape == (m, n) and got.dtype == dtype
+    assert not got.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_matmul_into_overwrites_or_adds(dtype: Any, accumulate: bool) -> None:
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((4, 6)).astype(dtype), rng.standard_normal((6, 5)).astype(dtype)
+    start = rng.standard_normal((4, 5)).astype(dtype)
+    for a in layouts(A).values():
+        out = start.copy()
+        compiled_matmul_into(a, B.T.copy().T, out, accumulate)
+        expected = A.astype(np.float64) @ B.astype(np.float64) + (start if accumulate else 0)
+        np.testing.assert_allclose(out, expected, **TOLERANCE[dtype])
+
+
+def test_matmul_into_ignores_what_a_fresh_output_held() -> None:
+    """Overwriting must not read the old contents: NaN there must not leak into the result."""
+    A, B = np.eye(3, dtype=np.float32), np.full((3, 2), 2.0, np.float32)
+    out = np.full((3, 2), np.nan, np.float32)
+    compiled_matmul_into(A, B, out, False)
+    np.testing.assert_array_equal(out, np.full((3, 2), 2.0, np.float32))
+
+
+def test_matmul_into_an_output_that_is_not_c_ordered() -> None:
+    A, B = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+    out = np.zeros((4, 2)).T  # F order
+    compiled_matmul_into(A, B, out, False)
+    np.testing.assert_array_equal(out, A @ B)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3), (4, 5), (2, 5)), ((2, 3), (3, 5), (2, 4)), ((2, 3), (3, 5), (3, 5))])
+def test_matmul_into_refuses_shapes_that_do_not_match(shapes: tuple) -> None:
+    A, B, out = (np.ones(shape) for shape in shapes)
+    with pytest.raises(ValueError, match="shapes"):
+        compiled_matmul_into(A, B, out, False)
+
+
+def test_matmul_refuses_inner_dimensions_that_differ() -> None:
+    with pytest.raises(ValueError):
+        compiled_matmul(np.ones((2, 3)), np.ones((4, 5)))
+
+
+def test_the_library_in_use_is_described() -> None:
+    library = _blas.library()
+    assert library.name in ("numpy", "scipy")
+    if library.name == "numpy":
+        assert set(library.gemm) == {"f", "d"} and all(library.gemm.values())
+        assert Path(library.path).is_file()
+    assert _blas.available() == (library.set_threads is not None)
+
+
+# --------------------------------------------------------------------------- child processes
+CHILD_TIMEOUT = 600
+
+LAYERS = textwrap.dedent("""
+    import hashlib, numpy as np, jitnn as jn
+    from jitnn import _blas
+    print("library", _blas.library().name)
+    key = jn.random.key(3)
+    for dtype in (np.float32, np.float64):
+        k = jn.random.split(key, 4)
+        mlp = jn.pipe(jn.Dense.init(k[0], 12, 9, dtype=dtype), jn.ReLU(), jn.Dense.init(k[1], 9, 4, dtype=dtype))
+        cnn = jn.pipe(jn.Conv2D.init(k[2], 2, 3, 3, dtype=dtype), jn.ReLU(), jn.Flatten(), jn.Dense.init(k[3], 3 * 4 * 4, 4, dtype=dtype))
+        T = np.arange(5) % 4
+        for name, model, X in (("mlp", mlp, jn.random.normal(k[0], (5, 12), dtype=dtype)),
+                               ("cnn", cnn, jn.random.normal(k[1], (5, 2, 6, 6), dtype=dtype))):
+            value, grads = jn.value_and_grad(model, jn.SoftmaxCrossEntropy(), X, T)
+            flat = np.concatenate([np.ravel(leaf) for leaf in jn.tree.leaves(grads)] + [model.forward(X).ravel()])
+            np.save(f"{name}-{np.dtype(dtype).name}.npy", flat)
+            print("value", name, np.dtype(dtype).name, repr(float(value)))
+""")
+
+
+def run_child(code: str, folder: Path, cache: Path, **env: str) -> str:
+    environment = {name: value for name, value in os.environ.items() if name != "JITNN_BLAS"}
+    environment.update(NUMBA_CACHE_DIR=str(cache), **env)
+    process = subprocess.run([sys.executable, "-c", code], cwd=folder, env=environment, capture_output=True, text=True,
+                             timeout=CHILD_TIMEOUT)
+    assert process.returncode == 0, process.stderr
+    return process.stdout
+
+
+def test_scipy_blas_gives_the_same_layers_and_shares_the_cache(tmp_path: Path) -> None:
+    """The default BLAS, then JITNN_BLAS=scipy, then the default again, on ONE cache folder:
+    the same values and gradients each time (to rounding), so cached kernels never hold the
+    address of a library."""
+    cache = tmp_path / "cache"
+    runs = {}
+    for run, env in (("first", {}), ("scipy", {"JITNN_BLAS": "scipy"}), ("again", {})):
+        folder = tmp_path / run
+        folder.mkdir()
+        stdout = run_child(LAYERS, folder, cache, **env)
+        runs[run] = folder
+        if run == "scipy":
+            assert "library scipy" in stdout
+    for name in ("mlp-float32", "mlp-float64", "cnn-float32", "cnn-float64"):
+        first, scipy, again = (np.load(runs[run] / f"{name}.npy") for run in ("first", "scipy", "again"))
+        np.testing.assert_array_equal(first, again, err_msg=name)  # same library, same bits
+        tolerance = TOLERANCE[np.float32 if "32" in name else np.float64]
+        np.testing.assert_allclose(scipy, first, rtol=tolerance["rtol"] * 10, atol=tolerance["atol"] * 10, err_msg=name)
+
+
+def test_an_unknown_blas_choice_is_refused_at_import(tmp_path: Path) -> None:
+    environment = {**os.environ, "JITNN_BLAS": "mkl", "NUMBA_CACHE_DIR": str(tmp_path)}
+    process = subprocess.run([sys.executable, "-c", "import jitnn"], env=environment, capture_output=True, text=True,
+                             timeout=CHILD_TIMEOUT)
+    assert process.returncode != 0
+    assert "JITNN_BLAS must be 'numpy' or 'scipy'" in process.stderr
