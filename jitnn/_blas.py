@@ -9,9 +9,9 @@ the products of a small batch the newer one is faster: the forward product of a
 (``benchmarks/gemm.py``). NumPy's own products and jitnn's then also share one pool of
 threads instead of two, which spin against each other after each call.
 
-Compiled code calls the product through a symbol jitnn registers at import
-(``jitnn_sgemm``/``jitnn_dgemm``, the CBLAS interface with 64-bit integers), so kernels cached
-on disk never hold an address. Where NumPy has no bundled OpenBLAS (a build against another
+Compiled code calls the library through symbols jitnn registers at import (``jitnn_sgemm``,
+``jitnn_dgemv`` and so on: CBLAS's gemm, and gemv for a single row or column, with 64-bit
+integers), so kernels cached on disk never hold an address. Where NumPy has no bundled OpenBLAS (a build against another
 BLAS), or ``JITNN_BLAS=scipy`` is set, the symbols name a small compiled function that calls
 Numba's own product instead, that is SciPy's BLAS: every kernel works the same either way.
 
@@ -41,20 +41,26 @@ __all__ = [
 ]
 
 #: Batches smaller than this run the step's BLAS on one thread; larger ones use every core
-#: BLAS was started with. ``benchmarks/threads.py`` on 2 cores: the 784-256-128-10 MLP ties
-#: at batch 1-10 and is 1.3x faster on 2 threads at 16 (1.8x at 1024); a small CNN ties at
-#: every batch size. One thread below the crossover also keeps small steps from waiting on a
-#: second core that other processes hold (on a loaded machine 2 threads were up to 100x slower).
-SMALL_BATCH = 16
+#: BLAS was started with. ``benchmarks/threads.py`` on 2 cores, with NumPy's OpenBLAS: the
+#: 784-256-128-10 MLP ties at batch 1-4 and is 1.17x faster on 2 threads at 8 (1.28x at 16,
+#: 1.66x at 64); a small CNN ties at most sizes up to 64 (8% slower on 2 threads at 32). One
+#: thread below the crossover also keeps small steps from waiting on a second core that
+#: other processes hold (on a loaded machine 2 threads were up to 100x slower).
+SMALL_BATCH = 8
 
 
 # --------------------------------------------------------------------------- the library
+_ROUTINES = ("gemm", "gemv")  # the BLAS routines jitnn calls
+
+
 class Library(NamedTuple):
     """The BLAS that jitnn's products run on."""
 
     name: str  #: "numpy" (NumPy's bundled OpenBLAS) or "scipy" (Numba's product: SciPy's BLAS)
     path: str  #: the shared library's file, or "" where it is not known
-    gemm: dict[str, int]  #: the address of the CBLAS gemm per dtype char ("f", "d"), if direct
+    #: the addresses of its CBLAS gemm and gemv by (routine, dtype char), for example
+    #: ("gemm", "f"); empty where the products go through Numba's own (SciPy's BLAS)
+    routines: dict[tuple[str, str], int]
     set_threads: Callable[[int], Any] | None
     get_threads: Callable[[], int] | None
 
@@ -85,12 +91,13 @@ def _numpy_openblas() -> Library | None:
         if library is None:
             continue
         for prefix in ("scipy_", ""):  # NumPy 2 wheels prefix OpenBLAS's symbols, NumPy 1.26 does not
-            sgemm, dgemm = getattr(library, f"{prefix}cblas_sgemm64_", None), getattr(library, f"{prefix}cblas_dgemm64_", None)
-            if sgemm is None or dgemm is None:
+            functions = {(routine, char): getattr(library, f"{prefix}cblas_{'s' if char == 'f' else 'd'}{routine}64_", None)
+                         for routine in _ROUTINES for char in "fd"}
+            if None in functions.values():
                 continue
-            gemm = {"f": ctypes.cast(sgemm, ctypes.c_void_p).value, "d": ctypes.cast(dgemm, ctypes.c_void_p).value}
+            routines = {name: ctypes.cast(function, ctypes.c_void_p).value for name, function in functions.items()}
             setter, getter = _thread_functions(library, ((f"{prefix}openblas_set_num_threads64_", f"{prefix}openblas_get_num_threads64_"),))
-            return Library("numpy", path, gemm, setter, getter)
+            return Library("numpy", path, routines, setter, getter)
     return None
 
 
@@ -196,45 +203,61 @@ def check_threads(value: Any, who: str) -> int | None:
 
 # --------------------------------------------------------------------------- the products
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
-_SYMBOLS = {"f": "jitnn_sgemm", "d": "jitnn_dgemm"}
-
-
-def _gemm_signature(scalar: Any) -> Any:
-    """CBLAS gemm with 64-bit integers: (order, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)."""
+def _signature(routine: str, scalar: Any) -> Any:
+    """CBLAS's gemm and gemv with 64-bit integers:
+    gemm(order, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc) and
+    gemv(order, trans, m, n, alpha, A, lda, x, incx, beta, y, incy)."""
     i32, i64, pointer = types.int32, types.int64, types.voidptr
-    return types.void(i32, i32, i32, i64, i64, i64, scalar, pointer, i64, pointer, i64, scalar, pointer, i64)
+    if routine == "gemm":
+        return types.void(i32, i32, i32, i64, i64, i64, scalar, pointer, i64, pointer, i64, scalar, pointer, i64)
+    return types.void(i32, i32, i64, i64, scalar, pointer, i64, pointer, i64, scalar, pointer, i64)
 
 
-def _fallback_gemm(dtype: Any) -> int:
-    """The address of a compiled row-major gemm that calls Numba's own product (SciPy's BLAS)."""
-    scalar = numba.from_dtype(np.dtype(dtype))
+def _fallback(routine: str, dtype: Any) -> int:
+    """The address of a compiled row-major ``routine`` that calls Numba's own product
+    (SciPy's BLAS) instead of a library's: what the symbols name where NumPy has no
+    bundled OpenBLAS."""
 
     def gemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):  # pragma: no cover - compiled
         A = numba.carray(a, (m, lda), dtype)[:, :k] if transa == _NO_TRANS else numba.carray(a, (k, lda), dtype)[:, :m].T
         B = numba.carray(b, (k, ldb), dtype)[:, :n] if transb == _NO_TRANS else numba.carray(b, (n, ldb), dtype)[:, :k].T
-        C = numba.carray(c, (m, ldc), dtype)[:, :n]
+        C = numba.carray(c, (m, ldc), dtype)
         product = np.ascontiguousarray(A) @ np.ascontiguousarray(B)
         for i in range(m):
             for j in range(n):
                 C[i, j] = alpha * product[i, j] + (beta * C[i, j] if beta != 0 else 0)
 
-    return numba.cfunc(_gemm_signature(scalar), cache=True)(gemm).address
+    def gemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):  # pragma: no cover - compiled
+        A = numba.carray(a, (m, lda), dtype)[:, :n]
+        if trans != _NO_TRANS:
+            A = A.T
+        rows, length = A.shape
+        vector = numba.carray(x, ((length - 1) * incx + 1,), dtype)[::incx]
+        out = numba.carray(y, ((rows - 1) * incy + 1,), dtype)[::incy]
+        product = np.ascontiguousarray(A) @ np.ascontiguousarray(vector)
+        for i in range(rows):
+            out[i] = alpha * product[i] + (beta * out[i] if beta != 0 else 0)
+
+    signature = _signature(routine, numba.from_dtype(np.dtype(dtype)))
+    return numba.cfunc(signature, cache=True)(gemm if routine == "gemm" else gemv).address
 
 
-def _register() -> dict[str, Any]:
-    """Point the gemm symbols at the library in use; the typed external functions."""
+def _register() -> dict[tuple[str, str], Any]:
+    """Point jitnn's BLAS symbols at the library in use; the typed external functions, by
+    (routine, dtype char)."""
     import llvmlite.binding as llvm
 
     functions = {}
-    for char, symbol in _SYMBOLS.items():
-        scalar = numba.from_dtype(np.dtype(char))
-        address = _LIBRARY.gemm.get(char) or _fallback_gemm(np.dtype(char).type)
-        llvm.add_symbol(symbol, address)
-        functions[char] = types.ExternalFunction(symbol, _gemm_signature(scalar))
+    for routine in _ROUTINES:
+        for char in "fd":
+            symbol = f"jitnn_{'s' if char == 'f' else 'd'}{routine}"
+            address = _LIBRARY.routines.get((routine, char)) or _fallback(routine, np.dtype(char).type)
+            llvm.add_symbol(symbol, address)
+            functions[routine, char] = types.ExternalFunction(symbol, _signature(routine, numba.from_dtype(np.dtype(char))))
     return functions
 
 
-_GEMM = {} if numba.config.DISABLE_JIT else _register()
+_ROUTINE = {} if numba.config.DISABLE_JIT else _register()
 
 
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -253,14 +276,15 @@ def matmul_into(A: np.ndarray, B: np.ndarray, out: np.ndarray, accumulate: bool 
 
 
 def _direct(*arrays: Any) -> Any:
-    """The gemm for these array types, or ``None`` where the product is not a plain 2-D
-    float32/float64 one."""
+    """The (gemm, gemv) pair for these array types, or ``None`` where the product is not a
+    plain 2-D float32/float64 one."""
     if not all(isinstance(a, types.Array) and a.ndim == 2 for a in arrays):
         return None
     dtype = arrays[0].dtype
     if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
         return None
-    return _GEMM[np.dtype(str(dtype)).char]
+    char = np.dtype(str(dtype)).char
+    return _ROUTINE["gemm", char], _ROUTINE["gemv", char]
 
 
 def _operand(array: Any) -> tuple[int, bool]:
@@ -270,8 +294,7 @@ def _operand(array: Any) -> tuple[int, bool]:
 
 @overload(matmul, jit_options={"error_model": "numpy"})
 def _matmul(A, B):  # type: ignore[no-untyped-def]  # Numba compares the parameters with impl's
-    gemm = _direct(A, B)
-    if gemm is None:
+    if _direct(A, B) is None:
         return lambda A, B: A @ B
     if A.layout not in "CF" or B.layout not in "CF":  # strided views: one contiguous copy
         return lambda A, B: matmul(np.ascontiguousarray(A), np.ascontiguousarray(B))
@@ -286,8 +309,8 @@ def _matmul(A, B):  # type: ignore[no-untyped-def]  # Numba compares the paramet
 
 @overload(matmul_into, jit_options={"error_model": "numpy"})
 def _matmul_into(A, B, out, accumulate=False):  # type: ignore[no-untyped-def]
-    gemm = _direct(A, B, out)
-    if gemm is None or out.layout != "C":
+    routines = _direct(A, B, out)
+    if routines is None or out.layout != "C":
         def through_numba(A, B, out, accumulate=False):  # pragma: no cover - compiled
             if accumulate:
                 out += A @ B
@@ -296,6 +319,7 @@ def _matmul_into(A, B, out, accumulate=False):  # type: ignore[no-untyped-def]
         return through_numba
     if A.layout not in "CF" or B.layout not in "CF":
         return lambda A, B, out, accumulate=False: matmul_into(np.ascontiguousarray(A), np.ascontiguousarray(B), out, accumulate)
+    gemm, gemv = routines
     trans_a, a_rows = _operand(A)
     trans_b, b_rows = _operand(B)
     one, zero = (np.dtype(str(A.dtype)).type(v) for v in (1, 0))
@@ -313,7 +337,15 @@ def _matmul_into(A, B, out, accumulate=False):  # type: ignore[no-untyped-def]
             return
         lda = A.shape[1] if a_rows else A.shape[0]
         ldb = B.shape[1] if b_rows else B.shape[0]
-        gemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, one, A.ctypes.data, lda, B.ctypes.data, ldb,
-             one if accumulate else zero, out.ctypes.data, n)
+        beta = one if accumulate else zero
+        if m == 1:  # a row times a matrix: out = op(B).T @ a, one matrix-vector product
+            gemv(_ROW_MAJOR, _TRANS if b_rows else _NO_TRANS, k if b_rows else n, n if b_rows else k, one,
+                 B.ctypes.data, ldb, A.ctypes.data, 1, beta, out.ctypes.data, 1)
+        elif n == 1:  # a matrix times a column
+            gemv(_ROW_MAJOR, _NO_TRANS if a_rows else _TRANS, m if a_rows else k, k if a_rows else m, one,
+                 A.ctypes.data, lda, B.ctypes.data, 1, beta, out.ctypes.data, 1)
+        else:
+            gemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, one, A.ctypes.data, lda, B.ctypes.data, ldb,
+                 beta, out.ctypes.data, n)
 
     return impl

@@ -44,7 +44,9 @@ def layouts(M: np.ndarray) -> dict[str, np.ndarray]:
     return {"C": np.ascontiguousarray(M), "F": np.asfortranarray(M), "strided": strided}
 
 
-SHAPES = [(3, 4, 5), (1, 7, 6), (6, 7, 1), (5, 1, 4), (16, 33, 9)]
+#: (m, k, n): a general product, a row times a matrix and a matrix times a column (gemv),
+#: a dot product, an outer product (k = 1) and a larger one
+SHAPES = [(3, 4, 5), (1, 7, 6), (6, 7, 1), (1, 5, 1), (5, 1, 4), (16, 33, 9)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -113,7 +115,8 @@ def test_the_library_in_use_is_described() -> None:
     library = _blas.library()
     assert library.name in ("numpy", "scipy")
     if library.name == "numpy":
-        assert set(library.gemm) == {"f", "d"} and all(library.gemm.values())
+        assert set(library.routines) == {(routine, char) for routine in ("gemm", "gemv") for char in "fd"}
+        assert all(library.routines.values())
         assert Path(library.path).is_file()
     assert _blas.available() == (library.set_threads is not None)
 
@@ -130,10 +133,12 @@ LAYERS = textwrap.dedent("""
         k = jn.random.split(key, 4)
         mlp = jn.pipe(jn.Dense.init(k[0], 12, 9, dtype=dtype), jn.ReLU(), jn.Dense.init(k[1], 9, 4, dtype=dtype))
         cnn = jn.pipe(jn.Conv2D.init(k[2], 2, 3, 3, dtype=dtype), jn.ReLU(), jn.Flatten(), jn.Dense.init(k[3], 3 * 4 * 4, 4, dtype=dtype))
-        T = np.arange(5) % 4
-        for name, model, X in (("mlp", mlp, jn.random.normal(k[0], (5, 12), dtype=dtype)),
-                               ("cnn", cnn, jn.random.normal(k[1], (5, 2, 6, 6), dtype=dtype))):
-            value, grads = jn.value_and_grad(model, jn.SoftmaxCrossEntropy(), X, T)
+        single = jn.Dense.init(k[3], 12, 1, dtype=dtype)  # one example, one output: matrix-vector products
+        for name, model, X, loss, T in (
+                ("mlp", mlp, jn.random.normal(k[0], (5, 12), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4),
+                ("cnn", cnn, jn.random.normal(k[1], (5, 2, 6, 6), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4),
+                ("single", single, jn.random.normal(k[2], (1, 12), dtype=dtype), jn.MeanSquaredError(), np.ones((1, 1), dtype))):
+            value, grads = jn.value_and_grad(model, loss, X, T)
             flat = np.concatenate([np.ravel(leaf) for leaf in jn.tree.leaves(grads)] + [model.forward(X).ravel()])
             np.save(f"{name}-{np.dtype(dtype).name}.npy", flat)
             print("value", name, np.dtype(dtype).name, repr(float(value)))
@@ -162,7 +167,7 @@ def test_scipy_blas_gives_the_same_layers_and_shares_the_cache(tmp_path: Path) -
         runs[run] = folder
         if run == "scipy":
             assert "library scipy" in stdout
-    for name in ("mlp-float32", "mlp-float64", "cnn-float32", "cnn-float64"):
+    for name in (f"{model}-{dtype}" for model in ("mlp", "cnn", "single") for dtype in ("float32", "float64")):
         first, scipy, again = (np.load(runs[run] / f"{name}.npy") for run in ("first", "scipy", "again"))
         np.testing.assert_array_equal(first, again, err_msg=name)  # same library, same bits
         tolerance = TOLERANCE[np.float32 if "32" in name else np.float64]
