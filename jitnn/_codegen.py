@@ -157,9 +157,12 @@ class StepSource:
         self._new_params: dict[int, str] = {}
         self._new_moments: list[dict[int, str]] = [{} for _ in range(n_moments)]
         y, output_shape, backward = self.layer(model, "X", tuple(input_shape), "")
-        value, grad = self.kernel(loss.kernels.value), self.kernel(loss.kernels.grad)
-        self.line(f"value = {value}(ro({y}), T, *loss_config)")
-        self.line(f"dy = {grad}(ro({y}), T, *loss_config)")
+        if loss.kernels.value_and_grad is not None:
+            self.line(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}(ro({y}), T, *loss_config)")
+        else:
+            value, grad = self.kernel(loss.kernels.value), self.kernel(loss.kernels.grad)
+            self.line(f"value = {value}(ro({y}), T, *loss_config)")
+            self.line(f"dy = {grad}(ro({y}), T, *loss_config)")
         backward("dy", False)
         buffers = _tuple(name for _, name in self.buffers)
         if self._update is None:

@@ -1,5 +1,6 @@
 """Losses: records with two kernels, ``value(Y, T) -> float`` (mean over the batch) and
-``grad(Y, T) -> dL/dY``. Targets are checked in Python before a kernel sees them."""
+``grad(Y, T) -> dL/dY``, and optionally a third that gives both in one pass. Targets are
+checked in Python before a kernel sees them."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ import numpy as np
 
 from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly
 from jitnn._jit import jit
-from jitnn.layers.activations import _softmax_rows
 from jitnn.protocol import Array
 
 __all__ = ["Loss", "LossKernels", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy"]
 
 
 class LossKernels(NamedTuple):
-    """``value(Y, T, *config) -> float`` and ``grad(Y, T, *config) -> dY``."""
+    """``value(Y, T, *config) -> float`` and ``grad(Y, T, *config) -> dY``; optionally
+    ``value_and_grad(Y, T, *config) -> (value, dY)``, both in one pass, for a loss whose two
+    halves share their costly part (softmax cross-entropy's exponentials). Where it is given,
+    training (:meth:`Loss.value_and_grad` and the compiled step) calls it instead of the two;
+    its results must be those of ``value`` and ``grad``."""
 
     value: Callable[..., float]
     grad: Callable[..., Array]
+    value_and_grad: Callable[..., tuple[float, Array]] | None = None
 
 
 class Loss:
@@ -63,8 +68,11 @@ class Loss:
     def value_and_grad(self, Y: Any, T: Any) -> tuple[float, Array]:
         """Both, checking the arguments once."""
         Y, T = self._prepare(Y, T)
-        config = self.config()
-        return float(self.kernels.value(Y, T, *config)), self.kernels.grad(Y, T, *config)
+        config, kernels = self.config(), self.kernels
+        if kernels.value_and_grad is not None:
+            value, dY = kernels.value_and_grad(Y, T, *config)
+            return float(value), dY
+        return float(kernels.value(Y, T, *config)), kernels.grad(Y, T, *config)
 
 
 _REGISTRY: list[type] = []
@@ -89,28 +97,37 @@ def _require_2d(loss_: Loss, Y: Array) -> None:
 
 # --------------------------------------------------------------------------- softmax + cross-entropy
 @jit
-def _softmax_cross_entropy_value(Y, T):
-    """mean_i [logsumexp(Y[i]) - Y[i, T[i]]];  Y (n, k) logits, T (n,) int labels -> float."""
+def _softmax_cross_entropy_value_and_grad(Y, T):
+    """mean_i [logsumexp(Y[i]) - Y[i, T[i]]] and dY = (softmax(Y) - onehot(T)) / n, with
+    one exponential per element (in float64; dY is rounded once);  Y (n, k) logits, T (n,)
+    int labels -> (float, dY (n, k))."""
+    n, k = Y.shape
+    dY = np.empty(Y.shape, Y.dtype)
+    exps = np.empty(k, np.float64)
     total = 0.0
-    for i in range(Y.shape[0]):
+    for i in range(n):
         top = Y[i].max()
         s = 0.0
-        for j in range(Y.shape[1]):
-            s += math.exp(Y[i, j] - top)
+        for j in range(k):
+            exps[j] = math.exp(Y[i, j] - top)
+            s += exps[j]
         total += math.log(s) + top - Y[i, T[i]]
-    return total / Y.shape[0]
+        for j in range(k):
+            dY[i, j] = exps[j] / s / n
+        dY[i, T[i]] = (exps[T[i]] / s - 1.0) / n
+    return total / n, dY
+
+
+@jit
+def _softmax_cross_entropy_value(Y, T):
+    """The value alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
+    return _softmax_cross_entropy_value_and_grad(Y, T)[0]
 
 
 @jit
 def _softmax_cross_entropy_grad(Y, T):
-    """dY = (softmax(Y) - onehot(T)) / n;  Y (n, k), T (n,) -> dY (n, k)."""
-    n = Y.shape[0]
-    dY = _softmax_rows(Y)
-    for i in range(n):
-        for j in range(Y.shape[1]):
-            dY[i, j] /= n
-        dY[i, T[i]] -= 1.0 / n
-    return dY
+    """The gradient alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
+    return _softmax_cross_entropy_value_and_grad(Y, T)[1]
 
 
 @loss
@@ -118,7 +135,7 @@ class SoftmaxCrossEntropy(Loss):
     """Cross-entropy of softmax(Y) against integer labels: Y ``(n, n_classes)`` logits,
     T ``(n,)`` class indices of any integer dtype. Stable for logits of any magnitude."""
 
-    kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad)
+    kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad, _softmax_cross_entropy_value_and_grad)
 
     def targets(self, Y: Array, T: Any) -> Array:
         _require_2d(self, Y)

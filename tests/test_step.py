@@ -113,6 +113,71 @@ def test_every_loss_agrees_with_the_generic_step(loss: jn.Loss) -> None:
     run_both(mlp(np.float64), loss, jn.optim.sgd(0.1), [(X, T)] * 3, np.float64)
 
 
+# --------------------------------------------------------------------------- a user's loss
+@jit
+def _absolute_error_value(Y, T, weight):
+    """weight * mean_i sum_j |Y - T|;  Y, T (n, k) -> float."""
+    total = 0.0
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            total += abs(Y[i, j] - T[i, j])
+    return weight * total / Y.shape[0]
+
+
+@jit
+def _absolute_error_grad(Y, T, weight):
+    """weight * sign(Y - T) / n;  (n, k)."""
+    dY = np.empty_like(Y)
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            dY[i, j] = weight * np.sign(Y[i, j] - T[i, j]) / Y.shape[0]
+    return dY
+
+
+@jit
+def _absolute_error_value_and_grad(Y, T, weight):
+    return _absolute_error_value(Y, T, weight), _absolute_error_grad(Y, T, weight)
+
+
+@jn.loss
+class AbsoluteError(jn.Loss):
+    """A user's loss with a configuration field, with or without a fused kernel."""
+
+    weight: float = 0.5
+    kernels = jn.losses.LossKernels(_absolute_error_value, _absolute_error_grad)
+
+    def targets(self, Y: np.ndarray, T: Any) -> np.ndarray:
+        return np.asarray(T, dtype=Y.dtype)
+
+
+@jn.loss
+class FusedAbsoluteError(AbsoluteError):
+    kernels = jn.losses.LossKernels(_absolute_error_value, _absolute_error_grad, _absolute_error_value_and_grad)
+
+
+@pytest.mark.parametrize("loss_class", [AbsoluteError, FusedAbsoluteError])
+def test_a_users_loss_with_or_without_a_fused_kernel_agrees_with_the_generic_step(loss_class: type) -> None:
+    rng = np.random.default_rng(5)
+    X, T = rng.normal(size=(9, 6)), rng.normal(size=(9, 4))
+    loss = loss_class(weight=0.25)
+    value, dY = loss.value_and_grad(X[:, :4], T)
+    assert value == loss.value(X[:, :4], T) and np.array_equal(dY, loss.grad(X[:, :4], T))
+    run_both(mlp(np.float64), loss, jn.optim.sgd(0.1), [(X, T)] * 3, np.float64)
+    step = jn.compile_step(mlp(np.float64), loss, jn.optim.sgd(0.1))
+    step(mlp(np.float64), jn.optim.sgd(0.1).init(mlp(np.float64)), X, T)
+    fused = loss_class is FusedAbsoluteError
+    assert ("_absolute_error_value_and_grad" in step.source) == fused
+    assert ("_absolute_error_grad" in step.source.replace("_absolute_error_value_and_grad", "")) == (not fused)
+
+
+def test_softmax_cross_entropy_is_one_kernel_in_the_compiled_step() -> None:
+    step = jn.compile_step(mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1))
+    X, T = classification_batches(np.float64, steps=1)[0]
+    step(mlp(np.float64), jn.optim.sgd(0.1).init(mlp(np.float64)), X, T)
+    assert "_softmax_cross_entropy_value_and_grad" in step.source
+    assert "_softmax_cross_entropy_grad" not in step.source
+
+
 # --------------------------------------------------------------------------- a user's layer, nested models
 @jit
 def _feature_scale_forward(X, scale):
