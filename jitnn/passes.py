@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from jitnn import random, tree
+from jitnn import _memory, random, tree
 from jitnn._checks import describe, float_input
 from jitnn.losses import Loss
 from jitnn.protocol import Array, Context, Layer
@@ -56,6 +56,7 @@ def forward(model: Layer, X: Any, *, key: random.Key | None = None, training: bo
         running statistics after a training batch
     """
     _check_model(model, "forward")
+    _memory.keep_freed_memory()  # once per process: reuse the blocks earlier steps freed
     context = _context(key, training, "forward")
     X = model._input(X)
     Y, inputs, updated = model._trace(X, "", context)
@@ -71,6 +72,7 @@ def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
     dX : array, the shape of the model's input, ``dL/dX``
     """
     _check_model(model, "backward")
+    _memory.keep_freed_memory()  # once per process: reuse the blocks earlier steps freed
     if not isinstance(trace, Trace):
         raise TypeError(f"backward: trace must be the Trace returned by jitnn.forward, got {type(trace).__name__}")
     if trace.model is not model:
@@ -94,6 +96,7 @@ def value_grad_and_update(
     updated model.
     """
     _check_model(model, "value_and_grad")
+    _memory.keep_freed_memory()  # once per process: reuse the blocks earlier steps freed
     if not isinstance(loss, Loss):
         raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
     context = _context(key, training, "value_and_grad")
