@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import jitnn as jn
+from user_layers import Scale, ScaleShape, _scale_forward, _scale_grad_input, _scale_grad_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -987,24 +988,7 @@ def test_fit_bad_model_or_loss(small_classifier):
 
 
 # =========================================================================== a user-defined layer
-@numba.njit(cache=True)
-def _scale_forward(X, s):
-    """Y = X * s;  X (n, k), s (k,) -> Y (n, k)."""
-    return X * s
-
-
-@numba.njit(cache=True)
-def _scale_grad_input(X, dY, s):
-    """dX = dY * s;  dY (n, k), s (k,) -> dX (n, k)."""
-    return dY * s
-
-
-@numba.njit(cache=True)
-def _scale_grad_params(X, dY, s):
-    """ds = sum over the batch of X * dY;  -> (k,)."""
-    return ((X * dY).sum(axis=0),)
-
-
+# Scale (tests/user_layers.py) and three variants whose gradients are wrong on purpose.
 @numba.njit(cache=True)
 def _scale_grad_input_doubled(X, dY, s):
     """Wrong on purpose: twice the true dX."""
@@ -1025,40 +1009,20 @@ def _scale_grad_params_wrong(X, dY, s):
     return (dY.sum(axis=0),)
 
 
-class _ScaleShape:
-    """The shape rule shared by the Scale layers below."""
-
-    @property
-    def input_shape(self):
-        return self.s.shape
-
-    def output_shape(self, input_shape):
-        jn.require_shape(input_shape, self.input_shape)
-        return tuple(input_shape)
-
-
 @jn.layer
-class Scale(_ScaleShape):
-    """Y = X * s, one learned factor per feature."""
-
-    s: np.ndarray = jn.param()
-    kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params)
-
-
-@jn.layer
-class ScaleDoubledInputGrad(_ScaleShape):
+class ScaleDoubledInputGrad(ScaleShape):
     s: np.ndarray = jn.param()
     kernels = jn.Kernels(_scale_forward, _scale_grad_input_doubled, _scale_grad_params)
 
 
 @jn.layer
-class ScaleOneBadElement(_ScaleShape):
+class ScaleOneBadElement(ScaleShape):
     s: np.ndarray = jn.param()
     kernels = jn.Kernels(_scale_forward, _scale_grad_input_one_bad_element, _scale_grad_params)
 
 
 @jn.layer
-class ScaleWrongParamGrad(_ScaleShape):
+class ScaleWrongParamGrad(ScaleShape):
     s: np.ndarray = jn.param()
     kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params_wrong)
 

@@ -181,6 +181,10 @@ def test_batch_norm_errors(rng):
         jn.BatchNorm(scale=np.ones(3), shift=np.ones(3), running_mean=np.ones(2), running_var=np.ones(3))
     with pytest.raises(TypeError, match="dtype"):
         jn.BatchNorm(scale=np.ones(3), shift=np.ones(3), running_mean=np.ones(3, np.float32), running_var=np.ones(3))
+    with pytest.raises(ValueError, match="running_var must not be negative, got a minimum of -0.5"):
+        jn.BatchNorm(scale=np.ones(3), shift=np.ones(3), running_mean=np.ones(3), running_var=np.array([1.0, -0.5, 0.0]))
+    diverged = jn.BatchNorm(scale=np.ones(3), shift=np.ones(3), running_mean=np.ones(3), running_var=np.array([1.0, np.nan, 0.0]))
+    assert np.isnan(diverged.running_var[1])  # a diverged model can still be built, saved and inspected
 
 
 # --------------------------------------------------------------------------- Embedding

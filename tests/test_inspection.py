@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 import attrs
-import numba
 import numpy as np
 import pytest
 
 import jitnn as jn
 from jitnn.inspection import Summary, SummaryRow, _format_bytes, summary
+from user_layers import Scale
 
 
 def keys(n: int, seed: int = 0) -> tuple[jn.random.Key, ...]:
@@ -291,37 +291,6 @@ def test_embedding_of_one_index_per_example_takes_the_empty_shape():
 
 
 # =========================================================================== a user's layers
-@numba.njit(cache=True)
-def _scale_forward(X, s):
-    return X * s
-
-
-@numba.njit(cache=True)
-def _scale_grad_input(X, dY, s):
-    return dY * s
-
-
-@numba.njit(cache=True)
-def _scale_grad_params(X, dY, s):
-    return ((dY * X).sum(axis=0),)
-
-
-@jn.layer
-class Scale:
-    """Y = X * s, one learned factor per feature (a user's layer)."""
-
-    s: np.ndarray = jn.param()
-    kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params)
-
-    @property
-    def input_shape(self):
-        return self.s.shape
-
-    def output_shape(self, input_shape):
-        jn.require_shape(input_shape, self.input_shape)
-        return tuple(input_shape)
-
-
 @jn.layer
 class Twice(jn.Composite):
     """Its member applied twice: a user's composite whose routing a summary cannot know."""

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import jitnn as jn
 from jitnn import _blas, _codegen
 from jitnn._jit import jit
 from test_conformance import LAYER_EXAMPLES, LAYER_IDS, dense
+from user_layers import Scale, _scale_forward, _scale_grad_input
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_jit = pytest.mark.skipif(bool(numba.config.DISABLE_JIT), reason="about compiled machine code, which NUMBA_DISABLE_JIT=1 turns off")
@@ -179,43 +179,9 @@ def test_softmax_cross_entropy_is_one_kernel_in_the_compiled_step() -> None:
 
 
 # --------------------------------------------------------------------------- a user's layer, nested models
-@jit
-def _feature_scale_forward(X, scale):
-    """Y = X * scale per feature;  X (n, k), scale (k,)."""
-    Y = np.empty_like(X)
-    for i in range(X.shape[0]):
-        for j in range(X.shape[1]):
-            Y[i, j] = X[i, j] * scale[j]
-    return Y
-
-
-@jit
-def _feature_scale_grad_input(X, dY, scale):
-    """dX = dY * scale;  (n, k)."""
-    return _feature_scale_forward(dY, scale)
-
-
-@jit
-def _feature_scale_grad_params(X, dY, scale):
-    """d scale = sum over the batch of dY * X;  -> ((k,),)."""
-    d_scale = np.zeros_like(scale)
-    for i in range(X.shape[0]):
-        for j in range(X.shape[1]):
-            d_scale[j] += dY[i, j] * X[i, j]
-    return (d_scale,)
-
-
-@jn.layer
-class FeatureScale:
-    """A user's layer: a learned scale per feature."""
-
-    scale: jn.Array = jn.param()
-    kernels = jn.Kernels(_feature_scale_forward, _feature_scale_grad_input, _feature_scale_grad_params)
-
-
 def test_a_user_layer_agrees_with_the_generic_step() -> None:
     rng = np.random.default_rng(5)
-    model = jn.pipe(dense(rng, 6, 5, np.float64), FeatureScale(scale=rng.normal(size=5)), jn.Tanh(), dense(rng, 5, 4, np.float64))
+    model = jn.pipe(dense(rng, 6, 5, np.float64), Scale(s=rng.normal(size=5)), jn.Tanh(), dense(rng, 5, 4, np.float64))
     run_both(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.02), classification_batches(np.float64), np.float64)
 
 
@@ -377,7 +343,7 @@ class PythonStatistics:
     """A layer that updates a buffer in Python, so the step cannot run it."""
 
     count: jn.Array = jn.buffer()
-    kernels = jn.Kernels(_feature_scale_forward, _feature_scale_grad_input)
+    kernels = jn.Kernels(_scale_forward, _scale_grad_input)
     needs_context = True
 
     def updated(self, X: Any, call_args: Any) -> "PythonStatistics":

@@ -13,7 +13,6 @@ import numpy as np
 from jitnn import random
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
-from jitnn._checks import freeze, readonly
 from jitnn.protocol import Array, Context, Kernels, Layer, buffer, layer, param
 
 __all__ = ["LayerNorm", "BatchNorm"]
@@ -128,13 +127,11 @@ class LayerNorm(Layer):
 
 # --------------------------------------------------------------------------- batch normalization
 @jit
-def _batch_norm_moments(X, running_mean, running_var, training):
-    """Per channel of X (n, C, ...): the batch mean and biased variance if training, else
-    the running ones;  -> mean (C,), variance (C,) in float64."""
+def _batch_statistics(X):
+    """Per channel of X (n, C, ...): the batch mean and biased variance;  -> mean (C,),
+    variance (C,) in float64."""
     n, channels = X.shape[0], X.shape[1]
     x = X.reshape((n, channels, X.size // (n * channels)))
-    if not training:
-        return running_mean.astype(np.float64), running_var.astype(np.float64)
     count = n * x.shape[2]
     mean, variance = np.zeros(channels), np.zeros(channels)
     for c in range(channels):
@@ -147,6 +144,15 @@ def _batch_norm_moments(X, running_mean, running_var, training):
                 variance[c] += (x[i, c, s] - mean[c]) ** 2
         variance[c] /= count
     return mean, variance
+
+
+@jit
+def _batch_norm_moments(X, running_mean, running_var, training):
+    """The batch's statistics if training, else the running ones;  -> mean (C,), variance (C,)
+    in float64."""
+    if training:
+        return _batch_statistics(X)
+    return running_mean.astype(np.float64), running_var.astype(np.float64)
 
 
 @jit
@@ -212,7 +218,7 @@ def _batch_norm_grad_params(X, dY, scale, shift, running_mean, running_var, mome
 def _batch_norm_update(X, scale, shift, running_mean, running_var, momentum, eps, training):
     """running <- (1 - momentum) running + momentum batch, with the unbiased batch variance;
     -> (running_mean (C,), running_var (C,))."""
-    mean, variance = _batch_norm_moments(X, running_mean, running_var, True)
+    mean, variance = _batch_statistics(X)
     count = X.size // X.shape[1]
     keep = 1.0 - momentum
     new_mean, new_var = np.empty_like(running_mean), np.empty_like(running_var)
@@ -269,6 +275,8 @@ class BatchNorm(Layer):
         shape = self.scale.shape
         if len(shape) != 1 or any(getattr(self, name).shape != shape for name in ("shift", "running_mean", "running_var")):
             raise ValueError("BatchNorm: scale, shift, running_mean and running_var must all have shape (features,)")
+        if np.any(self.running_var < 0):  # training never makes one; a NaN (a diverged model) is kept
+            raise ValueError(f"BatchNorm: running_var must not be negative, got a minimum of {float(np.min(self.running_var))}")
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) < 1 or input_shape[0] != self.features:
