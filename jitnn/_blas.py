@@ -5,7 +5,7 @@ Kernels multiply matrices with :func:`matmul` and :func:`matmul_into`, not with 
 these call the OpenBLAS that NumPy's wheels bundle, where there is one. The two are often
 not the same release (NumPy 2.4.6 ships OpenBLAS 0.3.31, SciPy 1.17.1 ships 0.3.30), and on
 the products of a small batch the newer one is faster: the forward product of a
-784-256-128-10 MLP's first layer at batch 16 takes 60 µs instead of 77 µs on 2 cores
+784-256-128-10 MLP's first layer at batch 16 takes 57 µs instead of 77 µs on 2 cores
 (``benchmarks/gemm.py``). NumPy's own products and jitnn's then also share one pool of
 threads instead of two, which spin against each other after each call.
 
