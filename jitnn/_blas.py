@@ -43,9 +43,9 @@ __all__ = [
 #: Batches smaller than this run the step's BLAS on one thread; larger ones use every core
 #: BLAS was started with. ``benchmarks/threads.py`` on 2 cores, with NumPy's OpenBLAS: the
 #: 784-256-128-10 MLP ties at batch 1-4 and is 1.17x faster on 2 threads at 8 (1.28x at 16,
-#: 1.66x at 64); a small CNN ties at most sizes up to 64 (8% slower on 2 threads at 32). One
-#: thread below the crossover also keeps small steps from waiting on a second core that
-#: other processes hold (on a loaded machine 2 threads were up to 100x slower).
+#: 1.61x at 64); a small CNN ties at every size up to 256. One thread below the crossover
+#: also keeps small steps from waiting on a second core that other processes hold (on a
+#: loaded machine 2 threads were up to 100x slower).
 SMALL_BATCH = 8
 
 

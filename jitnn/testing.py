@@ -130,13 +130,25 @@ def check_grads(
 
 
 def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8) -> None:
-    """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64."""
+    """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64,
+    and, where the loss gives a ``value_and_grad`` kernel, that ``loss.value_and_grad``
+    agrees with ``value`` and ``grad`` (which it replaces in training)."""
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss_grad: expected a jitnn loss, got {type(loss).__name__}")
-    _check_tolerances(f"check_loss_grad({describe(loss)})", eps, rtol, atol)
+    who = f"check_loss_grad({describe(loss)})"
+    _check_tolerances(who, eps, rtol, atol)
     Y = np.array(float_input(Y, np.float64, describe(loss), "predictions Y"))
     numeric = numerical_gradient(lambda y: loss.value(y, T), Y, eps)
-    _compare(f"check_loss_grad({describe(loss)})", "grad", loss.grad(Y, T), numeric, rtol, atol)
+    grad = loss.grad(Y, T)
+    _compare(who, "grad", grad, numeric, rtol, atol)
+    if loss.kernels.value_and_grad is not None:
+        value, both = loss.value_and_grad(Y, T)
+        expected = loss.value(Y, T)
+        same_value = abs(value - expected) <= atol + rtol * abs(expected)  # NaN fails
+        if not same_value or both.shape != grad.shape or not np.allclose(both, grad, rtol=rtol, atol=atol):
+            difference = np.max(np.abs(both - grad)) if both.shape == grad.shape else f"shape {both.shape} against {grad.shape}"
+            raise AssertionError(f"{who}: the value_and_grad kernel disagrees with value and grad: value {value!r} against "
+                                 f"{expected!r}, gradient difference {difference}")
 
 
 def jacobian(layer: Layer, x: Any, wrt: str = "input") -> Any:

@@ -170,6 +170,25 @@ def test_a_users_loss_with_or_without_a_fused_kernel_agrees_with_the_generic_ste
     assert ("_absolute_error_grad" in step.source.replace("_absolute_error_value_and_grad", "")) == (not fused)
 
 
+@jit
+def _absolute_error_value_and_doubled_grad(Y, T, weight):
+    """Wrong on purpose: twice the true gradient."""
+    return _absolute_error_value(Y, T, weight), 2.0 * _absolute_error_grad(Y, T, weight)
+
+
+@jn.loss
+class BrokenFusedAbsoluteError(AbsoluteError):
+    kernels = jn.losses.LossKernels(_absolute_error_value, _absolute_error_grad, _absolute_error_value_and_doubled_grad)
+
+
+def test_check_loss_grad_checks_a_fused_kernel_against_the_two() -> None:
+    rng = np.random.default_rng(6)
+    Y, T = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    jn.testing.check_loss_grad(FusedAbsoluteError(), Y, T)
+    with pytest.raises(AssertionError, match="value_and_grad kernel disagrees with value and grad"):
+        jn.testing.check_loss_grad(BrokenFusedAbsoluteError(), Y, T)
+
+
 def test_softmax_cross_entropy_is_one_kernel_in_the_compiled_step() -> None:
     step = jn.compile_step(mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1))
     X, T = classification_batches(np.float64, steps=1)[0]
