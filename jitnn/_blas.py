@@ -260,15 +260,23 @@ def _register() -> dict[tuple[str, str], Any]:
 _ROUTINE = {} if numba.config.DISABLE_JIT else _register()
 
 
+_SHAPES = "matmul: the shapes of A, B and out do not match"
+
+
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A @ B`` for 2-D float32 or float64 arrays of one dtype, as a new C-ordered array,
-    through jitnn's BLAS; other arrays go to Numba's ``@``. For use inside kernels."""
+    through jitnn's BLAS; other arrays go to Numba's ``@``. For use inside kernels (this
+    Python body runs under ``NUMBA_DISABLE_JIT=1``)."""
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(_SHAPES)
     return A @ B
 
 
 def matmul_into(A: np.ndarray, B: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
     """``out[...] = A @ B``, or ``out += A @ B`` with ``accumulate``, in one BLAS call where
     ``out`` is C-ordered and of the operands' dtype. For use inside kernels."""
+    if A.shape[1] != B.shape[0] or out.shape != (A.shape[0], B.shape[1]):
+        raise ValueError(_SHAPES)
     if accumulate:
         out += A @ B
     else:
@@ -328,7 +336,7 @@ def _matmul_into(A, B, out, accumulate=False):  # type: ignore[no-untyped-def]
         m, k = A.shape
         n = B.shape[1]
         if B.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
-            raise ValueError("matmul: the shapes of A, B and out do not match")
+            raise ValueError(_SHAPES)
         if m == 0 or n == 0:
             return
         if k == 0:

@@ -72,7 +72,7 @@ class StepSource:
         self.lines: list[str] = []
         self.leaves: list[Leaf] = []
         self.grads: list[str] = []  # the variable holding each parameter's gradient
-        self.buffers: list[tuple[int, str]] = []  # (leaf index, variable of its new buffers)
+        self.buffers: list[tuple[int, str]] = []  # (leaf index, its new buffers as a read-only tuple)
         self._imports: dict[int, tuple[str, Any]] = {}
         self._names = itertools.count()
 
@@ -124,7 +124,7 @@ class StepSource:
         if layer.needs_context and kernels.update is not None:
             new = self.variable("buffers")
             self.line(f"{new} = {self.kernel(kernels.update)}({x_in}{rest})")
-            self.buffers.append((index, new))
+            self.buffers.append((index, _tuple(f"ro({new}[{j}])" for j in range(len(layer.buffer_names)))))
         self.grads.extend([""] * len(layer.param_names))
 
         def backward(dy: str, need_input_grad: bool) -> str | None:
@@ -166,7 +166,7 @@ class StepSource:
         backward("dy", False)
         buffers = _tuple(name for _, name in self.buffers)
         if self._update is None:
-            self.line(f"return value, {_tuple(self.grads)}, {buffers}")
+            self.line(f"return value, {_tuple(f'ro({g})' for g in self.grads)}, {buffers}")
         else:
             new_params = [self._new_params[k] for k in range(len(self.grads))]
             new_moments = (_tuple(moment[k] for k in range(len(self.grads))) for moment in self._new_moments)
@@ -195,9 +195,9 @@ class StepSource:
         out = self.variable("updated")
         moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(self._n_moments))
         self.line(f"{out} = {self._update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
-        self._new_params[k] = f"{out}[0].reshape(params[{k}].shape)"
+        self._new_params[k] = f"ro({out}[0].reshape(params[{k}].shape))"
         for j in range(self._n_moments):
-            self._new_moments[j][k] = f"{out}[{j + 1}].reshape(params[{k}].shape)"
+            self._new_moments[j][k] = f"ro({out}[{j + 1}].reshape(params[{k}].shape))"
 
     @property
     def kernels(self) -> list[Any]:

@@ -166,11 +166,9 @@ class CompiledStep:
         if not self.fused:
             return self._update_in_python(plan, model, state, params, *results)
         value, new_params, new_moments, buffers = results
-        new_params = tuple(map(_frozen, new_params))
-        new_buffers = {i: tuple(map(_frozen, arrays)) for i, arrays in zip(plan.buffer_leaves, buffers)} if buffers else _NONE
+        new_buffers = dict(zip(plan.buffer_leaves, buffers)) if buffers else _NONE
         new_model = self._rebuild(model, iter(new_params), new_buffers)
         # as in the generic update, the moment trees are made of the new model's records
-        new_moments = tuple(tuple(map(_frozen, arrays)) for arrays in new_moments)
         trees = [self._rebuild(new_model, iter(arrays), _NONE) for arrays in new_moments]
         new_state = _clone(state, dict(zip(("count", *self._moment_names), (step_count(count + 1), *trees))))
         self._remember(new_model, new_params, configs, new_buffers)
@@ -180,10 +178,10 @@ class CompiledStep:
     def _update_in_python(self, plan: _Plan, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
         """For an optimizer without one kernel (a chain of transforms, a user's own): the
         gradient records and the model with its new running statistics, then its update."""
-        new_buffers = {i: tuple(map(_frozen, arrays)) for i, arrays in zip(plan.buffer_leaves, buffers)}
+        new_buffers = dict(zip(plan.buffer_leaves, buffers))
         if new_buffers:
             model = self._rebuild(model, iter(params), new_buffers)
-        grads = self._rebuild(model, map(_frozen, grads), {})
+        grads = self._rebuild(model, iter(grads), {})
         new_model, new_state = self.optimizer.update(model, grads, state)
         return new_model, new_state, float(value)
 
@@ -405,7 +403,3 @@ def _clone(record: Any, changes: dict[str, Any]) -> Any:
         object.__setattr__(new, field.name, changes[field.name] if field.name in changes else getattr(record, field.name))
     return new
 
-
-def _frozen(array: Array) -> Array:
-    array.flags.writeable = False
-    return array
