@@ -14,12 +14,14 @@ Needs scikit-learn 1.6 or newer (``pip install scikit-learn``); ``import jitnn``
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
@@ -55,6 +57,8 @@ class _MLP(BaseEstimator):
         alpha: float = 0.0,
         batch_size: int = 32,
         max_iter: int = 100,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
         dtype: Any = "float64",
         random_state: Any = None,
         verbose: bool = False,
@@ -66,6 +70,8 @@ class _MLP(BaseEstimator):
         self.alpha = alpha
         self.batch_size = batch_size
         self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -82,11 +88,11 @@ class _MLP(BaseEstimator):
             raise ValueError(f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{name}: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        for field in ("batch_size", "max_iter"):
+        for field in ("batch_size", "max_iter", "n_iter_no_change"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
-        for field in ("learning_rate", "alpha"):
+        for field in ("learning_rate", "alpha", "tol"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: {field} must be a finite non-negative number, got {value!r}")
@@ -113,14 +119,22 @@ class _MLP(BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         init_key, fit_key = jn.random.split(jn.random.key(seed))
         model = self._build(init_key, X.shape[1], n_out, sizes, activation, dtype)
+        stop = _NoImprovement(float(self.tol), int(self.n_iter_no_change))
         result = jn.fit(
             model, loss, optimizer, X.astype(dtype, copy=False), T,
             key=fit_key, epochs=int(self.max_iter), batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose),
+            callback=stop,
         )
         self.model_ = result.model
         self.loss_curve_ = list(result.history)
-        self.n_iter_ = int(self.max_iter)
+        self.best_loss_ = stop.best
+        self.n_iter_ = len(result.history)
         self.compiled_ = result.compiled
+        if not stop.stopped:
+            warnings.warn(
+                f"{type(self).__name__}: max_iter={self.max_iter} epochs ran and the training loss was still improving "
+                f"by more than tol={self.tol}; raise max_iter to train longer", ConvergenceWarning, stacklevel=3,
+            )
 
     def _outputs(self, X: Any) -> np.ndarray:
         """The network's outputs for ``X`` (evaluation mode)."""
@@ -132,6 +146,22 @@ class _MLP(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False  # the same random_state gives the same model
         return tags
+
+
+class _NoImprovement:
+    """``jn.fit``'s callback for scikit-learn's stopping rule: training stops once the epoch's
+    mean loss has failed to beat the best so far by ``tol`` for more than ``patience``
+    epochs in a row."""
+
+    def __init__(self, tol: float, patience: int) -> None:
+        self.tol, self.patience = tol, patience
+        self.best, self.count, self.stopped = np.inf, 0, False
+
+    def __call__(self, epoch: int, model: Any, loss: float) -> bool:
+        self.count = self.count + 1 if loss > self.best - self.tol else 0
+        self.best = min(self.best, loss)
+        self.stopped = self.count > self.patience
+        return self.stopped
 
 
 class MLPClassifier(ClassifierMixin, _MLP):
@@ -146,7 +176,11 @@ class MLPClassifier(ClassifierMixin, _MLP):
     learning_rate : the optimizer's learning rate, default 1e-3
     alpha : L2 penalty added to the gradients (``g + alpha * w``), default 0
     batch_size : examples per step (at most the number of examples), default 32
-    max_iter : epochs, default 100
+    max_iter : the most epochs to run, default 100
+    tol, n_iter_no_change : training stops when the epoch's mean loss has not improved on
+        the best so far by ``tol`` (default 1e-4) for more than ``n_iter_no_change``
+        (default 10) epochs in a row, as in scikit-learn; a ``ConvergenceWarning`` says when
+        ``max_iter`` ran out first
     dtype : ``"float64"`` (default) or ``"float32"``, the network's parameters
     random_state : None, an int or a ``numpy.random.RandomState``: the initial weights
         and the order of the batches; the same value gives the same model
@@ -155,8 +189,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     Attributes
     ----------
     classes_ : the class labels, sorted; n_features_in_ ; model_ : the trained jitnn model
-    (its outputs are logits); loss_curve_ : mean training loss per epoch ; n_iter_ : epochs
-    run ; compiled_ : whether the compiled step trained it
+    (its outputs are logits); loss_curve_ : mean training loss per epoch ; best_loss_ : its
+    smallest value ; n_iter_ : epochs run ; compiled_ : whether the compiled step trained it
     """
 
     def fit(self, X: Any, y: Any) -> "MLPClassifier":

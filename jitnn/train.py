@@ -77,7 +77,7 @@ def fit(
     batch_size: int = 32,
     state: Any = None,
     verbose: bool = False,
-    callback: Callable[[int, Layer, float], None] | None = None,
+    callback: Callable[[int, Layer, float], bool | None] | None = None,
     compiled: bool | None = None,
     threads: int | None = None,
     check_finite: bool = False,
@@ -94,7 +94,7 @@ def fit(
     ``threads`` is handed to :func:`jitnn.compile_step` (BLAS threads; ``None`` chooses by
     batch size). With ``verbose`` the progress through each epoch and a line per epoch are
     printed to standard error; ``callback(epoch, model, mean_loss)`` is called after each
-    epoch.
+    epoch, and training stops there if it returns ``True`` (early stopping).
 
     With ``check_finite`` every step's loss is checked, and the first NaN or infinite one
     raises :class:`NonFiniteLossError` naming the epoch and step and holding the model and
@@ -140,8 +140,8 @@ def fit(
         mean = float(np.average(values, weights=weights)) if values else float("nan")
         history.append(mean)
         progress.done(mean, time.perf_counter() - started)
-        if callback is not None:
-            callback(epoch, model, mean)
+        if callback is not None and callback(epoch, model, mean) is True:
+            break
     return FitResult(model, state, tuple(history), step is not None)
 
 

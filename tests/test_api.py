@@ -967,6 +967,23 @@ def test_fit_callback_sees_every_epoch(small_classifier):
     assert calls == list(enumerate(result.history))
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fit_stops_after_the_epoch_whose_callback_returns_true(small_classifier, compiled):
+    X, T = blobs(16)
+    run = dict(key=jn.random.key(0), batch_size=4, compiled=compiled)
+    stopped = jn.fit(small_classifier, jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1), X, T, epochs=10,
+                     callback=lambda epoch, model, value: epoch == 2, **run)
+    assert len(stopped.history) == 3
+    three = jn.fit(small_classifier, jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1), X, T, epochs=3, **run)
+    assert stopped.history == three.history  # the same three epochs, then nothing
+    for a, b in zip(jn.tree.leaves(stopped.model), jn.tree.leaves(three.model)):
+        np.testing.assert_array_equal(a, b)
+    # only True stops: a truthy value that is not True (a list, 1) does not
+    kept = jn.fit(small_classifier, jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1), X, T, epochs=4,
+                  callback=lambda epoch, model, value: [epoch], **run)
+    assert len(kept.history) == 4
+
+
 @pytest.mark.parametrize("epochs", [-1, 1.5, True, "2", None])
 def test_fit_bad_epochs(small_classifier, epochs):
     X, T = blobs(16)

@@ -12,13 +12,17 @@ import pytest
 sklearn = pytest.importorskip("sklearn")
 
 from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from jitnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+#: Most fits here run a few epochs on purpose; the two tests about ConvergenceWarning catch it
+#: themselves.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @parametrize_with_checks([MLPClassifier(random_state=0), MLPRegressor(random_state=0)])
@@ -126,6 +130,8 @@ def test_an_l2_penalty_shrinks_the_weights() -> None:
         ({"max_iter": True}, "max_iter must be a positive integer"),
         ({"learning_rate": -1.0}, "learning_rate must be a finite non-negative number"),
         ({"alpha": float("nan")}, "alpha must be a finite non-negative number"),
+        ({"tol": -1e-3}, "tol must be a finite non-negative number"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be a positive integer"),
         ({"dtype": "float16"}, "dtype must be float32 or float64"),
     ],
 )
@@ -134,6 +140,28 @@ def test_bad_parameters_are_refused_when_fitting(params: dict, message: str) -> 
     estimator = MLPClassifier(**params)
     with pytest.raises((ValueError, TypeError), match=message):
         estimator.fit(X, y)
+
+
+def test_training_stops_when_the_loss_stops_improving_by_tol() -> None:
+    """scikit-learn's rule: stop after more than n_iter_no_change epochs in a row that do
+    not beat the best loss by tol. With a tol no epoch can beat, that is the first epoch
+    plus n_iter_no_change + 1."""
+    X, y = digits_subset(100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = MLPClassifier(max_iter=50, tol=100.0, n_iter_no_change=2, random_state=0).fit(X / 16.0, y)
+    assert model.n_iter_ == 4 and len(model.loss_curve_) == 4
+    assert model.best_loss_ == min(model.loss_curve_)
+    longer = MLPClassifier(max_iter=50, tol=100.0, n_iter_no_change=5, random_state=0).fit(X / 16.0, y)
+    assert longer.n_iter_ == 7
+    assert longer.loss_curve_[:4] == model.loss_curve_  # the same epochs, stopped later
+
+
+def test_running_out_of_epochs_while_improving_warns() -> None:
+    X, y = digits_subset(100)
+    with pytest.warns(ConvergenceWarning, match="max_iter=3 epochs ran"):
+        model = MLPRegressor(max_iter=3, tol=0.0, random_state=0).fit(X / 16.0, y.astype(float))
+    assert model.n_iter_ == 3
 
 
 def test_predicting_before_fitting_or_with_other_features_is_refused() -> None:
