@@ -1,6 +1,6 @@
 """scikit-learn estimators built on jitnn: :class:`MLPClassifier` and :class:`MLPRegressor`.
 
-They follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
+They follow scikit-learn's conventions (``fit``/``partial_fit``/``predict``/``predict_proba``/``score``,
 ``get_params``/``set_params``, parameters stored unchanged by ``__init__``, fitted attributes
 ending in ``_``), so ``Pipeline``, ``GridSearchCV`` and ``cross_val_score`` work with them,
 and they pass scikit-learn's ``check_estimator``. Training runs :func:`jitnn.fit`, on the
@@ -114,27 +114,45 @@ class _MLP(BaseEstimator):
         layers.append(jn.Dense.init(keys[-1], n_in, n_out, dtype=dtype))
         return jn.pipe(*layers)
 
-    def _train(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss) -> None:
+    def _start(self, n_in: int, n_out: int) -> None:
+        """A new network and optimizer state, and the key for training it."""
         sizes, activation, optimizer, dtype = self._checked()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        init_key, fit_key = jn.random.split(jn.random.key(seed))
-        model = self._build(init_key, X.shape[1], n_out, sizes, activation, dtype)
-        stop = _NoImprovement(float(self.tol), int(self.n_iter_no_change))
+        init_key, self._key = jn.random.split(jn.random.key(seed))
+        self.model_ = self._build(init_key, n_in, n_out, sizes, activation, dtype)
+        self._state = optimizer.init(self.model_)
+        self.loss_curve_, self.best_loss_, self.n_iter_ = [], np.inf, 0
+
+    def _epochs(self, X: np.ndarray, T: np.ndarray, loss: jn.Loss, epochs: int, callback: Any = None) -> None:
+        """Train the network on (X, T) for at most ``epochs`` more epochs, from where it is."""
+        _, _, optimizer, dtype = self._checked()
+        self._key, key = jn.random.split(self._key)
         result = jn.fit(
-            model, loss, optimizer, X.astype(dtype, copy=False), T,
-            key=fit_key, epochs=int(self.max_iter), batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose),
-            callback=stop,
+            self.model_, loss, optimizer, X.astype(dtype, copy=False), T, key=key, epochs=epochs, state=self._state,
+            batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose), callback=callback,
         )
-        self.model_ = result.model
-        self.loss_curve_ = list(result.history)
-        self.best_loss_ = stop.best
-        self.n_iter_ = len(result.history)
+        self.model_, self._state = result.model, result.state
+        self.loss_curve_ += result.history
+        self.best_loss_ = min(self.loss_curve_, default=np.inf)
+        self.n_iter_ += len(result.history)
         self.compiled_ = result.compiled
+
+    def _train(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss) -> None:
+        """``fit``: a new network, trained until the loss stops improving or for ``max_iter`` epochs."""
+        self._start(X.shape[1], n_out)
+        stop = _NoImprovement(float(self.tol), int(self.n_iter_no_change))
+        self._epochs(X, T, loss, int(self.max_iter), stop)
         if not stop.stopped:
             warnings.warn(
                 f"{type(self).__name__}: max_iter={self.max_iter} epochs ran and the training loss was still improving "
                 f"by more than tol={self.tol}; raise max_iter to train longer", ConvergenceWarning, stacklevel=3,
             )
+
+    def _partial(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss, first: bool) -> None:
+        """``partial_fit``: one epoch over (X, T), starting a network on the first call."""
+        if first:
+            self._start(X.shape[1], n_out)
+        self._epochs(X, T, loss, 1)
 
     def _outputs(self, X: Any) -> np.ndarray:
         """The network's outputs for ``X`` (evaluation mode)."""
@@ -201,6 +219,26 @@ class MLPClassifier(ClassifierMixin, _MLP):
         self._train(X, T.astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy())
         return self
 
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
+        """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
+        of earlier calls or of :meth:`fit`; the first call starts one and needs ``classes``,
+        every label that any call will bring."""
+        first = not hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
+        check_classification_targets(y)
+        name = type(self).__name__
+        if first:
+            if classes is None:
+                raise ValueError(f"{name}: the first call of partial_fit needs classes=, every class label the calls will bring")
+            self.classes_ = np.unique(np.asarray(classes))
+        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"{name}: classes={classes!r} differs from the classes_ of the first call, {self.classes_!r}")
+        unknown = np.setdiff1d(y, self.classes_)
+        if unknown.size:
+            raise ValueError(f"{name}: labels {unknown.tolist()[:5]} are not among classes_ {self.classes_.tolist()}")
+        self._partial(X, np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy(), first)
+        return self
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
         logits = self._outputs(X)
@@ -230,6 +268,20 @@ class MLPRegressor(RegressorMixin, _MLP):
         self._one_output = y.ndim == 1
         T = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         self._train(X, T, T.shape[1], jn.MeanSquaredError())
+        return self
+
+    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+        """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
+        of earlier calls or of :meth:`fit`; the first call starts one."""
+        first = not hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True, reset=first)
+        T = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if first:
+            self._one_output = y.ndim == 1
+        elif T.shape[1] != self.model_.output_shape((self.n_features_in_,))[0]:
+            raise ValueError(f"{type(self).__name__}: y has {T.shape[1]} outputs, the network of the first call "
+                             f"{self.model_.output_shape((self.n_features_in_,))[0]}")
+        self._partial(X, T, T.shape[1], jn.MeanSquaredError(), first)
         return self
 
     def __sklearn_tags__(self) -> Any:

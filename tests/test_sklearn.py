@@ -164,6 +164,54 @@ def test_running_out_of_epochs_while_improving_warns() -> None:
     assert model.n_iter_ == 3
 
 
+def test_partial_fit_trains_one_epoch_per_call_and_continues() -> None:
+    X, y = digits_subset(300)
+    X = X / 16.0
+    chunks = np.array_split(np.arange(len(X)), 3)
+    model = MLPClassifier(hidden_layer_sizes=(32,), learning_rate=1e-2, random_state=0)
+    twin = MLPClassifier(hidden_layer_sizes=(32,), learning_rate=1e-2, random_state=0)
+    for epoch in range(8):
+        for chunk in chunks:
+            model.partial_fit(X[chunk], y[chunk], classes=np.arange(10))
+            twin.partial_fit(X[chunk], y[chunk], classes=np.arange(10) if epoch == 0 else None)
+    assert model.n_iter_ == 24 and len(model.loss_curve_) == 24
+    assert model.score(X, y) > 0.9
+    assert model.loss_curve_[-1] < model.loss_curve_[0] / 4
+    np.testing.assert_array_equal(model.predict_proba(X), twin.predict_proba(X))  # the same calls, the same model
+    fitted = MLPClassifier(max_iter=3, random_state=0).fit(X, y)
+    before = fitted.predict_proba(X)
+    fitted.partial_fit(X[:50], y[:50])  # continues the fitted network; classes_ are known
+    assert fitted.n_iter_ == 4 and not np.array_equal(fitted.predict_proba(X), before)
+
+
+def test_partial_fit_refuses_what_does_not_continue_the_first_call() -> None:
+    X, y = digits_subset(60)
+    with pytest.raises(ValueError, match="first call of partial_fit needs classes="):
+        MLPClassifier().partial_fit(X, y)
+    model = MLPClassifier(random_state=0).partial_fit(X, y % 3, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"labels \[3, 4\] are not among classes_"):
+        model.partial_fit(X, np.where(y % 5 > 2, y % 5, 0))
+    with pytest.raises(ValueError, match="differs from the classes_ of the first call"):
+        model.partial_fit(X, y % 3, classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="features"):
+        model.partial_fit(X[:, :10], y % 3)
+    regressor = MLPRegressor(random_state=0).partial_fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="y has 2 outputs, the network of the first call 1"):
+        regressor.partial_fit(X, np.stack([y, y], axis=1).astype(float))
+
+
+def test_partial_fit_of_a_regressor_lowers_its_loss() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1 * rng.normal(size=200)
+    model = MLPRegressor(hidden_layer_sizes=(16,), learning_rate=1e-2, random_state=0)
+    for _ in range(30):
+        model.partial_fit(X, y)
+    assert model.n_iter_ == 30 and model.predict(X).shape == (200,)
+    assert model.loss_curve_[-1] < model.loss_curve_[0] / 10
+    assert model.score(X, y) > 0.9
+
+
 def test_predicting_before_fitting_or_with_other_features_is_refused() -> None:
     X, y = digits_subset(50)
     with pytest.raises(NotFittedError):
