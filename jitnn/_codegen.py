@@ -25,6 +25,7 @@ kernel a second time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -220,7 +221,7 @@ def _fingerprint(kernels: list[Any]) -> str:
     defines a kernel the step calls, and of jitnn itself (kernels call jitnn's helpers).
     Numba's cache checks only the generated file, so a changed kernel must change its name."""
     digest = hashlib.sha256(f"{sys.version}|{np.__version__}|{numba.__version__}".encode())
-    files = {str(p) for p in sorted(Path(__file__).parent.rglob("*.py"))}
+    files = set(_jitnn_sources())
     for dispatcher in kernels:
         module = sys.modules.get(getattr(dispatcher, "py_func", dispatcher).__module__)
         path = getattr(module, "__file__", None)
@@ -233,6 +234,12 @@ def _fingerprint(kernels: list[Any]) -> str:
     except OSError:
         return ""  # a source file removed or unreadable since it was imported: likewise
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _jitnn_sources() -> tuple[str, ...]:
+    """jitnn's source files, found once per process (their contents are read by stamp)."""
+    return tuple(str(p) for p in sorted(Path(__file__).parent.rglob("*.py")))
 
 
 _DIGESTS: dict[tuple[str, float, int], bytes] = {}
