@@ -22,6 +22,8 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import train_test_split
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
@@ -59,6 +61,8 @@ class _MLP(BaseEstimator):
         max_iter: int = 100,
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
         dtype: Any = "float64",
         random_state: Any = None,
         verbose: bool = False,
@@ -72,6 +76,8 @@ class _MLP(BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -96,6 +102,11 @@ class _MLP(BaseEstimator):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: {field} must be a finite non-negative number, got {value!r}")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(f"{name}: early_stopping must be True or False, got {self.early_stopping!r}")
+        fraction = self.validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+            raise ValueError(f"{name}: validation_fraction must lie strictly between 0 and 1, got {fraction!r}")
         dtype = jn._checks.check_float_dtype(self.dtype, name)
         optimizer = OPTIMIZERS[self.optimizer](float(self.learning_rate))
         if self.alpha > 0:  # L2 penalty on the gradients, as scikit-learn's alpha
@@ -138,15 +149,39 @@ class _MLP(BaseEstimator):
         self.compiled_ = result.compiled
 
     def _train(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss) -> None:
-        """``fit``: a new network, trained until the loss stops improving or for ``max_iter`` epochs."""
+        """``fit``: a new network, trained until the training loss (or, with ``early_stopping``,
+        the score on a held-out part of the data) stops improving, or for ``max_iter`` epochs."""
         self._start(X.shape[1], n_out)
-        stop = _NoImprovement(float(self.tol), int(self.n_iter_no_change))
+        tol, patience = float(self.tol), int(self.n_iter_no_change)
+        if self.early_stopping:
+            X, X_valid, T, T_valid = self._split(X, T)
+            stop: _NoImprovement = _BestValidationScore(tol, patience, lambda model: self._score(model, X_valid, T_valid))
+        else:
+            stop = _NoImprovement(tol, patience)
         self._epochs(X, T, loss, int(self.max_iter), stop)
+        if isinstance(stop, _BestValidationScore):
+            self.model_ = stop.best_model  # the network of the best epoch, as scikit-learn keeps
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = stop.scores, stop.best_score, None
         if not stop.stopped:
             warnings.warn(
                 f"{type(self).__name__}: max_iter={self.max_iter} epochs ran and the training loss was still improving "
                 f"by more than tol={self.tol}; raise max_iter to train longer", ConvergenceWarning, stacklevel=3,
             )
+
+    def _split(self, X: np.ndarray, T: np.ndarray) -> list[np.ndarray]:
+        """(X_train, X_valid, T_train, T_valid): ``validation_fraction`` held out, stratified
+        by class for a classifier, drawn from ``random_state``."""
+        stratify = T if isinstance(self, ClassifierMixin) else None
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        try:
+            return train_test_split(X, T, test_size=float(self.validation_fraction), random_state=seed, stratify=stratify)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: cannot hold out validation_fraction={self.validation_fraction} "
+                             f"of {len(X)} examples for early stopping ({error})") from None
+
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
+        """The estimator's score of ``model`` on held-out data: accuracy or R²."""
+        raise NotImplementedError
 
     def _partial(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss, first: bool) -> None:
         """``partial_fit``: one epoch over (X, T), starting a network on the first call."""
@@ -182,6 +217,24 @@ class _NoImprovement:
         return self.stopped
 
 
+class _BestValidationScore(_NoImprovement):
+    """The same rule on a validation score, which must rise by ``tol``; it keeps the model of
+    the best epoch (a model is a value: keeping it copies nothing)."""
+
+    def __init__(self, tol: float, patience: int, score: Any) -> None:
+        super().__init__(tol, patience)
+        self.score, self.scores, self.best_score, self.best_model = score, [], -np.inf, None
+
+    def __call__(self, epoch: int, model: Any, loss: float) -> bool:
+        value = float(self.score(model))
+        self.scores.append(value)
+        self.count = self.count + 1 if value < self.best_score + self.tol else 0
+        if value > self.best_score or self.best_model is None:
+            self.best_score, self.best_model = value, model
+        self.stopped = self.count > self.patience
+        return self.stopped
+
+
 class MLPClassifier(ClassifierMixin, _MLP):
     """A multi-layer perceptron classifier trained with jitnn (softmax cross-entropy).
 
@@ -199,6 +252,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
         the best so far by ``tol`` (default 1e-4) for more than ``n_iter_no_change``
         (default 10) epochs in a row, as in scikit-learn; a ``ConvergenceWarning`` says when
         ``max_iter`` ran out first
+    early_stopping : hold out ``validation_fraction`` (default 0.1) of the data, stratified
+        by class, and apply that rule to the held-out accuracy (R² for the regressor)
+        instead of the training loss, keeping the network of the best epoch; default False
     dtype : ``"float64"`` (default) or ``"float32"``, the network's parameters
     random_state : None, an int or a ``numpy.random.RandomState``: the initial weights
         and the order of the batches; the same value gives the same model
@@ -208,7 +264,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
     ----------
     classes_ : the class labels, sorted; n_features_in_ ; model_ : the trained jitnn model
     (its outputs are logits); loss_curve_ : mean training loss per epoch ; best_loss_ : its
-    smallest value ; n_iter_ : epochs run ; compiled_ : whether the compiled step trained it
+    smallest value (None with early_stopping) ; validation_scores_, best_validation_score_ :
+    the held-out scores per epoch and the best (with early_stopping) ; n_iter_ : epochs run ;
+    compiled_ : whether the compiled step trained it
     """
 
     def fit(self, X: Any, y: Any) -> "MLPClassifier":
@@ -238,6 +296,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
             raise ValueError(f"{name}: labels {unknown.tolist()[:5]} are not among classes_ {self.classes_.tolist()}")
         self._partial(X, np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy(), first)
         return self
+
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
+        return jn.metrics.accuracy(model.forward(X.astype(model.dtype, copy=False)), T)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
@@ -283,6 +344,9 @@ class MLPRegressor(RegressorMixin, _MLP):
                              f"{self.model_.output_shape((self.n_features_in_,))[0]}")
         self._partial(X, T, T.shape[1], jn.MeanSquaredError(), first)
         return self
+
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
+        return float(r2_score(T, model.forward(X.astype(model.dtype, copy=False))))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -132,6 +132,8 @@ def test_an_l2_penalty_shrinks_the_weights() -> None:
         ({"alpha": float("nan")}, "alpha must be a finite non-negative number"),
         ({"tol": -1e-3}, "tol must be a finite non-negative number"),
         ({"n_iter_no_change": 0}, "n_iter_no_change must be a positive integer"),
+        ({"early_stopping": "yes"}, "early_stopping must be True or False"),
+        ({"validation_fraction": 1.0}, "validation_fraction must lie strictly between 0 and 1"),
         ({"dtype": "float16"}, "dtype must be float32 or float64"),
     ],
 )
@@ -155,6 +157,42 @@ def test_training_stops_when_the_loss_stops_improving_by_tol() -> None:
     longer = MLPClassifier(max_iter=50, tol=100.0, n_iter_no_change=5, random_state=0).fit(X / 16.0, y)
     assert longer.n_iter_ == 7
     assert longer.loss_curve_[:4] == model.loss_curve_  # the same epochs, stopped later
+
+
+def test_early_stopping_keeps_the_network_of_the_best_held_out_epoch() -> None:
+    """With early_stopping the rule watches the held-out accuracy and the fit ends with the
+    best epoch's network: the same network a fit stopped right after that epoch makes (the
+    split and the keys are the same, so the epochs up to it are too)."""
+    X, y = digits_subset(300)
+    X = X / 16.0
+    settings = dict(hidden_layer_sizes=(32,), learning_rate=1e-2, early_stopping=True, validation_fraction=0.2,
+                    n_iter_no_change=3, random_state=0)
+    model = MLPClassifier(max_iter=200, **settings).fit(X, y)
+    scores = model.validation_scores_
+    assert len(scores) == model.n_iter_ < 200 and model.best_loss_ is None
+    best = int(np.argmax(scores))
+    assert model.best_validation_score_ == scores[best] > 0.8
+    assert model.n_iter_ == best + 1 + 4  # the best epoch, then n_iter_no_change + 1 that are not better by tol
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        short = MLPClassifier(max_iter=best + 1, **settings).fit(X, y)
+    np.testing.assert_array_equal(model.predict_proba(X), short.predict_proba(X))
+    assert short.validation_scores_ == scores[:best + 1]
+
+
+def test_early_stopping_of_a_regressor_watches_r2() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    y = X @ np.array([1.0, -1.0, 2.0])
+    model = MLPRegressor(hidden_layer_sizes=(16,), learning_rate=1e-2, early_stopping=True, max_iter=300,
+                         random_state=0).fit(X, y)
+    assert model.best_validation_score_ == max(model.validation_scores_) > 0.95
+
+
+def test_early_stopping_needs_enough_examples_of_each_class() -> None:
+    X, y = digits_subset(30)
+    with pytest.raises(ValueError, match="cannot hold out validation_fraction=0.1 of 30 examples"):
+        MLPClassifier(early_stopping=True).fit(X, y)
 
 
 def test_running_out_of_epochs_while_improving_warns() -> None:
