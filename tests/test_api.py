@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import jitnn as jn
+import tolerances
 from user_layers import Scale, ScaleShape, _scale_forward, _scale_grad_input, _scale_grad_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def test_map_over_several_trees(model):
     summed = jn.tree.map(lambda a, b, c: a + b + c, model, model, model)
     tripled = jn.tree.map(lambda a: a * 3, model)
     for a, b in zip(jn.tree.leaves(summed), jn.tree.leaves(tripled)):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_array_equal(a, b)  # a + a is exact, so (a + a) + a and a * 3 are both 3a rounded once
 
 
 def test_map_with_paths_passes_paths_in_leaves_order(model):
@@ -645,12 +646,14 @@ def test_dense_gradients_match_numpy(X):
     d = jn.Dense.init(jn.random.key(15), 3, 4, dtype=np.float64)
     dY = jn.random.normal(jn.random.key(16), (X.shape[0], 4), dtype=np.float64)
     X64 = X.astype(np.float64)
-    np.testing.assert_allclose(d.forward(X64), X64 @ d.W + d.b, rtol=1e-12)
-    np.testing.assert_allclose(d.grad_input(X64, dY), dY @ d.W.T, rtol=1e-12)
+    # the same products and sums in NumPy's order and in jitnn's: each within its bound
+    _, eY, bound = tolerances.layer_bounds(d, X64, dY, np.float64)
+    tolerances.assert_within(d.forward(X64), X64 @ d.W + d.b, 2 * eY, "forward")
+    tolerances.assert_within(d.grad_input(X64, dY), dY @ d.W.T, 2 * bound.edX, "grad_input")
     g = d.grad_params(X64, dY)
     assert type(g) is jn.Dense
-    np.testing.assert_allclose(g.W, X64.T @ dY, rtol=1e-12)
-    np.testing.assert_allclose(g.b, dY.sum(axis=0), rtol=1e-12)
+    tolerances.assert_within(g.W, X64.T @ dY, 2 * bound.egrads[0], "dW")
+    tolerances.assert_within(g.b, dY.sum(axis=0), 2 * bound.egrads[1], "db")
 
 
 def test_parameterless_grad_params_returns_itself(X):
@@ -711,7 +714,9 @@ def test_sgd_update_is_p_minus_lr_g(dtype, lr):
         if dtype == np.float64:
             np.testing.assert_array_equal(new, expected)
         else:
-            np.testing.assert_allclose(new, expected, rtol=2e-7, atol=2e-7 * np.abs(p).max())
+            # jitnn: p - lr g in float64, rounded once to float32; NumPy: lr rounded to float32,
+            # then the product and the difference in float32
+            tolerances.assert_within(new, expected, tolerances.sgd_numpy_bound(p, g, lr, np.float32))
         assert not new.flags.writeable
     assert_leaves_bitwise_equal(params, saved_params)
     assert_leaves_bitwise_equal(grads, saved_grads)
@@ -1060,11 +1065,14 @@ def test_custom_layer_is_a_layer():
 def test_custom_layer_answers(X):
     layer = Scale(s=S)
     dY = jn.random.normal(jn.random.key(40), X.shape)
-    np.testing.assert_allclose(layer.forward(X), X * S, rtol=1e-6)
-    np.testing.assert_allclose(layer.grad_input(X, dY), dY * S, rtol=1e-6)
+    # the kernels' products are NumPy's, one correctly rounded multiplication each
+    np.testing.assert_array_equal(layer.forward(X), X * S)
+    np.testing.assert_array_equal(layer.grad_input(X, dY), dY * S)
     g = layer.grad_params(X, dY)
     assert type(g) is Scale
-    np.testing.assert_allclose(g.s, (X * dY).sum(axis=0), rtol=1e-5)
+    # the same products summed over the batch in two orders: 2 gamma(n - 1) of their magnitudes
+    terms = X * dY
+    tolerances.assert_within(g.s, terms.sum(axis=0), 2 * tolerances.gamma(len(X) - 1, terms.dtype) * np.abs(terms.astype(np.float64)).sum(axis=0))
 
 
 def test_custom_layer_validation_comes_free(X):
@@ -1084,7 +1092,11 @@ def test_custom_layer_composes(X):
     k = jn.random.key(41)
     dense = jn.Dense.init(k, 3, 3)
     model = jn.pipe(dense, Scale(s=S), jn.Tanh())
-    np.testing.assert_allclose(model.forward(X), np.tanh(dense.forward(X) * S), rtol=1e-5, atol=1e-6)
+    # the same product and the same scaling; then two float32 tanh (jitnn's, NumPy's), each
+    # within tolerances.LIBRARY roundings of the exact value
+    expected = np.tanh(dense.forward(X) * S)
+    bound = 2 * tolerances.LIBRARY * tolerances.unit_roundoff(np.float32) * np.abs(expected.astype(np.float64))
+    tolerances.assert_within(model.forward(X), expected, bound)
     grads = model.grad_params(X, np.ones((X.shape[0], 3), np.float32))
     assert type(grads.layers[1]) is Scale
     with pytest.raises(ValueError, match=r"Scale.*\(3,\).*\(4,\)"):

@@ -20,11 +20,20 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+import tolerances
 from jitnn import _blas
 from jitnn._blas import matmul, matmul_into
 from jitnn._jit import jit
 
-TOLERANCE = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+def reference_bound(A: np.ndarray, B: np.ndarray, dtype: Any, C: Any = None) -> np.ndarray:
+    """How far ``A @ B`` (plus ``C``) computed in ``dtype`` in any order may be from the float64
+    product: ``gamma(K) (|A| |B| + |C|)`` in ``dtype`` for ours and in float64 for the
+    reference's, ``K`` the products (and ``C``) summed into each element."""
+    A64, B64 = tolerances.absolute(A, B)
+    magnitude = A64 @ B64 + (0 if C is None else np.abs(C))
+    terms = A.shape[1] + (C is not None)
+    return (tolerances.gamma(terms, dtype) + tolerances.gamma(terms, np.float64)) * magnitude
 
 
 @jit(cache=False)
@@ -56,11 +65,12 @@ def test_matmul_agrees_with_numpy_for_every_layout(product: Callable, dtype: Any
     rng = np.random.default_rng(m * 100 + k * 10 + n)
     A, B = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     expected = A.astype(np.float64) @ B.astype(np.float64)
+    bound = reference_bound(A, B, dtype)
     for a_name, a in layouts(A).items():
         for b_name, b in layouts(B).items():
             got = product(a, b)
             assert got.shape == (m, n) and got.dtype == dtype and got.flags.c_contiguous, (a_name, b_name)
-            np.testing.assert_allclose(got, expected, **TOLERANCE[dtype], err_msg=f"A {a_name}, B {b_name}")
+            tolerances.assert_within(got, expected, bound, f"A {a_name}, B {b_name}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -81,7 +91,7 @@ def test_matmul_into_overwrites_or_adds(dtype: Any, accumulate: bool) -> None:
         out = start.copy()
         compiled_matmul_into(a, B.T.copy().T, out, accumulate)
         expected = A.astype(np.float64) @ B.astype(np.float64) + (start if accumulate else 0)
-        np.testing.assert_allclose(out, expected, **TOLERANCE[dtype])
+        tolerances.assert_within(out, expected, reference_bound(A, B, dtype, start if accumulate else None))
 
 
 def test_matmul_into_ignores_what_a_fresh_output_held() -> None:
@@ -124,25 +134,47 @@ def test_the_library_in_use_is_described() -> None:
 # --------------------------------------------------------------------------- child processes
 CHILD_TIMEOUT = 600
 
-LAYERS = textwrap.dedent("""
-    import hashlib, numpy as np, jitnn as jn
+#: The models, inputs, losses and targets of the child processes (also built here, for the bounds).
+CASES = textwrap.dedent("""
+    import numpy as np, jitnn as jn
+
+
+    def cases():
+        key = jn.random.key(3)
+        for dtype in (np.float32, np.float64):
+            k = jn.random.split(key, 4)
+            mlp = jn.pipe(jn.Dense.init(k[0], 12, 9, dtype=dtype), jn.ReLU(), jn.Dense.init(k[1], 9, 4, dtype=dtype))
+            cnn = jn.pipe(jn.Conv2D.init(k[2], 2, 3, 3, dtype=dtype), jn.ReLU(), jn.Flatten(), jn.Dense.init(k[3], 3 * 4 * 4, 4, dtype=dtype))
+            single = jn.Dense.init(k[3], 12, 1, dtype=dtype)  # one example, one output: matrix-vector products
+            yield f"mlp-{np.dtype(dtype).name}", dtype, mlp, jn.random.normal(k[0], (5, 12), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4
+            yield f"cnn-{np.dtype(dtype).name}", dtype, cnn, jn.random.normal(k[1], (5, 2, 6, 6), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4
+            yield f"single-{np.dtype(dtype).name}", dtype, single, jn.random.normal(k[2], (1, 12), dtype=dtype), jn.MeanSquaredError(), np.ones((1, 1), dtype)
+""")
+
+LAYERS = CASES + textwrap.dedent("""
     from jitnn import _blas
     print("library", _blas.library().name)
-    key = jn.random.key(3)
-    for dtype in (np.float32, np.float64):
-        k = jn.random.split(key, 4)
-        mlp = jn.pipe(jn.Dense.init(k[0], 12, 9, dtype=dtype), jn.ReLU(), jn.Dense.init(k[1], 9, 4, dtype=dtype))
-        cnn = jn.pipe(jn.Conv2D.init(k[2], 2, 3, 3, dtype=dtype), jn.ReLU(), jn.Flatten(), jn.Dense.init(k[3], 3 * 4 * 4, 4, dtype=dtype))
-        single = jn.Dense.init(k[3], 12, 1, dtype=dtype)  # one example, one output: matrix-vector products
-        for name, model, X, loss, T in (
-                ("mlp", mlp, jn.random.normal(k[0], (5, 12), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4),
-                ("cnn", cnn, jn.random.normal(k[1], (5, 2, 6, 6), dtype=dtype), jn.SoftmaxCrossEntropy(), np.arange(5) % 4),
-                ("single", single, jn.random.normal(k[2], (1, 12), dtype=dtype), jn.MeanSquaredError(), np.ones((1, 1), dtype))):
-            value, grads = jn.value_and_grad(model, loss, X, T)
-            flat = np.concatenate([np.ravel(leaf) for leaf in jn.tree.leaves(grads)] + [model.forward(X).ravel()])
-            np.save(f"{name}-{np.dtype(dtype).name}.npy", flat)
-            print("value", name, np.dtype(dtype).name, repr(float(value)))
+    for name, dtype, model, X, loss, T in cases():
+        value, grads = jn.value_and_grad(model, loss, X, T)
+        flat = np.concatenate([np.ravel(leaf) for leaf in jn.tree.leaves(grads)] + [model.forward(X).ravel()])
+        np.save(f"{name}.npy", flat)
+        print("value", name, repr(float(value)))
 """)
+
+
+def layers_bounds() -> dict[str, np.ndarray]:
+    """For each case of CASES, how far two BLAS libraries' gradients and outputs (flattened as
+    the child saves them) may be apart: each library's within the bound of
+    ``tolerances.value_and_grad_bound`` (and ``forward_bound``) of the exact answer, so the two
+    within twice that."""
+    namespace: dict[str, Any] = {}
+    exec(CASES, namespace)
+    bounds = {}
+    for name, dtype, model, X, loss, T in namespace["cases"]():
+        grads = tolerances.value_and_grad_bound(model, loss, X, T, dtype)
+        _, eY, _ = tolerances.forward_bound(model, X, dtype)
+        bounds[name] = 2 * np.concatenate([np.ravel(e) for e in grads.egrads] + [eY.ravel()])
+    return bounds
 
 
 def run_child(code: str, folder: Path, cache: Path, **env: str) -> str:
@@ -167,11 +199,12 @@ def test_scipy_blas_gives_the_same_layers_and_shares_the_cache(tmp_path: Path) -
         runs[run] = folder
         if run == "scipy":
             assert "library scipy" in stdout
-    for name in (f"{model}-{dtype}" for model in ("mlp", "cnn", "single") for dtype in ("float32", "float64")):
+    bounds = layers_bounds()
+    assert sorted(bounds) == sorted(f"{model}-{dtype}" for model in ("mlp", "cnn", "single") for dtype in ("float32", "float64"))
+    for name, bound in bounds.items():
         first, scipy, again = (np.load(runs[run] / f"{name}.npy") for run in ("first", "scipy", "again"))
         np.testing.assert_array_equal(first, again, err_msg=name)  # same library, same bits
-        tolerance = TOLERANCE[np.float32 if "32" in name else np.float64]
-        np.testing.assert_allclose(scipy, first, rtol=tolerance["rtol"] * 10, atol=tolerance["atol"] * 10, err_msg=name)
+        tolerances.assert_within(scipy, first, bound, name)
 
 
 def test_an_unknown_blas_choice_is_refused_at_import(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jitnn as jn
+import tolerances
 from jitnn.combinators import Add, Concatenate, Parallel, Residual
 from jitnn.layers.normalization import LayerNorm
 
@@ -23,25 +24,25 @@ def rng() -> np.random.Generator:
 def test_residual_adds_the_input(rng):
     inner = jn.pipe(dense(rng, 4, 6), jn.Tanh(), dense(rng, 6, 4))
     X = rng.normal(size=(5, 4))
-    np.testing.assert_allclose(Residual(inner).forward(X), X + inner.forward(X), rtol=1e-14)
+    np.testing.assert_array_equal(Residual(inner).forward(X), X + inner.forward(X))  # the same kernels, then the same sum
 
 
 def test_residual_gradients_are_the_inner_ones_plus_identity(rng):
     inner = jn.pipe(dense(rng, 4, 6), jn.Tanh(), dense(rng, 6, 4))
     X, dY = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
     model = Residual(inner)
-    np.testing.assert_allclose(model.grad_input(X, dY), dY + inner.grad_input(X, dY), rtol=1e-13)
+    np.testing.assert_array_equal(model.grad_input(X, dY), dY + inner.grad_input(X, dY))
     grads = model.grad_params(X, dY)
     assert type(grads) is Residual and type(grads.inner) is jn.Chain
     for got, expected in zip(jn.tree.leaves(grads), jn.tree.leaves(inner.grad_params(X, dY))):
-        np.testing.assert_allclose(got, expected, rtol=1e-13)
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_concatenate_joins_branch_outputs_on_the_feature_axis(rng):
     a, b = dense(rng, 4, 2), jn.pipe(dense(rng, 4, 3), jn.Sigmoid())
     X = rng.normal(size=(5, 4))
     model = Concatenate((a, b))
-    np.testing.assert_allclose(model.forward(X), np.concatenate([a.forward(X), b.forward(X)], axis=1), rtol=1e-14)
+    np.testing.assert_array_equal(model.forward(X), np.concatenate([a.forward(X), b.forward(X)], axis=1))
     assert model.output_shape((4,)) == (5,)
     assert Parallel is Concatenate
 
@@ -50,16 +51,22 @@ def test_concatenate_splits_the_output_gradient_among_branches(rng):
     a, b = dense(rng, 4, 2), dense(rng, 4, 3)
     X, dY = rng.normal(size=(5, 4)), rng.normal(size=(5, 5))
     model = Concatenate((a, b))
+    # each branch gets its part of dY as a C-ordered copy (as the layers convert their input),
+    # and the branches' input gradients are added in order: the same bits
     expected_dX = a.grad_input(X, dY[:, :2]) + b.grad_input(X, dY[:, 2:])
-    np.testing.assert_allclose(model.grad_input(X, dY), expected_dX, rtol=1e-13)
+    np.testing.assert_array_equal(model.grad_input(X, dY), expected_dX)
     grads = model.grad_params(X, dY)
-    np.testing.assert_allclose(grads.branches[1].W, b.grad_params(X, dY[:, 2:]).W, rtol=1e-13)
+    np.testing.assert_array_equal(grads.branches[1].W, b.grad_params(X, dY[:, 2:]).W)
 
 
 def test_concatenate_along_another_axis(rng):
     X = rng.normal(size=(2, 3, 4))
     model = Concatenate((jn.Identity(), jn.Tanh()), axis=-1)
-    np.testing.assert_allclose(model.forward(X), np.concatenate([X, np.tanh(X)], axis=2), rtol=1e-14)
+    # the identity is exact; jitnn's tanh and NumPy's are each within tolerances.LIBRARY
+    # roundings of the exact value
+    expected = np.concatenate([X, np.tanh(X)], axis=2)
+    bound = np.concatenate([np.zeros_like(X), 2 * tolerances.LIBRARY * tolerances.unit_roundoff(np.float64) * np.abs(np.tanh(X))], axis=2)
+    tolerances.assert_within(model.forward(X), expected, bound)
     jn.testing.check_grads(model, X)
 
 
@@ -67,8 +74,8 @@ def test_add_sums_branch_outputs(rng):
     a, b = dense(rng, 4, 3), jn.pipe(dense(rng, 4, 3), jn.Tanh())
     X, dY = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
     model = Add((a, b))
-    np.testing.assert_allclose(model.forward(X), a.forward(X) + b.forward(X), rtol=1e-14)
-    np.testing.assert_allclose(model.grad_input(X, dY), a.grad_input(X, dY) + b.grad_input(X, dY), rtol=1e-13)
+    np.testing.assert_array_equal(model.forward(X), a.forward(X) + b.forward(X))  # the same kernels, added in order
+    np.testing.assert_array_equal(model.grad_input(X, dY), a.grad_input(X, dY) + b.grad_input(X, dY))
 
 
 @pytest.mark.parametrize(
@@ -142,7 +149,9 @@ def test_layer_norm_matches_numpy(rng, dtype):
     Y = layer.forward(X)
     assert Y.dtype == dtype
     expected = layer_norm_reference(X.astype(np.float64), layer.scale.astype(np.float64), layer.shift.astype(np.float64))
-    np.testing.assert_allclose(Y, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+    # the reference's formula is reference.LayerNorm's: the roundings of tolerances._LayerNorm
+    eY, _, _ = tolerances.reference_bounds(layer, X, np.zeros_like(Y), dtype)
+    tolerances.assert_within(Y, expected, eY)
 
 
 def test_layer_norm_gradients(rng):
@@ -173,8 +182,28 @@ def test_layer_norm_agrees_with_pytorch(rng):
     inputs = torch.tensor(X, requires_grad=True)
     output = reference(inputs)
     output.backward(torch.tensor(dY))
-    np.testing.assert_allclose(layer.forward(X), output.detach().numpy(), rtol=1e-12)
-    np.testing.assert_allclose(layer.grad_input(X, dY), inputs.grad.numpy(), rtol=1e-10, atol=1e-12)
+    eY, edX, (e_scale, e_shift) = layer_norm_torch_bounds(layer, X, dY)
+    tolerances.assert_within(layer.forward(X), output.detach().numpy(), eY, "forward")
+    tolerances.assert_within(layer.grad_input(X, dY), inputs.grad.numpy(), edX, "grad_input")
     grads = layer.grad_params(X, dY)
-    np.testing.assert_allclose(grads.scale, reference.weight.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(grads.shift, reference.bias.grad.numpy(), rtol=1e-10)
+    tolerances.assert_within(grads.scale, reference.weight.grad.numpy(), e_scale, "scale")
+    tolerances.assert_within(grads.shift, reference.bias.grad.numpy(), e_shift, "shift")
+
+
+def layer_norm_torch_bounds(layer: LayerNorm, X: np.ndarray, dY: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """How far jitnn's float64 LayerNorm and PyTorch's may be apart. jitnn's side is
+    tolerances._LayerNorm's bound. PyTorch's CPU kernel works from ``x`` itself rather than
+    ``x - mean``: ``y = (x rstd - mean rstd) scale + shift``, and ``dx = rstd g + b x + c`` with
+    ``b = (mean sum(g) - sum(g x)) rstd**3 / k`` and ``c = -b mean - sum(g) rstd / k`` (``g = dy
+    scale``). Its roundings are counted against those magnitudes, with ``|x| + |mean|`` where
+    ``|x - mean|`` stood: ``gamma(k + 6)`` of each (the statistics are bounded as jitnn's are)."""
+    _, eY, ours = tolerances.layer_bounds(layer, X, dY, np.float64)
+    k = X.shape[-1]
+    spread = np.abs(X) + np.abs(X.mean(axis=-1, keepdims=True))
+    rstd = 1 / np.sqrt(X.var(axis=-1, keepdims=True) + layer.eps)
+    g = np.abs(dY * layer.scale)
+    c = tolerances.gamma(k + 6, np.float64)
+    their_Y = eY + c * (spread * rstd * np.abs(layer.scale) + np.abs(layer.shift))
+    b = (spread * g).sum(axis=-1, keepdims=True) * rstd**3 / k
+    their_dX = ours.edX + c * (rstd * g + b * spread + g.sum(axis=-1, keepdims=True) * rstd / k)
+    return eY + their_Y, ours.edX + their_dX, [2 * e for e in ours.egrads]

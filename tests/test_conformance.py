@@ -18,28 +18,19 @@ import pytest
 import jitnn as jn
 import reference
 import reference_spatial
+import tolerances
 
 DTYPES = [np.float32, np.float64]
 
 
-def tolerance(dtype: Any) -> dict[str, float]:
-    """Agreement with the float64 reference expected of a kernel computing in ``dtype``."""
-    if np.dtype(dtype) == np.float32:
-        return {"rtol": 1e-5, "atol": 1e-6}
-    return {"rtol": 1e-12, "atol": 1e-13}
-
-
-def approx(expected: float, dtype: Any) -> Any:
-    """``pytest.approx`` with :func:`tolerance`."""
-    tol = tolerance(dtype)
-    return pytest.approx(expected, rel=tol["rtol"], abs=tol["atol"])
-
-
-def rows_tolerance(dtype: Any) -> dict[str, float]:
-    """Agreement between two jitnn answers in ``dtype`` that differ only in batching."""
-    if np.dtype(dtype) == np.float32:  # a few units in the last place, as BLAS may sum rows in another order
-        return {"rtol": 1e-5, "atol": 1e-6}
-    return {"rtol": 1e-13, "atol": 1e-14}
+def products_depend_on_the_batch(layer: jn.Layer) -> bool:
+    """Whether the layer holds a Dense layer: a batch's product is one matrix product (gemm),
+    a single row's a matrix-vector product (gemv), which may sum in another order. Every other
+    layer computes each example with the same code whatever the batch (Conv2D: one product of
+    the same shape per example)."""
+    if isinstance(layer, jn.Composite):
+        return any(products_depend_on_the_batch(member) for member in layer.members)
+    return isinstance(layer, jn.Dense)
 
 
 def away_from_zero(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, low: float = 0.1, high: float = 2.0) -> np.ndarray:
@@ -267,12 +258,13 @@ def test_matches_reference(layer_class: type, dtype: Any) -> None:
     X = X.copy()
     X[0, 0] = 0.0  # the reference fixes ReLU's derivative at 0 as 0
     Y_ref, dX_ref, grads_ref = reference_answers(layer, X, dY)
-    np.testing.assert_allclose(layer.forward(X), Y_ref, **tolerance(dtype))
-    np.testing.assert_allclose(layer.grad_input(X, dY), dX_ref, **tolerance(dtype))
+    eY, edX, egrads = tolerances.reference_bounds(layer, X, dY, dtype)
+    tolerances.assert_within(layer.forward(X), Y_ref, eY, "forward")
+    tolerances.assert_within(layer.grad_input(X, dY), dX_ref, edX, "grad_input")
     grads = jn.tree.leaves(layer.grad_params(X, dY), trainable=True)
-    assert len(grads) == len(grads_ref)
-    for grad, grad_ref in zip(grads, grads_ref):
-        np.testing.assert_allclose(grad, grad_ref, **tolerance(dtype))
+    assert len(grads) == len(grads_ref) == len(egrads)
+    for k, (grad, grad_ref, e) in enumerate(zip(grads, grads_ref, egrads)):
+        tolerances.assert_within(grad, grad_ref, e, f"grad_params, leaf {k}")
 
 
 def test_keeps_dtype(layer_class: type, dtype: Any) -> None:
@@ -297,7 +289,7 @@ def test_converts_other_float_input_to_layer_dtype(layer_class: type, dtype: Any
     other = np.float64 if dtype == np.float32 else np.float32
     Y = layer.forward(X.astype(other))
     assert Y.dtype == dtype
-    np.testing.assert_allclose(Y, layer.forward(X.astype(other).astype(dtype)), **rows_tolerance(dtype))
+    np.testing.assert_array_equal(Y, layer.forward(X.astype(other).astype(dtype)))  # converted first: the same input
     assert layer.grad_input(X.astype(other), dY.astype(other)).dtype == dtype
     for leaf in jn.tree.leaves(layer.grad_params(X.astype(other), dY.astype(other))):
         assert leaf.dtype == dtype
@@ -308,13 +300,23 @@ def test_batch_equals_rows_one_at_a_time(layer_class: type, dtype: Any) -> None:
     n = X.shape[0]
     rows_Y = np.concatenate([layer.forward(X[i : i + 1]) for i in range(n)])
     rows_dX = np.concatenate([layer.grad_input(X[i : i + 1], dY[i : i + 1]) for i in range(n)])
-    np.testing.assert_allclose(layer.forward(X), rows_Y, **rows_tolerance(dtype))
-    np.testing.assert_allclose(layer.grad_input(X, dY), rows_dX, **rows_tolerance(dtype))
+    _, eY, g = tolerances.layer_bounds(layer, X, dY, dtype)
+    if products_depend_on_the_batch(layer):  # each within its bound of the exact answer
+        tolerances.assert_within(layer.forward(X), rows_Y, 2 * eY, "forward")
+        tolerances.assert_within(layer.grad_input(X, dY), rows_dX, 2 * g.edX, "grad_input")
+    else:
+        np.testing.assert_array_equal(layer.forward(X), rows_Y)
+        np.testing.assert_array_equal(layer.grad_input(X, dY), rows_dX)
 
+    # the batch's parameter gradients against the rows' summed in float64: the batch's error,
+    # each row's, and the float64 sum's
     per_row = [jn.tree.leaves(layer.grad_params(X[i : i + 1], dY[i : i + 1]), trainable=True) for i in range(n)]
+    rows_bounds = [tolerances.layer_bounds(layer, X[i : i + 1], dY[i : i + 1], dtype)[2].egrads for i in range(n)]
     batch = jn.tree.leaves(layer.grad_params(X, dY), trainable=True)
     for k, grad in enumerate(batch):
-        np.testing.assert_allclose(grad, np.sum([row[k] for row in per_row], axis=0, dtype=np.float64), **tolerance(dtype))
+        rows = [row[k] for row in per_row]
+        bound = g.egrads[k] + sum(b[k] for b in rows_bounds) + tolerances.gamma(n, np.float64) * np.sum(np.abs(rows, dtype=np.float64), axis=0)
+        tolerances.assert_within(grad, np.sum(rows, axis=0, dtype=np.float64), bound, f"grad_params, leaf {k}")
 
 
 def test_nothing_is_written_in_place(layer_class: type, dtype: Any) -> None:
@@ -420,19 +422,20 @@ def test_generic_passes_agree_with_chaining_by_hand(layer_class: type, dtype: An
     dY = rng.normal(size=Y.shape).astype(dtype)
     grads, dX = jn.backward(model, trace, dY)
 
+    # the passes call the leaf layers' kernels on the same arrays: the same bits
     Y_hand, grads_hand, dX_hand = by_hand(model, X, dY)
-    np.testing.assert_allclose(Y, Y_hand, **rows_tolerance(dtype))
-    np.testing.assert_allclose(dX, dX_hand, **rows_tolerance(dtype))
+    np.testing.assert_array_equal(Y, Y_hand)
+    np.testing.assert_array_equal(dX, dX_hand)
     leaves = jn.tree.leaves(grads, trainable=True)
     assert len(leaves) == len(grads_hand)
     for got, expected in zip(leaves, grads_hand):
         assert got.dtype == expected.dtype
-        np.testing.assert_allclose(got, expected, **rows_tolerance(dtype))
+        np.testing.assert_array_equal(got, expected)
     # the model's own methods are the same passes
-    np.testing.assert_allclose(model.forward(X), Y, **rows_tolerance(dtype))
-    np.testing.assert_allclose(model.grad_input(X, dY), dX, **rows_tolerance(dtype))
+    np.testing.assert_array_equal(model.forward(X), Y)
+    np.testing.assert_array_equal(model.grad_input(X, dY), dX)
     for got, expected in zip(jn.tree.leaves(model.grad_params(X, dY), trainable=True), leaves):
-        np.testing.assert_allclose(got, expected, **rows_tolerance(dtype))
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_value_and_grad_agrees_with_the_reference(dtype: Any) -> None:
@@ -442,14 +445,15 @@ def test_value_and_grad_agrees_with_the_reference(dtype: Any) -> None:
     value, grads = jn.value_and_grad(model, jn.SoftmaxCrossEntropy(), X, T)
     members = [reference_for(m) for m in model.layers]
     logits = reference.Chain.forward(X, members)
-    assert value == approx(reference.SoftmaxCrossEntropy.value(logits, T), dtype)
+    ours, theirs = (tolerances.value_and_grad_bound(model, jn.SoftmaxCrossEntropy(), X, T, d) for d in (dtype, np.float64))
+    tolerances.assert_within(value, reference.SoftmaxCrossEntropy.value(logits, T), ours.e_value + theirs.e_value, "value")
     dY = reference.SoftmaxCrossEntropy.grad(logits, T)
     expected = flatten(reference.Chain.grad_params(X, dY, members))
     got = jn.tree.leaves(grads, trainable=True)
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for k, (g, e) in enumerate(zip(got, expected)):
         assert g.dtype == dtype
-        np.testing.assert_allclose(g, e, **tolerance(dtype))
+        tolerances.assert_within(g, e, ours.egrads[k] + theirs.egrads[k], f"leaf {k}")
 
 
 def test_softmax_is_finite_and_correct_for_large_inputs_in_float32() -> None:
@@ -457,8 +461,9 @@ def test_softmax_is_finite_and_correct_for_large_inputs_in_float32() -> None:
     dY = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0], [2.0, -1.0, 1.0]], dtype=np.float32)
     Y, dX = jn.Softmax().forward(X), jn.Softmax().grad_input(X, dY)
     assert np.all(np.isfinite(Y)) and np.all(np.isfinite(dX))
-    np.testing.assert_allclose(Y, reference.Softmax.forward(X), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dX, reference.Softmax.grad_input(X, dY), rtol=1e-6, atol=1e-7)
+    eY, edX, _ = tolerances.reference_bounds(jn.Softmax(), X, dY, np.float32)
+    tolerances.assert_within(Y, reference.Softmax.forward(X), eY, "forward")
+    tolerances.assert_within(dX, reference.Softmax.grad_input(X, dY), edX, "grad_input")
 
 
 # --------------------------------------------------------------------------- full Jacobians
@@ -466,7 +471,8 @@ def test_jacobian_of_dense_is_W_transposed(dtype: Any) -> None:
     layer, X, _ = example(jn.Dense, dtype)
     J = jn.testing.jacobian(layer, X[0])
     assert J.shape == (layer.n_out, layer.n_in)
-    np.testing.assert_allclose(J, reference.Dense.jacobian_input(X[0], layer.W, layer.b), **tolerance(dtype))
+    # each row is dY @ W.T for a one-hot dY: one product by 1, the rest by 0, all exact
+    np.testing.assert_array_equal(J, reference.Dense.jacobian_input(X[0], layer.W, layer.b))
 
 
 def test_jacobian_of_dense_with_respect_to_parameters() -> None:
@@ -475,9 +481,10 @@ def test_jacobian_of_dense_with_respect_to_parameters() -> None:
     J = jn.testing.jacobian(layer, x, wrt="params")
     n_in, n_out = layer.W.shape
     # Y_k = sum_i x_i W[i, k] + b_k:  dY_k/dW[i, j] = x_i [j == k],  dY_k/db_j = [j == k]
+    # (products of x with one-hot rows: exact)
     expected_W = np.einsum("i,jk->kij", x, np.eye(n_out))
-    np.testing.assert_allclose(J["W"], expected_W, rtol=1e-14, atol=0)
-    np.testing.assert_allclose(J["b"], np.eye(n_out), rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(J["W"], expected_W)
+    np.testing.assert_array_equal(J["b"], np.eye(n_out))
     assert J["W"].shape == (n_out, n_in, n_out)
 
 
@@ -486,8 +493,17 @@ def test_jacobian_of_softmax(dtype: Any) -> None:
     J = jn.testing.jacobian(layer, X[0])
     expected = reference.Softmax.jacobian_input(X[0])
     assert J.shape == expected.shape == (X.shape[1], X.shape[1])
-    np.testing.assert_allclose(J, expected, **tolerance(dtype))
-    np.testing.assert_allclose(J.sum(axis=0), 0.0, atol=10 * np.finfo(dtype).eps)  # softmax sums to 1
+    # row k is grad_input for the one-hot dY = e_k, within the bound of that pass; the
+    # reference's diag(y) - y y^T carries y's error twice and two roundings: within four
+    # times the float64 pass's bound (whose magnitude, |e_k - y_k| + y_k, is at least half of
+    # the reference's, y (1 + y_k) on the diagonal and y y_k off it)
+    k = X.shape[1]
+    saved = [tolerances.forward_bound(layer, X[:1], d)[2] for d in (dtype, np.float64)]
+    rows = [[tolerances.backward_bound(layer, kept, np.eye(k)[j : j + 1], d).edX[0] for j in range(k)] for kept, d in zip(saved, (dtype, np.float64))]
+    ours, theirs = np.array(rows[0]), np.array(rows[1])
+    tolerances.assert_within(J, expected, ours + 4 * theirs, "Jacobian")
+    # softmax sums to 1, so each column sums to 0: the entries' errors and the sum's
+    tolerances.assert_within(J.sum(axis=0), np.zeros(k), ours.sum(axis=0) + tolerances.gamma(k, dtype) * np.abs(J).sum(axis=0), "column sums")
 
 
 # --------------------------------------------------------------------------- the loss table
@@ -532,9 +548,10 @@ def test_loss_matches_reference(loss_class: type, dtype: Any) -> None:
     ref = LOSS_EXAMPLES[loss_class].reference
     value, grad = loss.value(Y, T), loss.grad(Y, T)
     assert isinstance(value, float)
-    assert value == approx(ref.value(Y, T), dtype)
+    e_value, e_grad = tolerances.loss_reference_bounds(loss, Y, T, dtype)
+    tolerances.assert_within(value, ref.value(Y, T), e_value, "value")
     assert grad.dtype == dtype and grad.shape == Y.shape
-    np.testing.assert_allclose(grad, ref.grad(Y, T), **tolerance(dtype))
+    tolerances.assert_within(grad, ref.grad(Y, T), e_grad, "grad")
     both = loss.value_and_grad(Y, T)
     assert both[0] == value
     np.testing.assert_array_equal(both[1], grad)
@@ -571,8 +588,9 @@ def test_large_logits_are_finite_and_correct_in_float32(loss_class: type) -> Non
     value, grad = loss.value(Y, T), loss.grad(Y, T)
     assert np.isfinite(value)
     assert np.all(np.isfinite(grad))
-    assert value == pytest.approx(ref.value(Y, T), rel=1e-6)
-    np.testing.assert_allclose(grad, ref.grad(Y, T), rtol=1e-6, atol=1e-7)
+    e_value, e_grad = tolerances.loss_reference_bounds(loss, Y, T, np.float32)
+    tolerances.assert_within(value, ref.value(Y, T), e_value, "value")
+    tolerances.assert_within(grad, ref.grad(Y, T), e_grad, "grad")
 
 
 @pytest.mark.parametrize("label_dtype", [np.int8, np.int32, np.uint16, np.int64])
@@ -581,12 +599,13 @@ def test_softmax_cross_entropy_takes_any_integer_label_dtype(label_dtype: Any, d
     value, grad = loss.value(Y, T.astype(label_dtype)), loss.grad(Y, T.astype(label_dtype))
     assert value == loss.value(Y, T.astype(np.int64))
     np.testing.assert_array_equal(grad, loss.grad(Y, T.astype(np.int64)))
-    assert value == approx(reference.SoftmaxCrossEntropy.value(Y, T), dtype)
-    np.testing.assert_allclose(grad, reference.SoftmaxCrossEntropy.grad(Y, T), **tolerance(dtype))
+    e_value, e_grad = tolerances.loss_reference_bounds(loss, Y, T, dtype)
+    tolerances.assert_within(value, reference.SoftmaxCrossEntropy.value(Y, T), e_value, "value")
+    tolerances.assert_within(grad, reference.SoftmaxCrossEntropy.grad(Y, T), e_grad, "grad")
 
 
 def test_mean_squared_error_is_a_mean_over_all_elements() -> None:
     Y = np.zeros((2, 5))
     T = np.ones((2, 5))
-    assert jn.MeanSquaredError().value(Y, T) == pytest.approx(1.0)
-    np.testing.assert_allclose(jn.MeanSquaredError().grad(Y, T), np.full((2, 5), -2.0 / 10))
+    assert jn.MeanSquaredError().value(Y, T) == 1.0  # ten exact squares of 1, divided by 10
+    np.testing.assert_array_equal(jn.MeanSquaredError().grad(Y, T), np.full((2, 5), -2.0 / 10))  # one rounding each

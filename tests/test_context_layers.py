@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jitnn as jn
+import tolerances
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_dropout_drops_the_rate_and_scales_the_rest(rng):
     Y, _ = jn.forward(jn.Dropout(0.3), X, training=True, key=jn.random.key(1))
     kept = Y != 0
     assert abs(1 - kept.mean() - 0.3) < 0.01
-    np.testing.assert_allclose(Y[kept], 1 / 0.7)
+    np.testing.assert_array_equal(Y[kept], 1 / (1 - 0.3))  # 1 times the mask's value, 1 / (1 - rate): exact
 
 
 def test_dropout_masks_follow_the_key_and_the_position(rng):
@@ -77,7 +78,9 @@ def test_dropout_backward_uses_the_forward_mask(rng):
     X, dY = rng.normal(size=(6, 7)), rng.normal(size=(6, 7))
     Y, trace = jn.forward(jn.Dropout(0.4), X, training=True, key=jn.random.key(5))
     _, dX = jn.backward(jn.Dropout(0.4), trace, dY)
-    np.testing.assert_allclose(dX, dY * (Y / X), rtol=1e-12)
+    # dX = dY m rounded once; dY (Y / X) = dY (X m rounded) / X rounded, times dY rounded: four
+    # roundings between them
+    tolerances.assert_within(dX, dY * (Y / X), 4 * tolerances.unit_roundoff(np.float64) * np.abs(dX))
     jn.testing.check_grads(jn.Dropout(0.4), X, training=True, key=jn.random.key(5))
 
 
@@ -114,7 +117,9 @@ def test_batch_norm_matches_numpy(rng, shape, training):
     layer = batch_norm(rng, 3)
     X = rng.normal(size=shape)
     Y, trace = jn.forward(layer, X, training=training)
-    np.testing.assert_allclose(Y, batch_norm_reference(X, layer, training), rtol=1e-12, atol=1e-12)
+    # the reference's formula is the one tolerances._BatchNorm counts, on both sides in float64
+    _, eY, _ = tolerances.forward_bound(layer, X, np.float64, training=training)
+    tolerances.assert_within(Y, batch_norm_reference(X, layer, training), 2 * eY)
     jn.testing.check_grads(layer, X, training=training)
 
 
@@ -126,9 +131,10 @@ def test_batch_norm_reports_new_running_statistics_only_in_training(rng):
     _, trace = jn.forward(jn.pipe(jn.Identity(), layer), X, training=True)
     updated = trace.updated_model.layers[1]
     axes = (0, 2)
-    np.testing.assert_allclose(updated.running_mean, 0.75 * layer.running_mean + 0.25 * X.mean(axis=axes), rtol=1e-13)
+    _, e_mean, _, e_var = tolerances.batch_norm_statistics_bound(layer, X, np.float64)  # each side's
+    tolerances.assert_within(updated.running_mean, 0.75 * layer.running_mean + 0.25 * X.mean(axis=axes), 2 * e_mean, "mean")
     unbiased = X.var(axis=axes) * 20 / 19
-    np.testing.assert_allclose(updated.running_var, 0.75 * layer.running_var + 0.25 * unbiased, rtol=1e-13)
+    tolerances.assert_within(updated.running_var, 0.75 * layer.running_var + 0.25 * unbiased, 2 * e_var, "var")
     np.testing.assert_array_equal(updated.scale, layer.scale)
     assert not updated.running_mean.flags.writeable
 
@@ -141,7 +147,8 @@ def test_batch_norm_statistics_are_buffers_that_optimizers_leave_alone(rng):
     opt = jn.optim.adamw(0.1, weight_decay=0.5)
     model, state, _ = jn.train_step(layer, opt.init(layer), jn.SoftmaxCrossEntropy(), opt, X, T)
     expected = 0.9 * layer.running_mean + 0.1 * X.mean(axis=0)
-    np.testing.assert_allclose(model.running_mean, expected, rtol=1e-13)  # updated from the batch, not decayed
+    _, e_mean, _, _ = tolerances.batch_norm_statistics_bound(layer, X, np.float64)
+    tolerances.assert_within(model.running_mean, expected, 2 * e_mean)  # updated from the batch, not decayed
     assert [p for p, _ in jn.tree.leaves_with_paths(state.mu, trainable=True)] == ["scale", "shift"]
     np.testing.assert_array_equal(state.mu.running_mean, model.running_mean)  # carried along, not optimized
 
@@ -158,13 +165,31 @@ def test_batch_norm_agrees_with_pytorch(rng):
     output.backward(torch.tensor(dY))
     Y, trace = jn.forward(layer, X, training=True)
     grads, dX = jn.backward(layer, trace, dY)
-    np.testing.assert_allclose(Y, output.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dX, inputs.grad.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(grads.scale, reference.weight.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(trace.updated_model.running_mean, reference.running_mean.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(trace.updated_model.running_var, reference.running_var.numpy(), rtol=1e-12)
+    # jitnn's side: tolerances._BatchNorm's bounds. PyTorch's CPU kernel normalizes as
+    # x alpha + (shift - mean alpha) with alpha = scale / std, which rounds against |x| +
+    # |mean| rather than |x - mean|: gamma(4) of those magnitudes more; its backward pass and
+    # statistics have jitnn's form.
+    _, eY, saved = tolerances.forward_bound(layer, X, np.float64, training=True)
+    bound = tolerances.backward_bound(layer, saved, dY, np.float64)
+    shaped = lambda v: np.asarray(v).reshape(1, -1, 1, 1)
+    alpha = np.abs(shaped(layer.scale)) / np.sqrt(X.var(axis=(0, 2, 3), keepdims=True) + layer.eps)
+    pytorch_form = tolerances.gamma(4, np.float64) * (np.abs(X) + np.abs(X.mean(axis=(0, 2, 3), keepdims=True))) * alpha
+    tolerances.assert_within(Y, output.detach().numpy(), 2 * eY + pytorch_form, "forward")
+    tolerances.assert_within(dX, inputs.grad.numpy(), 2 * bound.edX, "dX")
+    tolerances.assert_within(grads.scale, reference.weight.grad.numpy(), 2 * bound.egrads[0], "d scale")
+    mean, e_mean, var, e_var = tolerances.batch_norm_statistics_bound(layer, X, np.float64)
+    tolerances.assert_within(trace.updated_model.running_mean, reference.running_mean.numpy(), 2 * e_mean, "running_mean")
+    tolerances.assert_within(trace.updated_model.running_var, reference.running_var.numpy(), 2 * e_var, "running_var")
     reference.eval()
-    np.testing.assert_allclose(trace.updated_model.forward(X), reference(torch.tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    # evaluation with the new statistics, which differ by up to their bounds: y moves by |f|
+    # per unit of the mean and |(x - mean) f| / (2 (var + eps)) per unit of the variance (f =
+    # scale / std), on top of each side's roundings
+    updated = trace.updated_model
+    _, eY, _ = tolerances.forward_bound(updated, X, np.float64)
+    factor = np.abs(shaped(updated.scale)) / np.sqrt(shaped(var) + updated.eps)
+    moved = factor * shaped(2 * e_mean) + np.abs(X - shaped(mean)) * factor / (2 * (shaped(var) + updated.eps)) * shaped(2 * e_var)
+    pytorch_form = tolerances.gamma(4, np.float64) * (np.abs(X) + np.abs(shaped(mean))) * factor
+    tolerances.assert_within(updated.forward(X), reference(torch.tensor(X)).detach().numpy(), 2 * eY + pytorch_form + moved, "evaluation")
 
 
 def test_batch_norm_errors(rng):
@@ -196,7 +221,9 @@ def test_embedding_looks_rows_up_and_accumulates_repeated_indices(rng):
     grads = layer.grad_params(indices, dY)
     expected = np.zeros((6, 4))
     np.add.at(expected, indices.reshape(-1), dY.reshape(-1, 4))
-    np.testing.assert_allclose(grads.table, expected, rtol=1e-13)
+    # the same rows summed, in jitnn's order and np.add.at's: gamma(uses) each (tolerances._Embedding)
+    bound = tolerances.layer_bounds(layer, indices, dY, np.float64)[2].egrads[0]
+    tolerances.assert_within(grads.table, expected, 2 * bound)
     np.testing.assert_array_equal(layer.grad_input(indices, dY), np.zeros(indices.shape))
     jn.testing.check_grads(layer, indices)
 
@@ -244,4 +271,5 @@ def test_embedding_agrees_with_pytorch(rng):
     output = reference(torch.tensor(indices))
     output.backward(torch.tensor(dY))
     np.testing.assert_array_equal(layer.forward(indices), output.detach().numpy())
-    np.testing.assert_allclose(layer.grad_params(indices, dY).table, reference.weight.grad.numpy(), rtol=1e-13)
+    bound = tolerances.layer_bounds(layer, indices, dY, np.float64)[2].egrads[0]  # sums of the rows, in two orders
+    tolerances.assert_within(layer.grad_params(indices, dY).table, reference.weight.grad.numpy(), 2 * bound)

@@ -27,6 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jitnn as jn
+import reference as float64_reference
+import tolerances
+from jitnn import _blas
 from test_conformance import LAYER_EXAMPLES
 
 #: Examples per property; raise JITNN_PROPERTY_EXAMPLES (for example to 200) for a deeper search.
@@ -162,11 +165,32 @@ def with_specials(X: np.ndarray, data: st.DataObject) -> np.ndarray:
     return X
 
 
-def same_values(actual: np.ndarray, expected: np.ndarray, dtype: Any) -> None:
-    """Agreement to the tolerance of the least precise of ``dtype`` and the two arrays' dtypes."""
-    coarse = np.float32 in (np.dtype(dtype), np.asarray(actual).dtype, np.asarray(expected).dtype)
-    tol = {"rtol": 1e-4, "atol": 1e-5} if coarse else {"rtol": 1e-10, "atol": 1e-12}
-    np.testing.assert_allclose(actual, expected, **tol)
+def same_bits(actual: Any, expected: Any, what: str = "") -> None:
+    """The same computation on the same numbers: an input in another layout, a copy, a list of
+    its values or another float dtype is converted to the computing dtype first, so the kernels
+    see the same array and give the same bits."""
+    assert np.asarray(actual).dtype == np.asarray(expected).dtype, what
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+def across_dtypes(layer: jn.Layer, X: np.ndarray, dY: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds between a layer without parameters computed in float64 and in float32 on the same
+    exact input ``X``: each side's rounding (``tolerances.layer_bounds``), the float32 side's
+    output gradient rounded from ``dY`` (``u |dY|`` more). ``(forward, grad_input)``."""
+    _, eY32, saved = tolerances.forward_bound(layer, X, np.float32)
+    g32 = tolerances.backward_bound(layer, saved, dY, np.float32, tolerances.unit_roundoff(np.float32) * np.abs(dY))
+    _, eY64, g64 = tolerances.layer_bounds(layer, X, dY, np.float64)
+    return eY32 + eY64, g32.edX + g64.edX
+
+
+def matches(actual: np.ndarray, expected: np.ndarray, layer: jn.Layer, X: np.ndarray, dY: np.ndarray, which: int) -> None:
+    """``actual`` (from a variant of ``X``) against ``expected`` (from its values as a C array):
+    the same bits in the same dtype; else (a layer without parameters computes in the input's
+    dtype, so a list of float32 values runs in float64) within :func:`across_dtypes`."""
+    if np.asarray(actual).dtype == np.asarray(expected).dtype:
+        same_bits(actual, expected)
+    else:
+        tolerances.assert_within(actual, expected, across_dtypes(layer, np.asarray(X, np.float64), np.asarray(dY, np.float64))[which])
 
 
 # --------------------------------------------------------------------------- layers: forward, grad_input, grad_params
@@ -215,9 +239,9 @@ def result_dtype(layer: jn.Layer, X: Any) -> np.dtype:
     return found if found in (np.float32, np.float64) else np.dtype(np.float32 if found.itemsize <= 4 else np.float64)
 
 
-def tree_close(actual: Any, expected: Any, dtype: Any) -> None:
+def tree_same_bits(actual: Any, expected: Any) -> None:
     for (path, a), (_, e) in zip(jn.tree.leaves_with_paths(actual), jn.tree.leaves_with_paths(expected)):
-        same_values(a, e, dtype)
+        same_bits(a, e, path)
 
 
 @pytest.mark.parametrize("cls", LAYER_CLASSES, ids=[c.__name__ for c in LAYER_CLASSES])
@@ -243,19 +267,20 @@ def test_layer_answers(cls: type, data: st.DataObject) -> None:
     dtype = result_dtype(layer, Xv)
     assert Y.dtype == dtype
     # NaN/inf input (how == "specials") may spread to the output: then only shape and dtype are checked
-    if kind == "valid" and how != "specials":
-        same_values(Y, layer.forward(np.ascontiguousarray(expected_X)), dtype)
-        assert all_finite(Y)
-        if cls is jn.Dense:
-            same_values(Y, expected_X.astype(np.float64) @ layer.W + layer.b, dtype)
     dY = np.random.default_rng(0).normal(size=Y.shape).astype(dtype)
+    if kind == "valid" and how != "specials":
+        matches(Y, layer.forward(np.ascontiguousarray(expected_X)), layer, expected_X, dY, 0)
+        assert all_finite(Y)
+        if cls is jn.Dense:  # NumPy's float64 product: each side within its bound
+            eY, _, _ = tolerances.reference_bounds(layer, expected_X, dY, dtype)
+            tolerances.assert_within(Y, expected_X.astype(np.float64) @ layer.W + layer.b, eY)
     # an input forward accepts (of any shape) has gradients of its shape
     dX, grads = ok(checked_call(layer.grad_input, (Xv, dY), names)), ok(checked_call(layer.grad_params, (Xv, dY), names))
     assert np.shape(dX) == np.shape(Xv) and type(grads) is type(layer)
     if kind == "valid" and how != "specials":
         ref = np.ascontiguousarray(expected_X)
-        same_values(dX, layer.grad_input(ref, dY), dtype)
-        tree_close(grads, layer.grad_params(ref, dY), dtype)
+        matches(dX, layer.grad_input(ref, dY), layer, expected_X, dY, 1)
+        tree_same_bits(grads, layer.grad_params(ref, dY))  # a layer with parameters computes in their dtype
 
 
 @pytest.mark.parametrize("cls", LAYER_CLASSES, ids=[c.__name__ for c in LAYER_CLASSES])
@@ -272,7 +297,7 @@ def test_layer_output_gradient_checked(cls: type, data: st.DataObject) -> None:
     for method in (layer.grad_input, layer.grad_params):
         outcome = checked_call(method, (X, dYv), names)
         if how in ("plain", "strided", "fortran", "readonly", "list", "other_float"):
-            tree_close(ok(outcome), method(X, np.asarray(dYv)), dtype)
+            tree_same_bits(ok(outcome), method(X, np.asarray(dYv)))  # converted to the same array first
         else:
             refused(outcome)
 
@@ -282,20 +307,11 @@ LOSSES = [jn.SoftmaxCrossEntropy(), jn.MeanSquaredError(), jn.BinaryCrossEntropy
 
 
 def reference_loss(loss: jn.Loss, Y: np.ndarray, T: np.ndarray) -> tuple[float, np.ndarray]:
-    """Value and gradient in float64 NumPy."""
-    Y = Y.astype(np.float64)
-    if isinstance(loss, jn.SoftmaxCrossEntropy):
-        shifted = Y - Y.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        rows = np.arange(len(Y))
-        one_hot = np.zeros_like(Y)
-        one_hot[rows, T] = 1
-        return float(-log_p[rows, T].mean()), (np.exp(log_p) - one_hot) / len(Y)
-    T = np.asarray(T, dtype=np.float64)
-    if isinstance(loss, jn.MeanSquaredError):
-        return float(((Y - T) ** 2).mean()), 2 * (Y - T) / Y.size
-    value = np.maximum(Y, 0) - Y * T + np.log1p(np.exp(-np.abs(Y)))
-    return float(value.mean()), (1 / (1 + np.exp(-Y)) - T) / Y.size
+    """Value and gradient in float64 NumPy (``reference.py``'s, whose roundings
+    ``tolerances.loss_bound`` counts)."""
+    ref = {jn.SoftmaxCrossEntropy: float64_reference.SoftmaxCrossEntropy, jn.MeanSquaredError: float64_reference.MeanSquaredError,
+           jn.BinaryCrossEntropy: float64_reference.BinaryCrossEntropy}[type(loss)]
+    return ref.value(Y, T), ref.grad(Y, T)
 
 
 def draw_targets(loss: jn.Loss, Y: np.ndarray, data: st.DataObject) -> tuple[Any, bool]:
@@ -365,9 +381,11 @@ def test_loss_value_and_grad(loss: jn.Loss, data: st.DataObject) -> None:
     value, grad = ok(value), ok(grad)
     assert isinstance(value, float) and grad.shape == Y.shape and grad.dtype == dtype
     if how != "specials":
-        expected_value, expected_grad = reference_loss(loss, Y, np.asarray(T))
-        assert value == pytest.approx(expected_value, rel=1e-4, abs=1e-5)
-        same_values(grad, expected_grad, np.float32)
+        T = np.asarray(T)
+        expected_value, expected_grad = reference_loss(loss, Y, T)
+        e_value, e_grad = tolerances.loss_reference_bounds(loss, Y, T.astype(np.int64 if isinstance(loss, jn.SoftmaxCrossEntropy) else np.float64), dtype)
+        tolerances.assert_within(value, expected_value, e_value, "value")
+        tolerances.assert_within(grad, expected_grad, e_grad, "grad")
 
 
 # --------------------------------------------------------------------------- passes
@@ -430,8 +448,8 @@ def test_forward_backward(mb: tuple, data: st.DataObject) -> None:
     assert Y.shape == (np.shape(Xv)[0], model.layers[-1].n_out) and Y.dtype == dtype
     if how != "specials":
         assert all_finite(Y)
-        if not training:
-            same_values(Y, model.forward(np.ascontiguousarray(expected_values(X, how))), dtype)
+        if not training:  # converted to the parameters' dtype first: the same computation
+            same_bits(Y, model.forward(np.ascontiguousarray(expected_values(X, how))))
     dY_how = data.draw(st.sampled_from(["plain", "fortran", "list", "wrong_shape", "int", "empty"]), label="dY")
     dY = np.ones_like(Y)
     dYv = {"plain": dY, "fortran": np.asfortranarray(dY), "list": dY.tolist(), "wrong_shape": dY[:, :0] if dY.shape[1] > 1 else dY[:, None],
@@ -478,8 +496,9 @@ def test_value_and_grad(loss: jn.Loss, mb: tuple, data: st.DataObject) -> None:
     if how != "specials":
         assert np.isfinite(value) and all_finite(grads)
         if extra != "dropout":
+            # the same forward kernels (evaluation mode) and the same loss kernel on the same arrays
             expected = loss.value(model.forward(np.ascontiguousarray(expected_values(X, how))), T)
-            assert value == pytest.approx(expected, rel=1e-4, abs=1e-6)
+            assert value == expected
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -535,8 +554,9 @@ def test_optimizer_update(name: str, mb: tuple, data: st.DataObject) -> None:
     if how == "valid":
         assert all_finite(new_model) and all_finite(new_state)
         if name == "sgd":
-            for new, expected in zip([p for _, p in jn.tree.leaves_with_paths(new_model, trainable=True)], reference_sgd(model, grads, 0.1)):
-                same_values(new, expected, dtype)
+            leaves = zip(jn.tree.leaves(new_model, trainable=True), reference_sgd(model, grads, 0.1), jn.tree.leaves(model, trainable=True), jn.tree.leaves(grads, trainable=True))
+            for new, expected, p, g in leaves:
+                tolerances.assert_within(new, expected, tolerances.sgd_numpy_bound(p, g, 0.1, dtype))
 
 
 def _refill(tree: Any, leaves: list[np.ndarray]) -> Any:
@@ -563,7 +583,8 @@ def test_train_step_and_compiled_step(name: str, mb: tuple, data: st.DataObject)
         kind = "invalid"  # batch statistics need more than one value per channel
     names = layer_names(model) | {"value_and_grad", type(loss).__name__, name, "train_step", "compile_step", "CompiledStep", "step"}
     key = jn.random.key(3)
-    generic = checked_call(jn.train_step, (model, state, loss, optimizer, Xv, T), names, key=key)
+    with _blas.threads(_blas.auto_threads(n)):  # the count the compiled step chooses for the batch
+        generic = checked_call(jn.train_step, (model, state, loss, optimizer, Xv, T), names, key=key)
     step = jn.compile_step(model, loss, optimizer)
     compiled = checked_call(step, (model, state, Xv, T), names, key=key)
     if kind == "invalid":
@@ -573,10 +594,11 @@ def test_train_step_and_compiled_step(name: str, mb: tuple, data: st.DataObject)
     (m1, s1, v1), (m2, s2, v2) = ok(generic), ok(compiled)
     if how == "specials":
         return  # NaN/inf data give a NaN loss and parameters: a correct result for such data
-    assert np.isfinite(v1) and v1 == pytest.approx(v2, rel=1e-4, abs=1e-6)
+    # the same kernels on the same arrays, at the same thread count: the same bits
+    assert np.isfinite(v1) and v1 == v2
     assert type(s1) is type(s2) and len(jn.tree.leaves(s1)) == len(jn.tree.leaves(s2))
     for (path, a), (_, b) in zip(jn.tree.leaves_with_paths(m1), jn.tree.leaves_with_paths(m2)):
-        same_values(a, b, np.float32)
+        same_bits(a, b, path)
 
 
 @FEW
@@ -728,7 +750,7 @@ def test_metrics(data: st.DataObject) -> None:
             continue
         result = ok(outcome)
         if reference is not None:
-            assert np.array_equal(result, reference()) if isinstance(result, np.ndarray) else result == pytest.approx(reference())
+            assert np.array_equal(result, reference()) if isinstance(result, np.ndarray) else result == reference()  # a count / n, rounded once
         else:
             assert 0.0 <= result <= 1.0
             if k == c:
@@ -861,7 +883,7 @@ def test_leaky_relu_slope(slope: Any) -> None:
         return
     layer = ok(outcome)
     X = np.array([[-2.0, 3.0]])
-    same_values(layer.forward(X), np.where(X > 0, X, slope * X), np.float64)
+    same_bits(layer.forward(X), np.where(X > 0, X, slope * X))  # one float64 product, as NumPy's
 
 
 # --------------------------------------------------------------------------- regressions
@@ -1062,16 +1084,18 @@ def test_spatial_layers_drawn_configurations(data: st.DataObject) -> None:
     Y = ok(outcome)
     X_t.requires_grad_(True)
     expected = reference(X_t)
-    np.testing.assert_allclose(Y, expected.detach().numpy(), rtol=1e-10, atol=1e-12)
     dY = rng.normal(size=Y.shape)
+    # PyTorch in float64 sums the same terms in its own order: each side within its bound
+    eY, edX, egrads = tolerances.reference_bounds(layer, X, dY, np.float64)
+    tolerances.assert_within(Y, expected.detach().numpy(), eY, "forward")
     expected.backward(torch.from_numpy(dY))
-    np.testing.assert_allclose(ok(checked_call(layer.grad_input, (X, dY), type(layer).__name__)), X_t.grad.numpy(), rtol=1e-10, atol=1e-12)
+    tolerances.assert_within(ok(checked_call(layer.grad_input, (X, dY), type(layer).__name__)), X_t.grad.numpy(), edX, "grad_input")
     if kind == "conv":
         grads = ok(checked_call(layer.grad_params, (X, dY), "Conv2D"))
         weights = torch.from_numpy(Wt).requires_grad_(True)
         reference(torch.from_numpy(X), weights).backward(torch.from_numpy(dY))
-        np.testing.assert_allclose(grads.W, weights.grad.numpy(), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(grads.b, dY.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-12)
+        tolerances.assert_within(grads.W, weights.grad.numpy(), egrads[0], "dW")
+        tolerances.assert_within(grads.b, dY.sum(axis=(0, 2, 3)), egrads[1], "db")
 
 
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 4), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=2), st.tuples(st.integers(-1, 3), st.integers(-1, 3)), st.just(jn.ReLU()))
@@ -1146,8 +1170,9 @@ def test_top_k_accuracy_matches_scikit_learn(scores: list, data: st.DataObject) 
     k = data.draw(st.integers(1, c - 1), label="k")  # k = n_classes (always 1.0) is in test_metrics
     finite = np.where(np.isinf(S), 1e300, S)  # scikit-learn refuses inf; 1e300 ranks (and ties) the same here
     expected = metrics.top_k_accuracy_score(labels, finite, k=k, labels=list(range(c)))
-    assert ok(checked_call(jn.top_k_accuracy, (S, labels, k), "top_k_accuracy")) == pytest.approx(expected)
-    assert ok(checked_call(jn.accuracy, (S, labels), "accuracy")) == pytest.approx(np.mean(S.argmax(axis=1) == labels))
+    # fractions of n: an exact count divided by n, one rounding on each side
+    assert ok(checked_call(jn.top_k_accuracy, (S, labels, k), "top_k_accuracy")) == expected
+    assert ok(checked_call(jn.accuracy, (S, labels), "accuracy")) == np.mean(S.argmax(axis=1) == labels)
     predicted = S.argmax(axis=1)
     for predictions in (S, predicted, predicted.astype(np.uint8)):
         counts = ok(checked_call(jn.confusion_matrix, (labels, predictions, c), "confusion_matrix"))

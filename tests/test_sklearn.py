@@ -18,6 +18,8 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+import jitnn as jn  # noqa: E402
+import tolerances  # noqa: E402
 from jitnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 #: Most fits here run a few epochs on purpose; the two tests about ConvergenceWarning catch it
@@ -67,8 +69,19 @@ def test_labels_of_any_kind_come_back_as_given() -> None:
     assert predicted.dtype == names.dtype and np.mean(predicted == names[y]) > 0.9
     probabilities = model.predict_proba(X[:5] / 16.0)
     assert probabilities.shape == (5, 10)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
-    np.testing.assert_allclose(np.exp(model.predict_log_proba(X[:5] / 16.0)), probabilities)
+    # predict_proba is a float64 softmax of the logits, each within tolerances._Softmax's
+    # bound; they sum to 1 within those bounds and the sum's gamma(10)
+    logits = model._outputs(X[:5] / 16.0)
+    _, e_p, _ = tolerances.forward_bound(jn.Softmax(), logits, np.float64)
+    tolerances.assert_within(probabilities.sum(axis=1), np.ones(5), e_p.sum(axis=1) + tolerances.gamma(10, np.float64), "sum")
+    # predict_log_proba is (x - max) - log(sum): the difference, the sum's relative error rho,
+    # log's own and the last difference; exp adds its own, relative
+    u, L = tolerances.unit_roundoff(np.float64), tolerances.LIBRARY
+    spread = logits.max(axis=1, keepdims=True) - logits
+    total = np.exp(-spread).sum(axis=1, keepdims=True)
+    rho = (probabilities * u * (spread + L)).sum(axis=1, keepdims=True) + tolerances.gamma(10, np.float64)
+    e_log = u * spread + rho + L * u * np.log(total) + u * (spread + np.log(total))
+    tolerances.assert_within(np.exp(model.predict_log_proba(X[:5] / 16.0)), probabilities, probabilities * (e_log + L * u) + e_p, "exp of log")
 
 
 def test_training_is_reproducible_and_runs_the_compiled_step() -> None:
