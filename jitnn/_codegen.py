@@ -1,18 +1,19 @@
 """Source generation and on-disk caching for the compiled training step.
 
 :func:`jitnn.compile_step` writes, for one model, loss and optimizer, the source of a single
-Python function that calls every layer's own kernels in order (forward, the loss, backward,
-the optimizer's kernel per parameter array) and compiles it with jitnn's kernel policy. The
-source is written to a module file named by a hash of its text, inside the Numba cache
-folder, and imported under that name, so Numba's on-disk cache keys on a real file and a
-second process loads machine code instead of compiling.
+Python function that runs the model's plan (:mod:`jitnn.plan`): every operation of the plan
+in order (each call of a leaf layer's own kernels, the sums and concatenations), the loss,
+then the plan read backwards, and the optimizer's kernel per parameter array. It compiles
+it with jitnn's kernel policy. The source is written to a module file named by a hash of its
+text, inside the Numba cache folder, and imported under that name, so Numba's on-disk cache
+keys on a real file and a second process loads machine code instead of compiling.
 
 The generated function has one calling convention::
 
-    step(X, T, params, configs, extras, loss_config, moments, hyper)
+    step(X, T, params, buffers, configs, extras, loss_config, moments, hyper)
 
-- ``params``: every parameter array of the model, in the order of its leaf layers;
-- ``configs[i]`` and ``extras[i]``: leaf ``i``'s ``config()`` and per-call arguments;
+- ``params`` and ``buffers``: every parameter and buffer array of the model, in site order;
+- ``configs[i]``: site ``i``'s ``config()``; ``extras[c]``: call ``c``'s per-call arguments;
 - ``moments[j][k]``: the optimizer's ``j``-th moment of parameter ``k``; ``hyper``: its
   kernel's scalars for this step.
 
@@ -20,7 +21,9 @@ Every value is passed in, none is written into the source as a constant: Numba w
 integer constant as a literal and compile a kernel once per value. Every array the step makes
 itself is handed to kernels through ``as_readonly`` (a retyping, not a copy), so the kernels
 run with the read-only signatures the generic path compiles, and the step compiles no
-kernel a second time.
+kernel a second time. Residuals are locals of the function; the generic passes keep the
+same ones in their trace, and both read the plan in the same order, so they agree bit for
+bit.
 """
 
 from __future__ import annotations
@@ -34,56 +37,29 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import attrs
 import numba
 import numpy as np
 
 from jitnn._checks import describe
-from jitnn.protocol import Composite, Layer
+from jitnn.plan import Call, Concat, Plan, Sum
 
-__all__ = ["Leaf", "StepSource", "load_function"]
-
-
-@attrs.frozen
-class Leaf:
-    """A leaf layer of the model as the step sees it: its position (``where``), its
-    per-example input shape, whether that input is the model's own input, and where its
-    parameters start in ``params``."""
-
-    layer: Layer
-    where: str
-    input_shape: tuple[int, ...]
-    takes_model_input: bool
-    first_param: int
-
-
-Backward = Callable[[str, bool], "str | None"]
+__all__ = ["StepSource", "load_function"]
 
 
 class StepSource:
-    """The lines of a step function, built by walking the model once.
+    """The lines of the step function of one plan, written in one walk of its operations."""
 
-    Leaf layers are written here, generically from their kernels; composite layers write
-    their own part through :meth:`Composite._emit`, calling :meth:`layer` on their members.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
         self.lines: list[str] = []
-        self.leaves: list[Leaf] = []
-        self.grads: list[str] = []  # the variable holding each parameter's gradient
-        self.buffers: list[tuple[int, str]] = []  # (leaf index, its new buffers as a read-only tuple)
+        self.buffers: list[tuple[int, str]] = []  # (site index, its new buffers as a read-only tuple)
         self._imports: dict[int, tuple[str, Any]] = {}
         self._names = itertools.count()
 
-    # ------------------------------------------------------------------ helpers for _emit
-    def variable(self, prefix: str) -> str:
-        """A fresh variable name."""
+    def _variable(self, prefix: str) -> str:
         return f"{prefix}{next(self._names)}"
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
 
     def kernel(self, dispatcher: Any) -> str:
         """The name under which the generated module imports ``dispatcher``."""
@@ -99,103 +75,185 @@ class StepSource:
             known = self._imports[id(dispatcher)] = (f"k{len(self._imports)}_{name.lstrip('_')}", dispatcher)
         return known[0]
 
-    def layer(self, layer: Layer, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Backward]:
-        """Emit ``layer`` applied to the variable ``x``; see :meth:`Composite._emit`."""
-        if isinstance(layer, Composite):
-            return layer._emit(self, x, shape, where)
-        return self._leaf(layer, x, shape, where)
+    # ------------------------------------------------------------------ one call of a leaf
+    def _arguments(self, call: Call, residual: bool) -> str:
+        """The kernel arguments after ``X`` (and ``dY``, ``R``): parameters, buffers (the
+        forward side only), configuration and per-call arguments."""
+        site = self.plan.sites[call.site]
+        layer = site.layer
+        parts = [f"params[{site.first_param + j}]" for j in range(len(layer.param_names))]
+        if not residual:
+            parts += [f"buffers[{site.first_buffer + j}]" for j in range(len(layer.buffer_names))]
+        return "".join(f", {p}" for p in parts) + f", *configs[{call.site}], *extras[{call.call}]"
 
-    # ------------------------------------------------------------------ leaf layers
-    def _leaf(self, layer: Layer, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Backward]:
-        try:
-            out = tuple(layer.output_shape(shape))
-        except ValueError as error:
-            raise ValueError(f"{describe(layer, where)}: {error} (per-example input shape {shape})") from None
-        index, first = len(self.leaves), len(self.grads)
-        self.leaves.append(Leaf(layer, where, tuple(shape), x == "X", first))
+    def _flat(self, variable: str, call: Call) -> str:
+        return f"ro({variable}.reshape(-1))" if self.plan.sites[call.site].layer.elementwise else f"ro({variable})"
+
+    def _forward_call(self, call: Call, keep: bool) -> tuple[str, str | None]:
+        """Emit the call's forward (and its buffers' update); return its output and
+        residual variables."""
+        layer = self.plan.sites[call.site].layer
         kernels = layer.kernels
-        forward, grad_input = self.kernel(kernels.forward), self.kernel(kernels.grad_input)
-        grad_params = self.kernel(kernels.grad_params) if layer.param_names else None
-        flat = layer.elementwise
-        x_in = f"ro({x}.reshape(-1))" if flat else f"ro({x})"
-        back_shape = f".reshape({x}.shape)" if flat else ""
-        rest = "".join(f", params[{first + j}]" for j in range(len(layer.param_names))) + f", *configs[{index}], *extras[{index}]"
-        y = self.variable("y")
-        self.line(f"{y} = {forward}({x_in}{rest}){back_shape}")
-        if layer.needs_context and kernels.update is not None:
-            new = self.variable("buffers")
-            self.line(f"{new} = {self.kernel(kernels.update)}({x_in}{rest})")
-            self.buffers.append((index, _tuple(f"ro({new}[{j}])" for j in range(len(layer.buffer_names)))))
-        self.grads.extend([""] * len(layer.param_names))
+        residuals = kernels.residuals if keep or kernels.forward is None else None
+        x_in, y = self._flat(f"s{call.x}", call), f"s{call.y}"
+        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
+        r = None
+        if residuals is not None:
+            out, r = self._variable("out"), self._variable("r")
+            self.lines.append(f"{out} = {self.kernel(residuals.forward)}({x_in}{self._arguments(call, False)})")
+            self.lines.append(f"{y}, {r} = {out}[0]{shape}, {out}[1]")
+        else:
+            self.lines.append(f"{y} = {self.kernel(kernels.forward)}({x_in}{self._arguments(call, False)}){shape}")
+        if layer.needs_context:
+            update = kernels.residuals.update if kernels.residuals is not None else None
+            new = self._variable("buffers")
+            if update is not None:
+                if r is None:
+                    r = self._variable("r")
+                    self.lines.append(f"{r} = {self.kernel(kernels.residuals.forward)}({x_in}{self._arguments(call, False)})[1]")
+                self.lines.append(f"{new} = {self.kernel(update)}({r}{self._buffer_arguments(call)})")
+            elif kernels.update is not None:
+                self.lines.append(f"{new} = {self.kernel(kernels.update)}({x_in}{self._arguments(call, False)})")
+            else:
+                return y, r
+            self.buffers.append((call.site, _tuple(f"ro({new}[{j}])" for j in range(len(layer.buffer_names)))))
+        return y, r
 
-        def backward(dy: str, need_input_grad: bool) -> str | None:
-            dy_in = f"ro({dy}.reshape(-1))" if flat else f"ro({dy})"
-            if grad_params is not None:
-                grads = self.variable("grads")
-                self.line(f"{grads} = {grad_params}({x_in}, {dy_in}{rest})")
-                for j in range(len(layer.param_names)):
-                    self._gradient(first + j, f"{grads}[{j}]", describe(layer, where))
-            if not need_input_grad:
-                return None
-            dx = self.variable("dx")
-            self.line(f"{dx} = {grad_input}({x_in}, {dy_in}{rest}){back_shape}")
-            return dx
+    def _buffer_arguments(self, call: Call) -> str:
+        site = self.plan.sites[call.site]
+        parts = [f"buffers[{site.first_buffer + j}]" for j in range(len(site.layer.buffer_names))]
+        return "".join(f", {p}" for p in parts) + f", *configs[{call.site}], *extras[{call.call}]"
 
-        return y, out, backward
+    def _backward_call(self, call: Call, r: str | None, dy: str, input_gradient: bool) -> str | None:
+        """Emit the call's gradients; add its parameters' to their totals; return ``dx``."""
+        site = self.plan.sites[call.site]
+        layer = site.layer
+        kernels = layer.kernels
+        x_in, dy_in = self._flat(f"s{call.x}", call), self._flat(dy, call)
+        if r is not None:
+            head, arguments = f"{x_in}, {dy_in}, {r}", self._arguments(call, True)
+            grad_params, grad_input = kernels.residuals.grad_params, kernels.residuals.grad_input
+        else:
+            head, arguments = f"{x_in}, {dy_in}", self._arguments(call, False)
+            grad_params, grad_input = kernels.grad_params, kernels.grad_input
+        if layer.param_names:
+            grads = self._variable("grads")
+            self.lines.append(f"{grads} = {self.kernel(grad_params)}({head}{arguments})")
+            for j in range(len(layer.param_names)):
+                self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", describe(layer, site.where))
+        if not input_gradient:
+            return None
+        dx = self._variable("dx")
+        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
+        self.lines.append(f"{dx} = {self.kernel(grad_input)}({head}{arguments}){shape}")
+        return dx
 
     # ------------------------------------------------------------------ the whole function
-    def function(self, model: Layer, input_shape: tuple[int, ...], loss: Any, optimizer_kernel: Any, n_moments: int) -> tuple[str, tuple[int, ...]]:
-        """The source of the step for ``model`` on per-example input ``input_shape``, and
-        the model's per-example output shape. With ``optimizer_kernel`` ``None`` the step
-        stops at the gradients: ``-> (value, grads, new buffers)``; otherwise it updates:
-        ``-> (value, new params, new moments, new buffers)``.
+    def function(self, loss: Any, optimizer_kernel: Any, n_moments: int) -> str:
+        """The source of the step. With ``optimizer_kernel`` ``None`` the step stops at the
+        gradients: ``-> (value, grads, new buffers)``; otherwise it updates: ``-> (value,
+        new params, new moments, new buffers)``.
 
-        Each layer's parameters are updated as soon as its gradients exist, in the backward
-        pass, while they are still in cache (the order changes no result: each update reads
-        only its own parameter, gradient and moments)."""
+        Each parameter is updated as soon as its gradient is complete, in the backward pass,
+        while it is still in cache (the order changes no result: each update reads only its
+        own parameter, gradient and moments)."""
+        plan = self.plan
         self._update = self.kernel(optimizer_kernel) if optimizer_kernel is not None else None
         self._n_moments = n_moments
+        n_params = sum(len(site.layer.param_names) for site in plan.sites)
+        self._grads: list[str | None] = [None] * n_params
+        self._pending = [site.calls for site in plan.sites for _ in site.layer.param_names]
         self._new_params: dict[int, str] = {}
         self._new_moments: list[dict[int, str]] = [{} for _ in range(n_moments)]
-        y, output_shape, backward = self.layer(model, "X", tuple(input_shape), "")
+        needed = plan.gradient_needed(False)
+        self.lines.append("s0 = X")
+        residuals: dict[int, str | None] = {}
+        for op in plan.ops:
+            if isinstance(op, Call):
+                _, residuals[op.call] = self._forward_call(op, plan.keeps_residuals(op, needed))
+            elif isinstance(op, Sum):
+                self.lines.append(f"s{op.y} = {' + '.join(f's{x}' for x in op.xs)}")
+            else:
+                self.lines.append(f"s{op.y} = np.concatenate(({', '.join(f's{x}' for x in op.xs)},), axis={op.axis + 1})")
+        y = f"s{plan.output}"
         if loss.kernels.value_and_grad is not None:
-            self.line(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}(ro({y}), T, *loss_config)")
+            self.lines.append(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}(ro({y}), T, *loss_config)")
         else:
-            value, grad = self.kernel(loss.kernels.value), self.kernel(loss.kernels.grad)
-            self.line(f"value = {value}(ro({y}), T, *loss_config)")
-            self.line(f"dy = {grad}(ro({y}), T, *loss_config)")
-        backward("dy", False)
+            self.lines.append(f"value = {self.kernel(loss.kernels.value)}(ro({y}), T, *loss_config)")
+            self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}(ro({y}), T, *loss_config)")
+        grads: list[str | None] = [None] * len(plan.slots)
+        grads[plan.output] = "dy"
+
+        def receive(slot: int, gradient: str) -> None:
+            if grads[slot] is None:
+                grads[slot] = gradient
+            else:
+                total = self._variable("d")
+                self.lines.append(f"{total} = {grads[slot]} + {gradient}")
+                grads[slot] = total
+
+        for op in reversed(plan.ops):
+            gradient = grads[op.y]
+            if gradient is None:
+                continue
+            if isinstance(op, Call):
+                dx = self._backward_call(op, residuals[op.call], gradient, needed[op.x])
+                if dx is not None:
+                    receive(op.x, dx)
+            elif isinstance(op, Sum):
+                for x in op.xs:
+                    if needed[x]:
+                        receive(x, gradient)
+            else:
+                index = ":, " * (op.axis + 1)
+                for x, start, stop in zip(op.xs, op.bounds[:-1], op.bounds[1:]):
+                    if needed[x]:
+                        part = self._variable("d")
+                        self.lines.append(f"{part} = np.ascontiguousarray({gradient}[{index}{start}:{stop}])")
+                        receive(x, part)
+        for k, pending in enumerate(self._pending):
+            if pending:  # a parameter no gradient reached: its gradient is zero
+                self._pending[k] = 1
+                self._parameter_gradient(k, f"np.zeros_like(params[{k}])", "")
         buffers = _tuple(name for _, name in self.buffers)
         if self._update is None:
-            self.line(f"return value, {_tuple(f'ro({g})' for g in self.grads)}, {buffers}")
+            self.lines.append(f"return value, {_tuple(f'ro({g})' for g in self._grads)}, {buffers}")
         else:
-            new_params = [self._new_params[k] for k in range(len(self.grads))]
-            new_moments = (_tuple(moment[k] for k in range(len(self.grads))) for moment in self._new_moments)
-            self.line(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
+            new_params = [self._new_params[k] for k in range(n_params)]
+            new_moments = (_tuple(moment[k] for k in range(n_params)) for moment in self._new_moments)
+            self.lines.append(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
         imports = "\n".join(
             f"from {d.py_func.__module__ if hasattr(d, 'py_func') else d.__module__} import "
             f"{getattr(d, 'py_func', d).__name__} as {alias}"
             for alias, d in self._imports.values()
         )
         body = "\n".join(f"    {line}" for line in self.lines)
-        source = (
+        return (
             f"{imports}\nimport numpy as np\nfrom jitnn._jit import as_readonly as ro, jit\n\n\n"
-            "@jit\ndef step(X, T, params, configs, extras, loss_config, moments, hyper):\n"
+            "@jit\ndef step(X, T, params, buffers, configs, extras, loss_config, moments, hyper):\n"
             f"{body}\n"
         )
-        return source, output_shape
 
-    def _gradient(self, k: int, gradient: str, owner: str) -> None:
-        """Parameter ``k``'s gradient is ``gradient``: check its shape (a kernel that got
-        it wrong would make the optimizer read out of bounds) and update the parameter."""
-        self.grads[k] = gradient
-        self.line(f"if {gradient}.shape != params[{k}].shape:")
-        self.line(f"    raise ValueError('the grad_params kernel of {_quote(owner)} returned a gradient of the wrong shape')")
+    def _parameter_gradient(self, k: int, gradient: str, owner: str) -> None:
+        """One more part of parameter ``k``'s gradient (a layer applied several times has
+        several); once all have come, check its shape (a kernel that got it wrong would make
+        the optimizer read out of bounds) and update the parameter."""
+        if self._grads[k] is not None:
+            total = self._variable("g")
+            self.lines.append(f"{total} = {self._grads[k]} + {gradient}")
+            gradient = total
+        self._grads[k] = gradient
+        self._pending[k] -= 1
+        if self._pending[k]:
+            return
+        if owner:
+            self.lines.append(f"if {gradient}.shape != params[{k}].shape:")
+            self.lines.append(f"    raise ValueError('the grad_params kernel of {_quote(owner)} returned a gradient of the wrong shape')")
         if self._update is None:
             return
-        out = self.variable("updated")
+        out = self._variable("updated")
         moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(self._n_moments))
-        self.line(f"{out} = {self._update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
+        self.lines.append(f"{out} = {self._update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
         self._new_params[k] = f"ro({out}[0].reshape(params[{k}].shape))"
         for j in range(self._n_moments):
             self._new_moments[j][k] = f"ro({out}[{j + 1}].reshape(params[{k}].shape))"

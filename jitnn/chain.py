@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
 
-from jitnn.protocol import EVALUATION, Array, Composite, Context, Layer, layer
+from jitnn.protocol import Composite, Layer, layer
 
 __all__ = ["Chain", "pipe", "compose"]
 
@@ -39,20 +38,6 @@ class Chain(Composite):
         _check_composition(self.layers)
 
     @property
-    def members(self) -> tuple[Layer, ...]:
-        return self.layers
-
-    def named_members(self) -> tuple[tuple[str, Layer], ...]:
-        return tuple((f".layers[{i}]", member) for i, member in enumerate(self.layers))
-
-    @property
-    def dtype(self) -> np.dtype | None:
-        for member in self.layers:
-            if member.dtype is not None:
-                return member.dtype
-        return None
-
-    @property
     def input_shape(self) -> tuple[int, ...] | None:
         """The first stated input shape, if every layer before it keeps that shape."""
         for i, member in enumerate(self.layers):
@@ -74,40 +59,10 @@ class Chain(Composite):
                 raise ValueError(f"layers[{i}] ({type(member).__name__}) {error}") from None
         return shape
 
-    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
-        for suffix, member in self.named_members():
-            X = member._forward(X, where + suffix, context)
-        return X
-
-    def _trace(self, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, tuple[Any, ...], Chain]:
-        traces, updated = [], []
-        for suffix, member in self.named_members():
-            X, trace, member_after = member._trace(X, where + suffix, context)
-            traces.append(trace)
-            updated.append(member_after)
-        same = all(after is member for after, member in zip(updated, self.layers))
-        return X, tuple(traces), (self if same else Chain(updated))
-
-    def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Chain, Array | None]:
-        named = self.named_members()
-        grads: list[Any] = [None] * len(named)
-        for i in range(len(named) - 1, -1, -1):
-            suffix, member = named[i]
-            grads[i], dY = member._backward(trace[i], dY, where + suffix, need_input_grad or i > 0)
-        return Chain(grads), dY
-
-    def _emit(self, source: Any, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Any]:
-        backwards = []
-        for suffix, member in self.named_members():
-            x, shape, backward = source.layer(member, x, shape, where + suffix)
-            backwards.append(backward)
-
-        def backward(dy: str, need_input_grad: bool) -> str | None:
-            for i in range(len(backwards) - 1, -1, -1):
-                dy = backwards[i](dy, need_input_grad or i > 0)
-            return dy
-
-        return x, shape, backward
+    def lower(self, plan: Any, x: Any) -> Any:
+        for i in range(len(self.layers)):
+            x = plan.apply(i, x)
+        return x
 
 
 def _check_composition(layers: tuple[Layer, ...]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from jitnn import _memory, random, tree
+from jitnn import _memory, plan, random, tree
 from jitnn._checks import describe, float_input
 from jitnn.losses import Loss
 from jitnn.protocol import Array, Context, Layer
@@ -22,15 +22,28 @@ __all__ = ["Trace", "forward", "backward", "value_and_grad", "value_grad_and_upd
 
 @attrs.frozen(eq=False)
 class Trace:
-    """What :func:`forward` keeps for :func:`backward`: the model, every layer's input
-    (nested like the model), the shape of the model's output, and ``updated_model``: the
+    """What :func:`forward` keeps for :func:`backward`: the model, the pass's
+    :class:`jitnn.plan.Record` (every slot's array of the model's plan, each call's per-call
+    arguments and residuals), the shape of the model's output, and ``updated_model``: the
     model as the batch left it (new batch-normalization statistics in training mode; the
     model itself otherwise)."""
 
     model: Layer = attrs.field(repr=False)
-    inputs: Any = attrs.field(repr=False)
+    record: plan.Record = attrs.field(repr=False)
     output_shape: tuple[int, ...]
     updated_model: Layer = attrs.field(repr=False)
+
+    @property
+    def inputs(self) -> tuple[Array, ...]:
+        """Each leaf layer's input, in the order the plan calls them."""
+        return tuple(self.record.values[call.x] for call in self.record.plan.calls)
+
+
+def _updated(model: Layer, leaves: list[Layer], after: list[Layer]) -> Layer:
+    """``model`` with the leaves a training batch changed (itself if none changed)."""
+    if all(new is old for new, old in zip(after, leaves)):
+        return model
+    return plan.rebuild(model, iter(after))
 
 
 def _check_model(model: Any, who: str) -> None:
@@ -59,8 +72,10 @@ def forward(model: Layer, X: Any, *, key: random.Key | None = None, training: bo
     _memory.keep_freed_memory()  # once per process: reuse the blocks earlier steps freed
     context = _context(key, training, "forward")
     X = model._input(X)
-    Y, inputs, updated = model._trace(X, "", context)
-    return Y, Trace(model, inputs, Y.shape, updated)
+    lowered = plan.lower(model, X.shape[1:], X.shape[0])
+    leaves = [site.layer for site in lowered.sites]
+    Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True)
+    return Y, Trace(model, record, Y.shape, _updated(model, leaves, after))
 
 
 def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
@@ -83,7 +98,10 @@ def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
     dY = float_input(dY, model.dtype, describe(model), "output gradient dY")
     if dY.shape != trace.output_shape:
         raise ValueError(f"backward: dY must have the model output's shape {trace.output_shape}, got {dY.shape}")
-    return model._backward(trace.inputs, dY, "")
+    lowered = trace.record.plan
+    leaves = [site.layer for site in lowered.sites] if trace.model is model else plan.leaf_layers(model)
+    records, dX = plan.run_backward(lowered, leaves, trace.record, dY)
+    return plan.rebuild(model, iter(records)), dX
 
 
 def value_grad_and_update(
@@ -101,10 +119,12 @@ def value_grad_and_update(
         raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
     context = _context(key, training, "value_and_grad")
     X = model._input(X)
-    Y, inputs, updated = model._trace(X, "", context)
+    lowered = plan.lower(model, X.shape[1:], X.shape[0])
+    leaves = [site.layer for site in lowered.sites]
+    Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True)
     value, dY = loss.value_and_grad(Y, T)
-    grads, _ = model._backward(inputs, dY, "", need_input_grad=False)
-    return value, grads, updated
+    records, _ = plan.run_backward(lowered, leaves, record, dY, input_gradient=False)
+    return value, plan.rebuild(model, iter(records)), _updated(model, leaves, after)
 
 
 def value_and_grad(

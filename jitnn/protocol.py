@@ -1,14 +1,22 @@
-"""The layer protocol: a frozen record of parameters plus three kernels.
+"""The layer protocol: a frozen record of parameters plus its kernels.
 
 A layer answers three questions, each through an ``@jit`` kernel with one calling
-convention (``params`` are the parameter fields in declaration order, ``config`` is
-:meth:`Layer.config`, by default the other fields in declaration order):
+convention. ``params`` are the parameter fields in declaration order, ``buffers`` the
+:func:`buffer` fields, ``config`` is :meth:`Layer.config` (by default the other fields in
+declaration order) and ``extras`` the per-call arguments of :meth:`Layer.call_args`:
 
-====  ==========================  =============================================
-[1]   ``forward(X, *params, *config)``                 ``-> Y = f(X; W)``
-[2]   ``grad_input(X, dY, *params, *config)``          ``-> dX = dL/dX``
-[3]   ``grad_params(X, dY, *params, *config)``         ``-> (dL/dW, ...)``, one per parameter
-====  ==========================  =============================================
+====  ====================================================  =========================
+[1]   ``forward(X, *params, *buffers, *config, *extras)``           ``-> Y = f(X; W)``
+[2]   ``grad_input(X, dY, *params, *buffers, *config, *extras)``    ``-> dX = dL/dX``
+[3]   ``grad_params(X, dY, *params, *buffers, *config, *extras)``   ``-> (dL/dW, ...)``
+====  ====================================================  =========================
+
+A layer whose backward pass needs what its forward pass computed (statistics, columns,
+argmax positions) gives :class:`Residuals` kernels as well: ``forward`` returns ``(Y, R)``
+with ``R`` a tuple, and the gradient kernels take ``R`` instead of recomputing it (and
+instead of the buffers: what the backward pass needs of them, the forward pass puts in
+``R``). The generic passes keep ``R`` in the trace, the compiled step as a local. The three
+answers still stand alone: ``grad_input(X, dY)`` on a layer computes ``R`` from ``X`` first.
 
 Everything else (the passes, the optimizers, the gradient checks) is written once in
 terms of these answers. The Python methods here validate every array before a kernel
@@ -22,11 +30,12 @@ Three optional extensions, each a class attribute or method of the record:
   (training mode, key) and the input's shape and dtype into extra kernel arguments
   appended after ``config`` (a dropout mask), kept in the trace for the backward pass;
   :meth:`Layer.updated` gives the layer as a training batch leaves it (new running
-  statistics), by default through the optional ``Kernels.update`` kernel;
+  statistics), by default through the optional ``update`` kernel;
 - :func:`buffer` fields: arrays the layer carries (and saves) but does not train.
 
-Layers made of layers derive from :class:`Composite` and implement the passes over their
-``members`` instead of kernels.
+Layers made of layers derive from :class:`Composite` and describe, once, how their members
+are wired (:meth:`Composite.lower`); :mod:`jitnn.plan` lowers a whole model into the plan
+that the generic passes run and the compiled step is generated from.
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ import numpy as np
 from jitnn import random
 from jitnn._checks import FLOAT_DTYPES, describe, float_input, freeze, readonly
 
-__all__ = ["Array", "Composite", "Context", "EVALUATION", "Kernels", "Layer", "buffer", "layer", "param", "registered_layers", "require_shape"]
+__all__ = [
+    "Array", "Composite", "Context", "EVALUATION", "Kernels", "Layer", "Residuals", "buffer", "layer", "param", "registered_layers",
+    "require_shape",
+]
 
 Array = np.ndarray
 PARAM = "jitnn.param"
@@ -47,19 +59,49 @@ BUFFER = "jitnn.buffer"
 L = TypeVar("L", bound="Layer")
 
 
-class Kernels(NamedTuple):
-    """The three kernels of a layer; ``grad_params`` is ``None`` for a layer without parameters.
+class Residuals(NamedTuple):
+    """The kernels of a layer whose backward pass reuses what its forward pass computed.
 
-    A layer with buffers that a training batch changes (running statistics) may give a
-    fourth, ``update(X, *params, *config, *call_args) -> (new buffer, ...)`` in
-    :attr:`Layer.buffer_names` order: the default :meth:`Layer.updated` calls it, and the
-    compiled training step (:func:`jitnn.compile_step`) runs it inside the step.
+    - ``forward(X, *params, *buffers, *config, *extras) -> (Y, R)``: the output and the
+      residuals ``R``, a tuple of arrays (or scalars) that the backward pass needs;
+    - ``grad_input(X, dY, R, *params, *config, *extras) -> dX``;
+    - ``grad_params(X, dY, R, *params, *config, *extras) -> (dL/dW, ...)``, ``None`` for a
+      layer without parameters;
+    - ``update(R, *buffers, *config, *extras) -> (new buffer, ...)``: the buffers as a
+      training batch leaves them (batch normalization's running statistics from the batch
+      statistics in ``R``), ``None`` for a layer that has none to update.
+
+    The kernels after ``forward`` take no buffers: what they need of them is in ``R``.
+    ``Y`` must be the bits :attr:`Kernels.forward` gives (``jn.testing.check_layer``
+    checks it), so that a pass that keeps residuals and one that does not agree.
     """
 
-    forward: Callable[..., Array]
+    forward: Callable[..., tuple[Array, tuple[Any, ...]]]
     grad_input: Callable[..., Array]
     grad_params: Callable[..., tuple[Array, ...]] | None = None
     update: Callable[..., tuple[Array, ...]] | None = None
+
+
+class Kernels(NamedTuple):
+    """The kernels of a layer (see the module's table for their arguments).
+
+    ``grad_params`` is ``None`` for a layer without parameters. A layer with buffers that a
+    training batch changes (running statistics) may give ``update(X, *params, *buffers,
+    *config, *extras) -> (new buffer, ...)`` in :attr:`Layer.buffer_names` order: the default
+    :meth:`Layer.updated` calls it, and the compiled training step runs it inside the step.
+
+    ``residuals`` (:class:`Residuals`) are kernels that hand what the forward pass computed
+    to the backward pass. A layer that gives them may leave ``grad_input`` and
+    ``grad_params`` (and ``update``) out: its plain answers then compute the residuals from
+    ``X`` first. Where both are given, the plain kernels answer a plain call and the
+    residual ones serve the passes; the two must agree bit for bit.
+    """
+
+    forward: Callable[..., Array] | None
+    grad_input: Callable[..., Array] | None = None
+    grad_params: Callable[..., tuple[Array, ...]] | None = None
+    update: Callable[..., tuple[Array, ...]] | None = None
+    residuals: Residuals | None = None
 
 
 def _to_param(value: Any) -> Array:
@@ -110,8 +152,9 @@ def param() -> Any:
 def buffer() -> Any:
     """Declare a buffer field: an array the layer keeps and updates from data (batch
     normalization's running statistics) but that is not trained. Read-only like a
-    parameter, saved with the model, handed to the kernels with the configuration, and
-    left alone by optimizers and gradient checks."""
+    parameter, saved with the model, handed to the forward-side kernels, and
+    left alone by optimizers and gradient checks. Kernels get the buffers after the
+    parameters and before the configuration."""
     return attrs.field(
         converter=_to_param,
         eq=attrs.cmp_using(eq=_array_equal),
@@ -166,7 +209,7 @@ class Layer:
     #: The layer's kernels; ``None`` only for composite layers (``Chain``) that override
     #: the private pass methods instead.
     kernels: ClassVar[Kernels | None] = None
-    #: Names of the parameter fields, then of the configuration fields (set by ``@layer``).
+    #: Names of the parameter, buffer and configuration fields (set by ``@layer``).
     param_names: ClassVar[tuple[str, ...]] = ()
     buffer_names: ClassVar[tuple[str, ...]] = ()
     config_names: ClassVar[tuple[str, ...]] = ()
@@ -197,11 +240,16 @@ class Layer:
         """The parameter arrays, in declaration order."""
         return tuple(getattr(self, name) for name in self.param_names)
 
-    def config(self) -> tuple[Any, ...]:
-        """The static configuration handed to the kernels after the parameters.
+    @property
+    def buffers(self) -> tuple[Array, ...]:
+        """The buffer arrays, in declaration order."""
+        return tuple(getattr(self, name) for name in self.buffer_names)
 
-        By default the non-parameter fields in declaration order; a layer may override it to
-        hand the kernels values derived from its fields.
+    def config(self) -> tuple[Any, ...]:
+        """The static configuration handed to the kernels after the parameters and buffers.
+
+        By default the fields that are neither parameters nor buffers, in declaration order;
+        a layer may override it to hand the kernels values derived from its fields.
         """
         return tuple(getattr(self, name) for name in self.config_names)
 
@@ -242,17 +290,9 @@ class Layer:
         return ()
 
     def updated(self: L, X: Array, call_args: tuple[Any, ...]) -> L:
-        """The layer after a training batch: with a ``Kernels.update`` kernel, a copy
-        holding the buffers it returns (new running statistics); otherwise itself."""
-        update = self.kernels.update if self.kernels is not None else None
-        if update is None:
-            return self
-        if self.elementwise:
-            X, call_args = X.reshape(-1), _flat(call_args)
-        new = update(readonly(X), *self.params, *self.config(), *call_args)
-        if not isinstance(new, tuple) or len(new) != len(self.buffer_names):
-            raise TypeError(f"{describe(self)}: update kernel must return a tuple of {len(self.buffer_names)} arrays (one per buffer)")
-        return attrs.evolve(self, **{name: freeze(value) for name, value in zip(self.buffer_names, new)})
+        """The layer after a training batch: with an ``update`` kernel (plain or residual),
+        a copy holding the buffers it returns (new running statistics); otherwise itself."""
+        return self._updated(X, None, call_args)
 
     # ------------------------------------------------------------------ public answers
     def forward(self, X: Any) -> Array:
@@ -261,24 +301,26 @@ class Layer:
         Floating-point input of another dtype or memory layout is converted once to the
         parameters' dtype; anything else raises ``TypeError`` or ``ValueError``.
         """
-        return self._forward(self._input(X), "")
+        from jitnn import plan
+
+        return plan.forward_only(self, self._input(X))
 
     __call__ = forward
 
     def grad_input(self, X: Any, dY: Any) -> Array:
         """[2] ``dX = dL/dX`` (shape of ``X``) given ``dY = dL/dY`` (shape of the output)."""
-        X, dY = self._boundary(X, dY)
-        return self._grad_input(X, dY, "")
+        from jitnn import plan
+
+        return plan.plain_gradients(self, *self._boundary(X, dY), params=False, inputs=True)[1]
 
     def grad_params(self: L, X: Any, dY: Any) -> L:
         """[3] A new record of this layer's type whose parameter fields hold ``dL/dW``.
 
         A layer without parameters returns itself (once ``X`` and ``dY`` are checked).
         """
-        X, dY = self._boundary(X, dY)
-        if not self.param_names and not isinstance(self, Composite):
-            self._check(X, "", dY)
-        return self._grad_params(X, dY, "")
+        from jitnn import plan
+
+        return plan.plain_gradients(self, *self._boundary(X, dY), params=True, inputs=False)[0]
 
     def _input(self, X: Any) -> Array:
         """Check and convert a batch at the model's boundary (floating-point data)."""
@@ -288,68 +330,80 @@ class Layer:
         X = self._input(X)
         return X, float_input(dY, self.dtype or X.dtype, describe(self), "output gradient dY")
 
-    # ------------------------------------------------------------------ checked kernel calls
-    # ``where`` is the layer's position in the model (".layers[2]"), used in error messages.
-    # Composite layers override these five methods; everything else is generic.
-    def _check(self, X: Array, where: str, dY: Array | None = None) -> None:
-        try:
-            out = self.output_shape(X.shape[1:])
-        except ValueError as error:
-            raise ValueError(f"{describe(self, where)}: {error} (input array of shape {X.shape})") from None
-        if dY is not None and dY.shape != (X.shape[0], *out):
-            raise ValueError(
-                f"{describe(self, where)}: the output gradient dY must have shape {(X.shape[0], *out)}, got {dY.shape}"
-            )
+    # ------------------------------------------------------------------ the kernel convention
+    # The one place where a leaf layer's kernels are called. The plan's passes call these
+    # with arrays whose shapes the shape rule has already accepted; ``where`` is the layer's
+    # position in the model (".layers[2]"), for error messages.
+    def _run_forward(self, X: Array, extras: tuple[Any, ...], keep: bool) -> tuple[Array, Any]:
+        """``(Y, R)``: the output and, with ``keep`` and residual kernels, the residuals
+        (``None`` otherwise)."""
+        kernels = self.kernels
+        residuals = kernels.residuals
+        x, extras = (X.reshape(-1), _flat(extras)) if self.elementwise else (X, extras)
+        arguments = (*self.params, *self.buffers, *self.config(), *extras)
+        if kernels.forward is not None and not (keep and residuals is not None):
+            Y, R = kernels.forward(readonly(x), *arguments), None
+        else:
+            Y, R = residuals.forward(readonly(x), *arguments)
+            R = R if keep else None
+        return (Y.reshape(X.shape) if self.elementwise else Y), R
 
-    def _forward(self, X: Array, where: str, context: Context = EVALUATION) -> Array:
-        self._check(X, where)
-        extra = self.call_args(X, context, where) if self.needs_context else ()
-        return self._call(self.kernels.forward, X, None, extra)
+    def _residuals(self, X: Array, extras: tuple[Any, ...]) -> Any:
+        """The residuals of ``X``, computed afresh (a plain call without a trace)."""
+        return self._run_forward(X, extras, True)[1]
 
-    def _grad_input(self, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> Array:
-        self._check(X, where, dY)
-        if self.needs_context and not extra:
-            extra = self.call_args(X, EVALUATION, where)
-        return self._call(self.kernels.grad_input, X, dY, extra)
+    def _run_backward(
+        self, X: Array, dY: Array, R: Any, extras: tuple[Any, ...], where: str, params: bool, inputs: bool
+    ) -> tuple[tuple[Array, ...] | None, Array | None]:
+        """``(parameter gradients, dX)``, each only if asked for: with the residuals ``R``
+        of the forward pass if it kept them, else with the plain kernels (or residuals
+        computed now, for a layer that has only residual kernels)."""
+        kernels = self.kernels
+        residuals = kernels.residuals
+        params = params and bool(self.param_names)
+        plain = R is None and (kernels.grad_input is not None or not inputs) and (kernels.grad_params is not None or not params)
+        if not plain and R is None:
+            R = self._residuals(X, extras)
+        flat = self.elementwise
+        x, d, extras = (X.reshape(-1), dY.reshape(-1), _flat(extras)) if flat else (X, dY, extras)
+        x, d = readonly(x), readonly(d)
+        if plain:
+            head, arguments = (x, d), (*self.params, *self.buffers, *self.config(), *extras)
+            grad_params, grad_input = kernels.grad_params, kernels.grad_input
+        else:
+            head, arguments = (x, d, R), (*self.params, *self.config(), *extras)
+            grad_params, grad_input = residuals.grad_params, residuals.grad_input
+        grads = dX = None
+        if params:
+            grads = grad_params(*head, *arguments)
+            if not isinstance(grads, tuple) or len(grads) != len(self.param_names):
+                raise TypeError(f"{describe(self, where)}: grad_params kernel must return a tuple of {len(self.param_names)} arrays")
+            for name, grad in zip(self.param_names, grads):
+                if grad.shape != getattr(self, name).shape:
+                    raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
+        if inputs:
+            dX = grad_input(*head, *arguments)
+            dX = dX.reshape(X.shape) if flat else dX
+            if dX.shape != X.shape:
+                raise ValueError(f"{describe(self, where)}: grad_input kernel returned shape {dX.shape}, the input has {X.shape}")
+        return grads, dX
 
-    def _call(self, kernel: Callable[..., Array], X: Array, dY: Array | None, extra: tuple[Any, ...]) -> Array:
-        """``kernel(X, [dY,] *params, *config, *extra)`` on read-only arrays (flat ones for an
-        element-wise layer, whose result takes ``X``'s shape again)."""
-        arrays = (X,) if dY is None else (X, dY)
-        if self.elementwise:
-            arrays, extra = tuple(a.reshape(-1) for a in arrays), _flat(extra)
-            return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra).reshape(X.shape)
-        return kernel(*map(readonly, arrays), *self.params, *self.config(), *extra)
-
-    def _grad_params(self: L, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> L:
-        if not self.param_names:
+    def _updated(self: L, X: Array, R: Any, extras: tuple[Any, ...]) -> L:
+        """The layer with the buffers its ``update`` kernel gives for this batch (the
+        residual one, from ``R`` or residuals computed now, where there is one)."""
+        kernels = self.kernels
+        residual_update = kernels.residuals.update if kernels.residuals is not None else None
+        if residual_update is not None:
+            R = self._residuals(X, extras) if R is None else R
+            new = residual_update(R, *self.buffers, *self.config(), *(_flat(extras) if self.elementwise else extras))
+        elif kernels.update is not None:
+            x, flat_extras = (X.reshape(-1), _flat(extras)) if self.elementwise else (X, extras)
+            new = kernels.update(readonly(x), *self.params, *self.buffers, *self.config(), *flat_extras)
+        else:
             return self
-        self._check(X, where, dY)
-        if self.needs_context and not extra:
-            extra = self.call_args(X, EVALUATION, where)
-        grads = self.kernels.grad_params(readonly(X), readonly(dY), *self.params, *self.config(), *extra)
-        if not isinstance(grads, tuple) or len(grads) != len(self.param_names):
-            raise TypeError(f"{describe(self, where)}: grad_params kernel must return a tuple of {len(self.param_names)} arrays")
-        for name, grad in zip(self.param_names, grads):
-            if grad.shape != getattr(self, name).shape:
-                raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
-        return self.with_params([freeze(grad) for grad in grads])
-
-    def _trace(self: L, X: Array, where: str, context: Context = EVALUATION) -> tuple[Array, Any, L]:
-        """Forward, keeping what the backward pass needs (for a leaf layer: its input, and
-        its per-call arguments if it has any); also the layer as updated by the batch."""
-        if not self.needs_context:
-            return self._forward(X, where), X, self
-        self._check(X, where)
-        extra = self.call_args(X, context, where)
-        Y = self._call(self.kernels.forward, X, None, extra)
-        return Y, (X, extra), (self.updated(X, extra) if context.training else self)
-
-    def _backward(self, trace: Any, dY: Array, where: str, need_input_grad: bool = True) -> tuple[Any, Array | None]:
-        """Gradient record and (unless not needed) ``dX``, from what :meth:`_trace` kept."""
-        X, extra = trace if self.needs_context else (trace, ())
-        grads = self._grad_params(X, dY, where, extra)
-        return grads, (self._grad_input(X, dY, where, extra) if need_input_grad else None)
+        if not isinstance(new, tuple) or len(new) != len(self.buffer_names):
+            raise TypeError(f"{describe(self)}: update kernel must return a tuple of {len(self.buffer_names)} arrays (one per buffer)")
+        return attrs.evolve(self, **{name: freeze(value) for name, value in zip(self.buffer_names, new)})
 
 
 def _flat(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -358,32 +412,76 @@ def _flat(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class Composite(Layer):
-    """Base of the layers made of layers (``Chain``, ``Residual``, ``Concatenate``...):
-    they implement ``_forward``, ``_trace`` and ``_backward`` over their members; their
-    ``grad_input`` and ``grad_params`` are a traced forward then a backward pass."""
+    """Base of the layers made of layers (``Chain``, ``Residual``, ``Concatenate``...).
+
+    Its members are its fields that hold a layer or a tuple of layers, in field order. It
+    says once how they are wired, in :meth:`lower`, from which the generic passes, the
+    compiled step and (unless it gives its own) its shape rule all follow::
+
+        @jn.layer
+        class DenseBlock(jn.Composite):      # Y = [X, f(X)] along the features
+            inner: jn.Layer
+
+            def lower(self, plan, x):
+                return plan.concat([x, plan.apply(self.inner, x)], axis=0)
+    """
 
     __slots__ = ()
 
-    @property
-    def members(self) -> tuple[Layer, ...]:
-        """The layers this one is made of, in order."""
+    def lower(self, plan: Any, x: Any) -> Any:
+        """Wire the members: given the :class:`jitnn.plan.Planner` ``plan`` and the slot
+        ``x`` holding this layer's input, return the slot holding its output, made with
+        ``plan.apply(member, slot)``, ``plan.add(*slots)`` and ``plan.concat(slots, axis)``
+        (each slot has a per-example ``shape``)."""
         raise NotImplementedError
+
+    def _member_fields(self) -> list[tuple[str, bool]]:
+        """``(name, is_tuple)`` of each field that holds a layer or a tuple of layers."""
+        found = []
+        for field in type(self).__attrs_attrs__:
+            value = getattr(self, field.name)
+            if isinstance(value, Layer):
+                found.append((field.name, False))
+            elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+                found.append((field.name, True))
+        return found
 
     def named_members(self) -> tuple[tuple[str, Layer], ...]:
         """Each member with the suffix that names its position (``".layers[2]"``): the
         passes build each layer's ``where`` (error messages, its random key) from these."""
-        raise NotImplementedError
+        named: list[tuple[str, Layer]] = []
+        for name, is_tuple in self._member_fields():
+            value = getattr(self, name)
+            named.extend(((f".{name}[{i}]", v) for i, v in enumerate(value)) if is_tuple else [(f".{name}", value)])
+        return tuple(named)
 
-    def _emit(self, source: Any, x: str, shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, ...], Callable[[str, bool], str | None]]:
-        """Write this layer's part of a compiled training step (see ``jitnn/_codegen.py``).
+    @property
+    def members(self) -> tuple[Layer, ...]:
+        """The layers this one is made of, in order."""
+        return tuple(member for _, member in self.named_members())
 
-        Given the variable ``x`` holding the input (per-example shape ``shape``), emit the
-        forward lines through ``source`` and return the output variable, the output's
-        per-example shape and a function ``backward(dy, need_input_grad) -> dx`` that emits
-        the backward lines when called (in reverse order of the forward ones). A composite
-        layer without it cannot be compiled; the generic passes still work.
-        """
-        raise TypeError(f"{type(self).__name__} has no compiled form (it does not implement Composite._emit)")
+    def with_members(self: L, members: Sequence[Layer]) -> L:
+        """A copy whose members (in :attr:`members` order) are ``members``: how gradient
+        records and updated models of a composite's structure are made."""
+        supply, changes = iter(members), {}
+        for name, is_tuple in self._member_fields():
+            count = len(getattr(self, name)) if is_tuple else 1
+            taken = tuple(next(supply) for _ in range(count))
+            changes[name] = taken if is_tuple else taken[0]
+        return attrs.evolve(self, **changes)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        for member in self.members:
+            if member.dtype is not None:
+                return member.dtype
+        return None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape that :meth:`lower` gives (a composite may state its own rule)."""
+        from jitnn import plan
+
+        return plan.output_shape_of(self, tuple(input_shape))
 
     def _input(self, X: Any) -> Array:
         """The layer applied first decides what input it takes (indices for an embedding);
@@ -394,20 +492,6 @@ class Composite(Layer):
         if type(first)._input is not Layer._input:
             return first._input(X)
         return float_input(X, self.dtype, describe(self))
-
-    def _grad_input(self, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> Array:
-        return self._backward(self._checked_trace(X, dY, where), dY, where)[1]
-
-    def _grad_params(self: L, X: Array, dY: Array, where: str, extra: tuple[Any, ...] = ()) -> L:
-        return self._backward(self._checked_trace(X, dY, where), dY, where, need_input_grad=False)[0]
-
-    def _checked_trace(self, X: Array, dY: Array, where: str) -> Any:
-        """The trace of ``X`` (its members check the input, naming themselves), once ``dY``
-        is known to have the output's shape."""
-        Y, trace, _ = self._trace(X, where)
-        if dY.shape != Y.shape:
-            raise ValueError(f"{describe(self, where)}: the output gradient dY must have shape {Y.shape}, got {dY.shape}")
-        return trace
 
 
 _REGISTRY: list[type] = []
@@ -442,15 +526,31 @@ def layer(cls: type) -> type:
     fields = attrs.fields(cls)
     cls.param_names = tuple(f.name for f in fields if f.metadata.get(PARAM))
     cls.buffer_names = tuple(f.name for f in fields if f.metadata.get(BUFFER))
-    cls.config_names = tuple(f.name for f in fields if not f.metadata.get(PARAM))
+    cls.config_names = tuple(f.name for f in fields if not (f.metadata.get(PARAM) or f.metadata.get(BUFFER)))
     cls.__setstate__ = _read_only_after(cls.__setstate__)
-    if cls._forward is Layer._forward:  # a leaf layer: it must bring its kernels
-        if not isinstance(cls.kernels, Kernels):
-            raise TypeError(f"layer {cls.__name__} must define kernels = Kernels(forward, grad_input, grad_params)")
-        if cls.param_names and cls.kernels.grad_params is None:
-            raise TypeError(f"layer {cls.__name__} has parameters {cls.param_names} but no grad_params kernel")
+    if issubclass(cls, Composite):
+        if cls.lower is Composite.lower:
+            raise TypeError(f"composite layer {cls.__name__} must define lower(plan, x), which wires its members")
+    else:
+        _check_kernels(cls)
     _REGISTRY.append(cls)
     return cls
+
+
+def _check_kernels(cls: type) -> None:
+    """A leaf layer must bring kernels for all three answers (plain or residual)."""
+    kernels = cls.kernels
+    if not isinstance(kernels, Kernels):
+        raise TypeError(f"layer {cls.__name__} must define kernels = Kernels(forward, grad_input, grad_params)")
+    residuals = kernels.residuals
+    if residuals is not None and not isinstance(residuals, Residuals):
+        raise TypeError(f"layer {cls.__name__}: Kernels.residuals must be a jitnn.Residuals, got {type(residuals).__name__}")
+    if kernels.forward is None and residuals is None:
+        raise TypeError(f"layer {cls.__name__} has no forward kernel")
+    if kernels.grad_input is None and residuals is None:
+        raise TypeError(f"layer {cls.__name__} has no grad_input kernel")
+    if cls.param_names and kernels.grad_params is None and (residuals is None or residuals.grad_params is None):
+        raise TypeError(f"layer {cls.__name__} has parameters {cls.param_names} but no grad_params kernel")
 
 
 def registered_layers() -> tuple[type, ...]:

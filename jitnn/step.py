@@ -32,9 +32,9 @@ import attrs
 import numba
 import numpy as np
 
-from jitnn import _blas, _memory, random
+from jitnn import _blas, _memory, plan, random
 from jitnn._checks import describe, float_input, readonly
-from jitnn._codegen import Leaf, StepSource, load_function
+from jitnn._codegen import StepSource, load_function
 from jitnn.losses import Loss
 from jitnn.optim._base import Optimizer, learning_rate_at, step_count
 from jitnn.protocol import Array, Composite, Context, Layer
@@ -69,27 +69,30 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
     ------
     TypeError
         For an argument of the wrong kind, or a model with a layer that has no compiled
-        form (a composite layer without ``_emit``, a layer whose ``updated`` is Python
+        form (a layer whose ``updated`` is Python
         rather than a ``Kernels.update`` kernel): use :func:`jitnn.train_step` for those.
     """
     return CompiledStep(model, loss, optimizer, threads=threads)
 
 
 @attrs.define
-class _Plan:
-    """The compiled function for one per-example input shape and dtype; the leaves that
-    take per-call arguments (with their input shapes); the model's output shape, for
-    checking targets; and whether the function has been compiled (or loaded) for the
-    argument types of a first call."""
+class _Compiled:
+    """The compiled function for one per-example input shape and dtype: the model's plan
+    for that shape, the calls that take per-call arguments, the sites whose buffers the
+    step updates, and whether the function has been compiled (or loaded) for the argument
+    types of a first call."""
 
     function: Any
-    leaves: tuple[Leaf, ...]
-    context_leaves: tuple[int, ...]
-    buffer_leaves: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    plan: plan.Plan
+    context_calls: tuple[plan.Call, ...]
+    buffer_sites: tuple[int, ...]
     source: str
     cached: bool
     ready: bool = False
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.plan.output_shape
 
 
 class CompiledStep:
@@ -118,13 +121,14 @@ class CompiledStep:
         self.source = ""
         self._leaves = _leaf_layers(model, "")
         self._configs = tuple(layer.config() for _, layer in self._leaves)
+        self._first_buffer = tuple(itertools.accumulate((len(layer.buffer_names) for _, layer in self._leaves), initial=0))
         self._loss_config = loss.config()
         self._moment_names = optimizer.moment_names if self.fused else ()
         self._who = f"{optimizer.name} in the compiled step" if self.fused else ""
         self._model_dtype = model.dtype
         self._input = _input_check(model)
         self._rebuild = _rebuilder(model)
-        self._plans: dict[tuple[tuple[int, ...], np.dtype], _Plan] = {}
+        self._plans: dict[tuple[tuple[int, ...], np.dtype], _Compiled] = {}
         self._stand_ins: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
         # what the last call returned, recognised by identity so that it is not walked again;
         # each is one tuple, replaced whole, so threads sharing a step never see half of one
@@ -140,12 +144,12 @@ class CompiledStep:
         if key is not None and not isinstance(key, random.Key):
             raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
         last = self._last_model
-        params, configs = (last[1], last[2]) if model is last[0] else self._model_arrays(model)
+        params, buffers = (last[1], last[2]) if model is last[0] else self._model_arrays(model)
         X = readonly(self._input(X))
-        plan = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
+        compiled = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
         n = X.shape[0]
-        T = readonly(self.loss.targets(self._stand_in((n, *plan.output_shape), self._dtype(X.dtype)), T))
-        extras = self._extras(plan, n, X.dtype, key)
+        T = readonly(self.loss.targets(self._stand_in((n, *compiled.output_shape), self._dtype(X.dtype)), T))
+        extras = self._extras(compiled, n, X.dtype, key)
         if self.fused:
             last_state = self._last_state
             moments = last_state[1] if state is last_state[0] else self._moment_arrays(state)
@@ -154,55 +158,57 @@ class CompiledStep:
             hyper = optimizer.kernel_config(learning_rate, count + 1)
         else:
             moments, hyper = (), ()
-        arguments = (X, T, params, configs, extras, self._loss_config, moments, hyper)
-        if not plan.ready:
-            self._compile(plan, arguments)
+        arguments = (X, T, params, buffers, self._configs, extras, self._loss_config, moments, hyper)
+        if not compiled.ready:
+            self._compile(compiled, arguments)
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
-            results = plan.function(*arguments)
+            results = compiled.function(*arguments)
         finally:
             if restore:
                 _blas.set_threads(restore)
         if not self.fused:
-            return self._update_in_python(plan, model, state, params, *results)
-        value, new_params, new_moments, buffers = results
-        new_buffers = dict(zip(plan.buffer_leaves, buffers)) if buffers else _NONE
+            return self._update_in_python(compiled, model, state, params, *results)
+        value, new_params, new_moments, updated_buffers = results
+        new_buffers = dict(zip(compiled.buffer_sites, updated_buffers)) if updated_buffers else _NONE
         new_model = self._rebuild(model, iter(new_params), new_buffers)
         # as in the generic update, the moment trees are made of the new model's records
         trees = [self._rebuild(new_model, iter(arrays), _NONE) for arrays in new_moments]
         new_state = _clone(state, dict(zip(("count", *self._moment_names), (step_count(count + 1), *trees))))
-        self._remember(new_model, new_params, configs, new_buffers)
+        self._remember(new_model, new_params, buffers, new_buffers)
         self._last_state = (new_state, new_moments)
         return new_model, new_state, float(value)
 
-    def _update_in_python(self, plan: _Plan, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
+    def _update_in_python(self, compiled: _Compiled, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
         """For an optimizer without one kernel (a chain of transforms, a user's own): the
         gradient records and the model with its new running statistics, then its update."""
-        new_buffers = dict(zip(plan.buffer_leaves, buffers))
+        new_buffers = dict(zip(compiled.buffer_sites, buffers))
         if new_buffers:
             model = self._rebuild(model, iter(params), new_buffers)
         grads = self._rebuild(model, iter(grads), {})
         new_model, new_state = self.optimizer.update(model, grads, state)
         return new_model, new_state, float(value)
 
-    def _remember(self, model: Layer, params: tuple[Array, ...], configs: tuple[Any, ...], new_buffers: dict[int, tuple]) -> None:
-        """Keep ``model``'s arrays for the next call; the configurations of the leaves whose
-        buffers changed are read again."""
+    def _remember(self, model: Layer, params: tuple[Array, ...], buffers: tuple[Array, ...], new_buffers: dict[int, tuple]) -> None:
+        """Keep ``model``'s arrays for the next call: its parameters, and its buffers with
+        the new ones of the sites the step updated."""
         if new_buffers:
-            leaves = _leaf_layers(model, "")
-            configs = tuple(leaves[i][1].config() if i in new_buffers else c for i, c in enumerate(configs))
-        self._last_model = (model, params, configs)
+            found = list(buffers)
+            for site, arrays in new_buffers.items():
+                first = self._first_buffer[site]
+                found[first : first + len(arrays)] = arrays
+            buffers = tuple(found)
+        self._last_model = (model, params, buffers)
 
     # ------------------------------------------------------------------ checked arguments
-    def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Any, ...]]:
-        """The parameter arrays and leaf configurations of ``model``, after checking it has
-        the compiled architecture."""
+    def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+        """The parameter and buffer arrays of ``model``, after checking it has the compiled
+        architecture (configuration included)."""
         if not isinstance(model, Layer):
             raise TypeError(f"step: model must be a jitnn layer, got {type(model).__name__}")
         leaves = _leaf_layers(model, "")
         _check_architecture(self._leaves, self._configs, leaves)
-        configs = tuple(layer.config() for _, layer in leaves)
-        return tuple(p for _, layer in leaves for p in layer.params), configs
+        return tuple(p for _, layer in leaves for p in layer.params), tuple(b for _, layer in leaves for b in layer.buffers)
 
     def _moment_arrays(self, state: Any) -> tuple[tuple[Array, ...], ...]:
         optimizer = self.optimizer
@@ -230,46 +236,49 @@ class CompiledStep:
             found = self._stand_ins[shape, dtype] = np.broadcast_to(np.zeros((), dtype), shape)
         return found
 
-    def _extras(self, plan: _Plan, n: int, dtype: np.dtype, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
-        """Each leaf's per-call arguments (a dropout mask), from the training context."""
-        if not plan.context_leaves:
-            return _NO_EXTRAS[len(plan.leaves)]
+    def _extras(self, compiled: _Compiled, n: int, dtype: np.dtype, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
+        """Each call's per-call arguments (a dropout mask), from the training context."""
+        calls = compiled.plan.calls
+        if not compiled.context_calls:
+            return _NO_EXTRAS[len(calls)]
         context = Context(True, key)
-        extras: list[tuple[Any, ...]] = [()] * len(plan.leaves)
-        for index in plan.context_leaves:
-            leaf = plan.leaves[index]
-            layer = leaf.layer
-            stand_in = self._stand_in((n, *leaf.input_shape), dtype if leaf.takes_model_input else self._dtype(dtype))
-            values = tuple(layer.call_args(stand_in, context, leaf.where))
+        extras: list[tuple[Any, ...]] = [()] * len(calls)
+        for call in compiled.context_calls:
+            site = compiled.plan.sites[call.site]
+            layer = site.layer
+            shape = (n, *compiled.plan.slots[call.x])
+            stand_in = self._stand_in(shape, dtype if call.x == 0 else self._dtype(dtype))
+            values = tuple(layer.call_args(stand_in, context, site.where))
             if layer.elementwise:
                 values = tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
-            extras[index] = values
+            extras[call.call] = values
         return tuple(extras)
 
     # ------------------------------------------------------------------ generation
-    def _plan(self, X: Array) -> _Plan:
+    def _plan(self, X: Array) -> _Compiled:
         started = time.perf_counter()
-        source = StepSource()
+        lowered = plan.lower(self.model, X.shape[1:], X.shape[0])
+        source = StepSource(lowered)
         kernel = self.optimizer.kernel if self.fused else None
-        text, output_shape = source.function(self.model, X.shape[1:], self.loss, kernel, len(self._moment_names))
+        text = source.function(self.loss, kernel, len(self._moment_names))
         function, cached = load_function(text, source.kernels)
-        context = tuple(i for i, leaf in enumerate(source.leaves) if leaf.layer.needs_context)
-        plan = _Plan(function, tuple(source.leaves), context, tuple(i for i, _ in source.buffers), output_shape, text, cached)
-        self._plans[X.shape[1:], X.dtype] = plan
+        context = tuple(call for call in lowered.calls if lowered.sites[call.site].layer.needs_context)
+        compiled = _Compiled(function, lowered, context, tuple(site for site, _ in source.buffers), text, cached)
+        self._plans[X.shape[1:], X.dtype] = compiled
         self.source, self.cached = text, cached
         self.compile_seconds += time.perf_counter() - started
-        return plan
+        return compiled
 
-    def _compile(self, plan: _Plan, arguments: tuple[Any, ...]) -> None:
+    def _compile(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> None:
         """Compile (or load from the disk cache) for the types of ``arguments``, timed into
         ``compile_seconds``, so that compilation never hides inside a step."""
         started = time.perf_counter()
-        if hasattr(plan.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
+        if hasattr(compiled.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
             try:
-                plan.function.compile(tuple(numba.typeof(a) for a in arguments))
+                compiled.function.compile(tuple(numba.typeof(a) for a in arguments))
             except numba.core.errors.TypingError as error:
                 raise TypeError(f"compile_step: the generated step for {describe(self.model)} does not compile:\n{error}") from None
-        plan.ready = True
+        compiled.ready = True
         self.compile_seconds += time.perf_counter() - started
 
 
@@ -291,8 +300,6 @@ def _leaf_layers(model: Any, where: str) -> list[tuple[str, Layer]]:
     """The leaf layers of ``model`` with their positions, in the order the step uses them;
     ``TypeError`` for a layer that has no compiled form."""
     if isinstance(model, Composite):
-        if type(model)._emit is Composite._emit:
-            raise TypeError(f"compile_step: {describe(model, where)} has no compiled form (a composite layer needs _emit); use jitnn.train_step")
         return [leaf for suffix, member in model.named_members() for leaf in _leaf_layers(member, where + suffix)]
     if not isinstance(model, Layer):
         raise TypeError(f"compile_step: model{where} is not a jitnn layer (got {type(model).__name__})")
@@ -368,13 +375,12 @@ def _rebuilder(template: Layer) -> Rebuild:
         lines.append(f"{old} = {expression}")
         changes: dict[str, str] = {}
         if isinstance(node, Composite):
-            for field in cls.__attrs_attrs__:
-                value = getattr(node, field.name)
-                if isinstance(value, Layer):
-                    changes[field.name] = emit(value, f"{old}.{field.name}")
-                elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Layer) for v in value):
-                    items = ", ".join(emit(v, f"{old}.{field.name}[{j}]") for j, v in enumerate(value))
-                    changes[field.name] = f"({items},)" if isinstance(value, tuple) else f"[{items}]"
+            for name, is_tuple in node._member_fields():  # the members, in the order of the plan's sites
+                value = getattr(node, name)
+                if is_tuple:
+                    changes[name] = f"({', '.join(emit(v, f'{old}.{name}[{j}]') for j, v in enumerate(value))},)"
+                else:
+                    changes[name] = emit(value, f"{old}.{name}")
         else:
             index = next(leaves)
             changes = {name: "next(params)" for name in cls.param_names}
