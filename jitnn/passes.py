@@ -75,6 +75,8 @@ def forward(model: Layer, X: Any, *, key: random.Key | None = None, training: bo
     lowered = plan.lower(model, X.shape[1:], X.shape[0])
     leaves = [site.layer for site in lowered.sites]
     Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True)
+    if not Y.flags.writeable:  # the output is also a residual (Softmax's): the caller gets their own
+        Y = Y.copy()
     return Y, Trace(model, record, Y.shape, _updated(model, leaves, after))
 
 

@@ -338,6 +338,7 @@ def run_forward(
     for i, op in enumerate(plan.ops):
         if isinstance(op, Call):
             site, layer, x = plan.sites[op.site], leaves[op.site], values[op.x]
+            layer._check_input(x, site.where)
             extra = layer.call_args(x, context, site.where) if layer.needs_context else ()
             Y, R = layer._run_forward(x, extra, keep and plan.keeps_residuals(op, needed))
             expected = (n, *plan.slots[op.y])

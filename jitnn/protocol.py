@@ -330,6 +330,11 @@ class Layer:
         X = self._input(X)
         return X, float_input(dY, self.dtype or X.dtype, describe(self), "output gradient dY")
 
+    def _check_input(self, X: Array, where: str) -> None:
+        """Check the values of an input inside a model before a kernel sees them (the shape
+        rule has checked the shape): a layer whose kernels index with their input does
+        (``Embedding``). Nothing by default."""
+
     # ------------------------------------------------------------------ the kernel convention
     # The one place where a leaf layer's kernels are called. The plan's passes call these
     # with arrays whose shapes the shape rule has already accepted; ``where`` is the layer's

@@ -297,18 +297,11 @@ class Twice(jn.Composite):
 
     inner: jn.Layer
 
-    @property
-    def members(self):
-        return (self.inner,)
-
-    def named_members(self):
-        return ((".inner", self.inner),)
-
     def output_shape(self, input_shape):
         return self.inner.output_shape(self.inner.output_shape(input_shape))
 
-    def _forward(self, X, where, context=jn.protocol.EVALUATION):
-        return self.inner._forward(self.inner._forward(X, where + ".inner", context), where + ".inner", context)
+    def lower(self, plan, x):
+        return plan.apply(self.inner, plan.apply(self.inner, x))
 
 
 def test_a_user_layer_shows_its_name_and_parameters():

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from jitnn._jit import jit
-from jitnn.protocol import Kernels, Layer, layer
+from jitnn._jit import as_readonly, jit
+from jitnn.protocol import Kernels, Layer, Residuals, layer
 
 __all__ = ["Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax"]
 
@@ -167,18 +167,26 @@ def _softmax_forward(X):
 
 
 @jit
-def _softmax_grad_input(X, dY):
-    """dX = Y * (dY - sum(dY * Y, last axis)), Y = softmax(X);  X, dY (n, ..., k) -> dX."""
+def _softmax_forward_residuals(X):
+    """Softmax over the last axis, and R = (Y,): its backward pass needs only the output;  X (n, ..., k) -> (Y, (Y,))."""
+    Y = as_readonly(_softmax_forward(X))
+    return Y, (Y,)
+
+
+@jit
+def _softmax_grad_input(X, dY, R):
+    """dX = Y * (dY - sum(dY * Y, last axis)), with Y = softmax(X) from R = (Y,);  X, dY (n, ..., k) -> dX."""
     k = X.shape[-1]
-    Y = _softmax_rows(X.reshape((X.size // k, k)))
-    d = dY.reshape((dY.size // k, k))
-    for i in range(Y.shape[0]):
+    y, d = R[0].reshape((X.size // k, k)), dY.reshape((dY.size // k, k))
+    dX = np.empty(X.shape, X.dtype)
+    dx = dX.reshape(y.shape)
+    for i in range(y.shape[0]):
         inner = 0.0
         for j in range(k):
-            inner += d[i, j] * Y[i, j]
+            inner += d[i, j] * y[i, j]
         for j in range(k):
-            Y[i, j] = Y[i, j] * (d[i, j] - inner)
-    return Y.reshape(X.shape)
+            dx[i, j] = y[i, j] * (d[i, j] - inner)
+    return dX
 
 
 @layer
@@ -186,7 +194,7 @@ class Softmax(Layer):
     """Softmax over the last axis. Its Jacobian is not diagonal:
     ``dX = Y * (dY - sum(dY * Y))`` per row."""
 
-    kernels = Kernels(_softmax_forward, _softmax_grad_input)
+    kernels = Kernels(_softmax_forward, residuals=Residuals(_softmax_forward_residuals, _softmax_grad_input))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) < 1 or input_shape[-1] == 0:

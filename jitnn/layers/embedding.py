@@ -94,9 +94,8 @@ class Embedding(Layer):
             if low < 0 or high >= self.vocab:
                 raise ValueError(f"{who}: index {low if low < 0 else high} is out of range for a vocabulary of {self.vocab}")
 
-    def _check(self, X: Array, where: str, dY: Array | None = None) -> None:
+    def _check_input(self, X: Array, where: str) -> None:
         who = describe(self, where)
         if X.dtype != np.int64:
             raise TypeError(f"{who}: input must be integer indices (put Embedding first in a model), got dtype {X.dtype}")
         self._check_range(X, who)
-        super()._check(X, where, dY)

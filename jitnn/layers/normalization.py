@@ -12,75 +12,80 @@ import numpy as np
 
 from jitnn import random
 from jitnn._checks import check_float_dtype
-from jitnn._jit import jit
-from jitnn.protocol import Array, Context, Kernels, Layer, buffer, layer, param
+from jitnn._jit import as_readonly, jit
+from jitnn.protocol import Array, Context, Kernels, Layer, Residuals, buffer, layer, param
 
 __all__ = ["LayerNorm", "BatchNorm"]
 
 
 @jit
-def _layer_norm_rows(X, eps):
-    """Per row of X (m, k): xhat = (x - mean) / sqrt(var + eps) (m, k), and 1 / sqrt(var + eps) (m,)."""
-    m, k = X.shape
-    normalized = np.empty((m, k), np.float64)
-    inverse_std = np.empty(m, np.float64)
+def _layer_norm_statistics(x, eps):
+    """Per row of x (m, k): the mean (m,) and 1 / sqrt(var + eps) (m,), float64 (biased variance)."""
+    m, k = x.shape
+    mean, inverse_std = np.empty(m, np.float64), np.empty(m, np.float64)
     for i in range(m):
-        mean = 0.0
+        total = 0.0
         for j in range(k):
-            mean += X[i, j]
-        mean /= k
+            total += x[i, j]
+        total /= k
         variance = 0.0
         for j in range(k):
-            variance += (X[i, j] - mean) ** 2
-        inverse_std[i] = 1.0 / math.sqrt(variance / k + eps)
+            variance += (x[i, j] - total) ** 2
+        mean[i], inverse_std[i] = total, 1.0 / math.sqrt(variance / k + eps)
+    return mean, inverse_std
+
+
+@jit
+def _layer_norm_forward_residuals(X, scale, shift, eps):
+    """Y = xhat * scale + shift over the last axis, xhat = (x - mean) / sqrt(var + eps);
+    X (n, ..., k), scale, shift (k,) -> (Y like X, R = (mean, inverse_std), each (X.size // k,) float64)."""
+    k = X.shape[-1]
+    x = X.reshape((X.size // k, k))
+    mean, inverse_std = _layer_norm_statistics(x, eps)
+    Y = np.empty(X.shape, X.dtype)
+    y = Y.reshape(x.shape)
+    for i in range(x.shape[0]):
         for j in range(k):
-            normalized[i, j] = (X[i, j] - mean) * inverse_std[i]
-    return normalized, inverse_std
+            y[i, j] = (x[i, j] - mean[i]) * inverse_std[i] * scale[j] + shift[j]
+    return Y, (as_readonly(mean), as_readonly(inverse_std))
 
 
 @jit
 def _layer_norm_forward(X, scale, shift, eps):
-    """Y = xhat * scale + shift over the last axis;  X (n, ..., k), scale, shift (k,) -> Y like X."""
-    k = X.shape[-1]
-    normalized, _ = _layer_norm_rows(X.reshape((X.size // k, k)), eps)
-    Y = np.empty(X.shape, X.dtype)
-    y = Y.reshape((X.size // k, k))
-    for i in range(y.shape[0]):
-        for j in range(k):
-            y[i, j] = normalized[i, j] * scale[j] + shift[j]
-    return Y
+    """Y of :func:`_layer_norm_forward_residuals` (its statistics are a row's two numbers)."""
+    return _layer_norm_forward_residuals(X, scale, shift, eps)[0]
 
 
 @jit
-def _layer_norm_grad_input(X, dY, scale, shift, eps):
-    """dX = inv_std (g - mean(g) - xhat mean(g xhat)), g = dY * scale, per row;  -> dX like X."""
+def _layer_norm_grad_input(X, dY, R, scale, shift, eps):
+    """dX = inv_std (g - mean(g) - xhat mean(g xhat)), g = dY * scale, per row, from R = (mean, inv_std);  -> dX like X."""
+    mean, inverse_std = R
     k = X.shape[-1]
-    normalized, inverse_std = _layer_norm_rows(X.reshape((X.size // k, k)), eps)
-    d = dY.reshape((dY.size // k, k))
+    x, d = X.reshape((X.size // k, k)), dY.reshape((dY.size // k, k))
     dX = np.empty(X.shape, X.dtype)
-    dx = dX.reshape((X.size // k, k))
+    dx = dX.reshape(x.shape)
     for i in range(d.shape[0]):
         mean_g, mean_gx = 0.0, 0.0
         for j in range(k):
             g = d[i, j] * scale[j]
             mean_g += g
-            mean_gx += g * normalized[i, j]
+            mean_gx += g * ((x[i, j] - mean[i]) * inverse_std[i])
         mean_g, mean_gx = mean_g / k, mean_gx / k
         for j in range(k):
-            dx[i, j] = inverse_std[i] * (d[i, j] * scale[j] - mean_g - normalized[i, j] * mean_gx)
+            dx[i, j] = inverse_std[i] * (d[i, j] * scale[j] - mean_g - ((x[i, j] - mean[i]) * inverse_std[i]) * mean_gx)
     return dX
 
 
 @jit
-def _layer_norm_grad_params(X, dY, scale, shift, eps):
-    """d scale = sum over rows of dY * xhat, d shift = sum over rows of dY;  -> ((k,), (k,))."""
+def _layer_norm_grad_params(X, dY, R, scale, shift, eps):
+    """d scale = sum over rows of dY * xhat, d shift = sum over rows of dY, from R = (mean, inv_std);  -> ((k,), (k,))."""
+    mean, inverse_std = R
     k = X.shape[-1]
-    normalized, _ = _layer_norm_rows(X.reshape((X.size // k, k)), eps)
-    d = dY.reshape((dY.size // k, k))
+    x, d = X.reshape((X.size // k, k)), dY.reshape((dY.size // k, k))
     d_scale, d_shift = np.zeros(k, scale.dtype), np.zeros(k, shift.dtype)
     for i in range(d.shape[0]):
         for j in range(k):
-            d_scale[j] += d[i, j] * normalized[i, j]
+            d_scale[j] += d[i, j] * ((x[i, j] - mean[i]) * inverse_std[i])
             d_shift[j] += d[i, j]
     return d_scale, d_shift
 
@@ -101,7 +106,9 @@ class LayerNorm(Layer):
     shift: Array = param()
     eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "LayerNorm"))
 
-    kernels = Kernels(_layer_norm_forward, _layer_norm_grad_input, _layer_norm_grad_params)
+    kernels = Kernels(
+        _layer_norm_forward, residuals=Residuals(_layer_norm_forward_residuals, _layer_norm_grad_input, _layer_norm_grad_params)
+    )
 
     @classmethod
     def init(cls, key: random.Key | None, features: int, *, eps: float = 1e-5, dtype: Any = np.float32) -> "LayerNorm":
@@ -147,19 +154,15 @@ def _batch_statistics(X):
 
 
 @jit
-def _batch_norm_moments(X, running_mean, running_var, training):
-    """The batch's statistics if training, else the running ones;  -> mean (C,), variance (C,)
-    in float64."""
-    if training:
-        return _batch_statistics(X)
-    return running_mean.astype(np.float64), running_var.astype(np.float64)
-
-
-@jit
-def _batch_norm_forward(X, scale, shift, running_mean, running_var, momentum, eps, training):
-    """Y = (X - mean) / sqrt(var + eps) * scale + shift per channel;  X (n, C, ...) -> Y like X."""
-    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+def _batch_norm_forward_residuals(X, scale, shift, running_mean, running_var, momentum, eps, training):
+    """Y = (X - mean) / sqrt(var + eps) * scale + shift per channel, with the batch's mean and
+    biased variance if training, else the running ones;  X (n, C, ...) -> (Y like X,
+    R = (mean (C,), variance (C,), values per channel))."""
     n, channels = X.shape[0], X.shape[1]
+    if training:
+        mean, variance = _batch_statistics(X)
+    else:
+        mean, variance = running_mean.astype(np.float64), running_var.astype(np.float64)
     x = X.reshape((n, channels, X.size // (n * channels)))
     Y = np.empty(X.shape, X.dtype)
     y = Y.reshape(x.shape)
@@ -168,19 +171,24 @@ def _batch_norm_forward(X, scale, shift, running_mean, running_var, momentum, ep
         for i in range(n):
             for s in range(x.shape[2]):
                 y[i, c, s] = (x[i, c, s] - mean[c]) * factor + shift[c]
-    return Y
+    return Y, (as_readonly(mean), as_readonly(variance), n * x.shape[2])
 
 
 @jit
-def _batch_norm_grad_input(X, dY, scale, shift, running_mean, running_var, momentum, eps, training):
-    """dX = scale inv_std (dY - [training] (mean(dY) + xhat mean(dY xhat))) per channel;  -> like X."""
-    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+def _batch_norm_forward(X, scale, shift, running_mean, running_var, momentum, eps, training):
+    """Y of :func:`_batch_norm_forward_residuals` (its statistics are two numbers a channel)."""
+    return _batch_norm_forward_residuals(X, scale, shift, running_mean, running_var, momentum, eps, training)[0]
+
+
+@jit
+def _batch_norm_grad_input(X, dY, R, scale, shift, momentum, eps, training):
+    """dX = scale inv_std (dY - [training] (mean(dY) + xhat mean(dY xhat))) per channel, from R;  -> like X."""
+    mean, variance, count = R
     n, channels = X.shape[0], X.shape[1]
     x = X.reshape((n, channels, X.size // (n * channels)))
     d = dY.reshape(x.shape)
     dX = np.empty(X.shape, X.dtype)
     dx = dX.reshape(x.shape)
-    count = n * x.shape[2]
     for c in range(channels):
         inverse_std = 1.0 / math.sqrt(variance[c] + eps)
         mean_d, mean_dx = 0.0, 0.0
@@ -198,9 +206,9 @@ def _batch_norm_grad_input(X, dY, scale, shift, running_mean, running_var, momen
 
 
 @jit
-def _batch_norm_grad_params(X, dY, scale, shift, running_mean, running_var, momentum, eps, training):
-    """d scale = sum of dY * xhat, d shift = sum of dY, per channel;  -> ((C,), (C,))."""
-    mean, variance = _batch_norm_moments(X, running_mean, running_var, training)
+def _batch_norm_grad_params(X, dY, R, scale, shift, momentum, eps, training):
+    """d scale = sum of dY * xhat, d shift = sum of dY, per channel, from R;  -> ((C,), (C,))."""
+    mean, variance, count = R
     n, channels = X.shape[0], X.shape[1]
     x = X.reshape((n, channels, X.size // (n * channels)))
     d = dY.reshape(x.shape)
@@ -215,11 +223,10 @@ def _batch_norm_grad_params(X, dY, scale, shift, running_mean, running_var, mome
 
 
 @jit
-def _batch_norm_update(X, scale, shift, running_mean, running_var, momentum, eps, training):
-    """running <- (1 - momentum) running + momentum batch, with the unbiased batch variance;
-    -> (running_mean (C,), running_var (C,))."""
-    mean, variance = _batch_statistics(X)
-    count = X.size // X.shape[1]
+def _batch_norm_update(R, running_mean, running_var, momentum, eps, training):
+    """running <- (1 - momentum) running + momentum batch, with the unbiased batch variance,
+    from the batch statistics R;  -> (running_mean (C,), running_var (C,))."""
+    mean, variance, count = R
     keep = 1.0 - momentum
     new_mean, new_var = np.empty_like(running_mean), np.empty_like(running_var)
     for c in range(mean.size):
@@ -255,7 +262,10 @@ class BatchNorm(Layer):
     momentum: float = attrs.field(default=0.1, converter=_momentum)
     eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "BatchNorm"))
 
-    kernels = Kernels(_batch_norm_forward, _batch_norm_grad_input, _batch_norm_grad_params, _batch_norm_update)
+    kernels = Kernels(
+        _batch_norm_forward,
+        residuals=Residuals(_batch_norm_forward_residuals, _batch_norm_grad_input, _batch_norm_grad_params, _batch_norm_update),
+    )
     needs_context = True
 
     @classmethod

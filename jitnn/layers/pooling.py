@@ -19,9 +19,9 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from jitnn._jit import jit
+from jitnn._jit import as_readonly, jit
 from jitnn.layers.conv import Pair, pair_field, spatial_output_size
-from jitnn.protocol import Kernels, Layer, layer
+from jitnn.protocol import Kernels, Layer, Residuals, layer
 
 __all__ = ["MaxPool2D", "AvgPool2D"]
 
@@ -62,37 +62,58 @@ def _max_pool2d_pick(best, where, value, index):
     return (value if better else best), (index if better else where)
 
 
+@jit(inline="always")
+def _max_pool2d_into(X, kernel, stride, padding, Y, where, keep):
+    """Y[p, y, x] = max of plane p of X over the window at (y sh - ph, x sw - pw); with
+    ``keep``, where[p, y, x] = that maximum's index h W + w in its plane;  Y, where (n C, Ho, Wo)."""
+    n, C, H, W = X.shape
+    planes = X.reshape((n * C, H, W))
+    for p in range(n * C):
+        for y in range(Y.shape[1]):
+            h_lo, h_hi = _pool2d_window(y * stride[0] - padding[0], kernel[0], H)
+            for x in range(Y.shape[2]):
+                w_lo, w_hi = _pool2d_window(x * stride[1] - padding[1], kernel[1], W)
+                best, index = _max_pool2d_window_max(planes, p, h_lo, h_hi, w_lo, w_hi)
+                Y[p, y, x] = best
+                if keep:
+                    where[p, y, x] = index
+
+
 @jit
 def _max_pool2d_forward(X, kernel, stride, padding):
     """Y[i, c, y, x] = max of X[i, c] over the window at (y sh - ph, x sw - pw);  X (n, C, H, W) -> Y (n, C, Ho, Wo)."""
     n, C, H, W = X.shape
     Ho = _pool2d_output_size(H, kernel[0], stride[0], padding[0])
     Wo = _pool2d_output_size(W, kernel[1], stride[1], padding[1])
-    planes = X.reshape((n * C, H, W))
     Y = np.empty((n * C, Ho, Wo), X.dtype)
-    for p in range(n * C):
-        for y in range(Ho):
-            h_lo, h_hi = _pool2d_window(y * stride[0] - padding[0], kernel[0], H)
-            for x in range(Wo):
-                w_lo, w_hi = _pool2d_window(x * stride[1] - padding[1], kernel[1], W)
-                Y[p, y, x] = _max_pool2d_window_max(planes, p, h_lo, h_hi, w_lo, w_hi)[0]
+    _max_pool2d_into(X, kernel, stride, padding, Y, np.empty((1, 1, 1), np.int64), False)
     return Y.reshape((n, C, Ho, Wo))
 
 
 @jit
-def _max_pool2d_grad_input(X, dY, kernel, stride, padding):
-    """dX[i, c, first maximum of the window] += dY[i, c, y, x];  dY (n, C, Ho, Wo) -> dX (n, C, H, W)."""
+def _max_pool2d_forward_residuals(X, kernel, stride, padding):
+    """Y as :func:`_max_pool2d_forward`, and R = (where,): each maximum's index h W + w in its
+    plane;  X (n, C, H, W) -> (Y (n, C, Ho, Wo), ((n C, Ho, Wo) int64,))."""
     n, C, H, W = X.shape
-    Ho, Wo = dY.shape[2], dY.shape[3]
-    planes = X.reshape((n * C, H, W))
-    gradient = dY.reshape((n * C, Ho, Wo))
+    Ho = _pool2d_output_size(H, kernel[0], stride[0], padding[0])
+    Wo = _pool2d_output_size(W, kernel[1], stride[1], padding[1])
+    Y = np.empty((n * C, Ho, Wo), X.dtype)
+    where = np.empty((n * C, Ho, Wo), np.int64)
+    _max_pool2d_into(X, kernel, stride, padding, Y, where, True)
+    return Y.reshape((n, C, Ho, Wo)), (as_readonly(where),)
+
+
+@jit
+def _max_pool2d_grad_input(X, dY, R, kernel, stride, padding):
+    """dX[i, c, first maximum of the window] += dY[i, c, y, x], the maxima's places from R;  dY (n, C, Ho, Wo) -> dX (n, C, H, W)."""
+    n, C, H, W = X.shape
+    where = R[0]
+    gradient = dY.reshape(where.shape)
     dX = np.zeros((n * C, H * W), X.dtype)
     for p in range(n * C):
-        for y in range(Ho):
-            h_lo, h_hi = _pool2d_window(y * stride[0] - padding[0], kernel[0], H)
-            for x in range(Wo):
-                w_lo, w_hi = _pool2d_window(x * stride[1] - padding[1], kernel[1], W)
-                dX[p, _max_pool2d_window_max(planes, p, h_lo, h_hi, w_lo, w_hi)[1]] += gradient[p, y, x]
+        for y in range(where.shape[1]):
+            for x in range(where.shape[2]):
+                dX[p, where[p, y, x]] += gradient[p, y, x]
     return dX.reshape(X.shape)
 
 
@@ -172,7 +193,7 @@ class MaxPool2D(_Pool2D):
     ``(n, C, Ho, Wo)``, ``Ho = (H + 2 ph - kh) // sh + 1``.
     """
 
-    kernels = Kernels(_max_pool2d_forward, _max_pool2d_grad_input)
+    kernels = Kernels(_max_pool2d_forward, residuals=Residuals(_max_pool2d_forward_residuals, _max_pool2d_grad_input))
 
 
 @layer
