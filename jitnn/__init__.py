@@ -6,7 +6,7 @@ input, the gradient to its parameters); the passes, losses, optimizers and check
 written once against those answers.
 """
 
-from jitnn import init, optim, random, testing, tree
+from jitnn import init, optim, plan, random, testing, tree
 from jitnn.chain import Chain, compose, pipe
 from jitnn.data import batches
 from jitnn.combinators import Add, Concatenate, Parallel, Residual
@@ -16,7 +16,7 @@ from jitnn.layers import (
 )
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
-from jitnn.protocol import Array, Composite, Context, Kernels, Layer, buffer, layer, param, registered_layers, require_shape
+from jitnn.protocol import Array, Composite, Context, Kernels, Layer, Residuals, buffer, layer, param, registered_layers, require_shape
 from jitnn.io import load, save
 from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the protocol
-    "Layer", "Composite", "layer", "param", "buffer", "Kernels", "Array", "Context", "require_shape", "registered_layers",
+    "Layer", "Composite", "layer", "param", "buffer", "Kernels", "Residuals", "Array", "Context", "require_shape", "registered_layers",
     # layers and composition
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Reshape", "Dropout", "LayerNorm", "BatchNorm", "Embedding",
@@ -44,5 +44,5 @@ __all__ = [
     # metrics and inspection
     "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules
-    "init", "optim", "random", "testing", "tree", "data", "datasets", "metrics",
+    "init", "optim", "plan", "random", "testing", "tree", "data", "datasets", "metrics",
 ]
