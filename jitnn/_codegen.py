@@ -181,36 +181,17 @@ class StepSource:
         else:
             self.lines.append(f"value = {self.kernel(loss.kernels.value)}(ro({y}), T, *loss_config)")
             self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}(ro({y}), T, *loss_config)")
-        grads: list[str | None] = [None] * len(plan.slots)
-        grads[plan.output] = "dy"
+        def add(total: str, gradient: str) -> str:
+            name = self._variable("d")
+            self.lines.append(f"{name} = {total} + {gradient}")
+            return name
 
-        def receive(slot: int, gradient: str) -> None:
-            if grads[slot] is None:
-                grads[slot] = gradient
-            else:
-                total = self._variable("d")
-                self.lines.append(f"{total} = {grads[slot]} + {gradient}")
-                grads[slot] = total
+        def part(gradient: str, axis: int, start: int, stop: int) -> str:
+            name = self._variable("d")
+            self.lines.append(f"{name} = np.ascontiguousarray({gradient}[{':, ' * (axis + 1)}{start}:{stop}])")
+            return name
 
-        for op in reversed(plan.ops):
-            gradient = grads[op.y]
-            if gradient is None:
-                continue
-            if isinstance(op, Call):
-                dx = self._backward_call(op, residuals[op.call], gradient, needed[op.x])
-                if dx is not None:
-                    receive(op.x, dx)
-            elif isinstance(op, Sum):
-                for x in op.xs:
-                    if needed[x]:
-                        receive(x, gradient)
-            else:
-                index = ":, " * (op.axis + 1)
-                for x, start, stop in zip(op.xs, op.bounds[:-1], op.bounds[1:]):
-                    if needed[x]:
-                        part = self._variable("d")
-                        self.lines.append(f"{part} = np.ascontiguousarray({gradient}[{index}{start}:{stop}])")
-                        receive(x, part)
+        plan.read_backwards("dy", False, lambda op, dy, input_needed: self._backward_call(op, residuals[op.call], dy, input_needed), add, part)
         for k, pending in enumerate(self._pending):
             if pending:  # a parameter no gradient reached: its gradient is zero
                 self._pending[k] = 1

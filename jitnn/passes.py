@@ -123,7 +123,7 @@ def value_grad_and_update(
     X = model._input(X)
     lowered = plan.lower(model, X.shape[1:], X.shape[0])
     leaves = [site.layer for site in lowered.sites]
-    Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True)
+    Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True, input_gradient=False)
     value, dY = loss.value_and_grad(Y, T)
     records, _ = plan.run_backward(lowered, leaves, record, dY, input_gradient=False)
     return value, plan.rebuild(model, iter(records)), _updated(model, leaves, after)

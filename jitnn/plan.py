@@ -25,7 +25,8 @@ writes the same operations, in the same order, as source, so both give the same 
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator, Sequence, Union
+import operator
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import attrs
 import numpy as np
@@ -131,6 +132,43 @@ class Plan:
     def keeps_residuals(self, call: Call, needed: list[bool]) -> bool:
         """Whether a call's backward pass runs, so that its forward keeps residuals."""
         return bool(self.sites[call.site].layer.param_names) or needed[call.x]
+
+    def read_backwards(
+        self, dY: Any, input_gradient: bool, call: Callable[[Call, Any, bool], Any], add: Callable[[Any, Any], Any],
+        part: Callable[[Any, int, int, int], Any],
+    ) -> Any:
+        """The backward pass, written once for whoever runs it (the generic passes on arrays,
+        the compiled step as source): from the output's gradient ``dY``, each operation in
+        reverse order hands gradients to its inputs, and a slot that receives several adds
+        them in the order they come (``add(received, new)``). ``call(op, dy, input_needed)``
+        does a call's gradients and returns its ``dX`` (or ``None``); ``part(dy, axis, start,
+        stop)`` is a concatenation input's share. Returns the input's gradient, if asked."""
+        needed = self.gradient_needed(input_gradient)
+        grads: list[Any] = [None] * len(self.slots)
+        grads[self.output] = dY
+
+        def receive(slot: int, gradient: Any) -> None:
+            grads[slot] = gradient if grads[slot] is None else add(grads[slot], gradient)
+
+        for op in reversed(self.ops):
+            gradient = grads[op.y]
+            if gradient is None:
+                continue  # nothing that reaches the output depends on this slot
+            if isinstance(op, Call):
+                site = self.sites[op.site]
+                if site.layer.param_names or needed[op.x]:
+                    dX = call(op, gradient, needed[op.x])
+                    if dX is not None:
+                        receive(op.x, dX)
+            elif isinstance(op, Sum):
+                for x in op.xs:
+                    if needed[x]:
+                        receive(x, gradient)
+            else:
+                for x, start, stop in zip(op.xs, op.bounds[:-1], op.bounds[1:]):
+                    if needed[x]:
+                        receive(x, part(gradient, op.axis, start, stop))
+        return grads[0] if input_gradient else None
 
     @functools.cached_property
     def last_use(self) -> list[int]:
@@ -320,19 +358,21 @@ class Record:
 
 
 def run_forward(
-    plan: Plan, leaves: Sequence[Layer], X: Array, context: Context = EVALUATION, keep: bool = False
+    plan: Plan, leaves: Sequence[Layer], X: Array, context: Context = EVALUATION, keep: bool = False, input_gradient: bool = True
 ) -> tuple[Array, Record | None, list[Layer]]:
     """Run ``plan`` with the leaf layers ``leaves`` on ``X``.
 
-    Returns the output, the :class:`Record` for :func:`run_backward` (with ``keep``; else
-    ``None``, and each array is dropped once nothing reads it), and the leaves as the batch
-    leaves them (new running statistics in training mode)."""
+    Returns the output, the :class:`Record` for :func:`run_backward` (with ``keep``, holding
+    the residuals of every call whose backward pass will run, ``input_gradient`` saying
+    whether that pass computes ``dX``; without ``keep``, ``None``, and each array is
+    dropped once nothing reads it), and the leaves as the batch leaves them (new running
+    statistics in training mode)."""
     values: list[Array | None] = [None] * len(plan.slots)
     values[0] = X
     extras: list[tuple[Any, ...]] = [()] * len(plan.calls)
     residuals: list[Any] = [None] * len(plan.calls)
     after = list(leaves)
-    needed = plan.gradient_needed(False) if keep else None
+    needed = plan.gradient_needed(input_gradient) if keep else None
     last_use = None if keep else plan.last_use
     n = X.shape[0]
     for i, op in enumerate(plan.ops):
@@ -365,39 +405,22 @@ def run_backward(
 ) -> tuple[list[Layer], Array | None]:
     """The plan read backwards from ``dY``: each leaf's gradient record (site order) and,
     with ``input_gradient``, ``dX``."""
-    needed = plan.gradient_needed(input_gradient)
-    grads: list[Array | None] = [None] * len(plan.slots)
-    grads[plan.output] = dY
     totals: list[list[Array] | None] = [None] * len(plan.sites)
 
-    def receive(slot: int, gradient: Array) -> None:
-        grads[slot] = gradient if grads[slot] is None else grads[slot] + gradient
+    def call(op: Call, gradient: Array, input_needed: bool) -> Array | None:
+        layer = leaves[op.site]
+        params, dX = layer._run_backward(
+            record.values[op.x], gradient, record.residuals[op.call], record.extras[op.call], plan.sites[op.site].where, True, input_needed
+        )
+        if params is not None:
+            found = totals[op.site]
+            totals[op.site] = list(params) if found is None else [a + b for a, b in zip(found, params)]
+        return dX
 
-    for op in reversed(plan.ops):
-        gradient = grads[op.y]
-        if gradient is None:
-            continue  # nothing that reaches the output depends on this slot
-        if isinstance(op, Call):
-            site, layer = plan.sites[op.site], leaves[op.site]
-            if not (layer.param_names or needed[op.x]):
-                continue
-            params, dX = layer._run_backward(
-                record.values[op.x], gradient, record.residuals[op.call], record.extras[op.call], site.where, True, needed[op.x]
-            )
-            if params is not None:
-                found = totals[op.site]
-                totals[op.site] = list(params) if found is None else [a + b for a, b in zip(found, params)]
-            if dX is not None:
-                receive(op.x, dX)
-        elif isinstance(op, Sum):
-            for x in op.xs:
-                if needed[x]:
-                    receive(x, gradient)
-        else:
-            for x, start, stop in zip(op.xs, op.bounds[:-1], op.bounds[1:]):
-                if needed[x]:
-                    part = gradient[(slice(None),) * (op.axis + 1) + (slice(start, stop),)]
-                    receive(x, np.ascontiguousarray(part))
+    def part(gradient: Array, axis: int, start: int, stop: int) -> Array:
+        return np.ascontiguousarray(gradient[(slice(None),) * (axis + 1) + (slice(start, stop),)])
+
+    dX = plan.read_backwards(dY, input_gradient, call, operator.add, part)
     records = []
     for site, layer, total in zip(plan.sites, leaves, totals):
         if not layer.param_names:
@@ -405,7 +428,7 @@ def run_backward(
         else:
             arrays = total if total is not None else [np.zeros_like(p) for p in layer.params]
             records.append(layer.with_params([freeze(a) for a in arrays]))
-    return records, (grads[0] if input_gradient else None)
+    return records, dX
 
 
 # --------------------------------------------------------------------------- public answers

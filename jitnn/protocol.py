@@ -140,13 +140,7 @@ def param() -> Any:
 
     Records compare parameters by value (``np.array_equal``); ``repr`` shows dtype and shape.
     """
-    return attrs.field(
-        converter=_to_param,
-        eq=attrs.cmp_using(eq=_array_equal),
-        hash=False,
-        repr=_array_repr,
-        metadata={PARAM: True},
-    )
+    return _array_field(PARAM)
 
 
 def buffer() -> Any:
@@ -155,13 +149,12 @@ def buffer() -> Any:
     parameter, saved with the model, handed to the forward-side kernels, and
     left alone by optimizers and gradient checks. Kernels get the buffers after the
     parameters and before the configuration."""
-    return attrs.field(
-        converter=_to_param,
-        eq=attrs.cmp_using(eq=_array_equal),
-        hash=False,
-        repr=_array_repr,
-        metadata={BUFFER: True},
-    )
+    return _array_field(BUFFER)
+
+
+def _array_field(kind: str) -> Any:
+    """A read-only array field compared by value, tagged ``kind`` (parameter or buffer)."""
+    return attrs.field(converter=_to_param, eq=attrs.cmp_using(eq=_array_equal), hash=False, repr=_array_repr, metadata={kind: True})
 
 
 @attrs.frozen
