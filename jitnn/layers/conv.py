@@ -40,8 +40,8 @@ from jitnn import init as initializers
 from jitnn import random
 from jitnn._blas import matmul_into
 from jitnn._checks import check_float_dtype
-from jitnn._jit import jit
-from jitnn.protocol import Array, Kernels, Layer, layer, param
+from jitnn._jit import as_readonly, jit
+from jitnn.protocol import Array, Kernels, Layer, Residuals, layer, param
 
 __all__ = ["Conv2D"]
 
@@ -168,6 +168,45 @@ def _conv2d_grad_params(X, dY, W, b, stride, padding, dilation):
     return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
 
 
+@jit
+def _conv2d_forward_residuals(X, W, b, stride, padding, dilation):
+    """Y as :func:`_conv2d_forward`, and R = (columns,): every example's ``[columns_i; ones]``
+    (n, C kh kw + 1, Ho Wo), which grad_params multiplies instead of building them again."""
+    n, out, kernel = X.shape[0], W.shape[0], (W.shape[2], W.shape[3])
+    Ho = _conv2d_output_size(X.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+    Wo = _conv2d_output_size(X.shape[3], kernel[1], stride[1], padding[1], dilation[1])
+    rows = W.size // out
+    weights = np.empty((out, rows + 1), X.dtype)
+    weights[:, :rows] = W.reshape((out, rows))
+    weights[:, rows] = b
+    columns = np.zeros((n, rows + 1, Ho * Wo), X.dtype)
+    Y = np.empty((n, out, Ho * Wo), X.dtype)
+    for i in range(n):
+        columns[i, rows] = 1
+        _conv2d_example_columns(X[i], kernel, stride, padding, dilation, columns[i, :rows])
+        matmul_into(weights, columns[i], Y[i])
+    return Y.reshape((n, out, Ho, Wo)), (as_readonly(columns),)
+
+
+@jit
+def _conv2d_grad_input_residuals(X, dY, R, W, b, stride, padding, dilation):
+    """dX as :func:`_conv2d_grad_input` (it needs the weights, not the columns)."""
+    return _conv2d_grad_input(X, dY, W, b, stride, padding, dilation)
+
+
+@jit
+def _conv2d_grad_params_residuals(X, dY, R, W, b, stride, padding, dilation):
+    """[dW db] = sum_i dY_matrix_i @ [columns_i; ones].T, the columns from R;  -> dW (out, C, kh, kw), db (out,)."""
+    n, out, Ho, Wo = dY.shape
+    rows = W.size // out
+    columns = R[0]
+    gradient = dY.reshape((n, out, Ho * Wo))
+    sums = np.zeros((out, rows + 1), X.dtype)
+    for i in range(n):
+        matmul_into(gradient[i], columns[i].T, sums, True)
+    return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
+
+
 # --------------------------------------------------------------------------- pair fields
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -267,7 +306,10 @@ class Conv2D(Layer):
     dilation: Pair = pair_field(1, minimum=1)
     input_size: Pair | None = pair_field(None, minimum=1, optional=True)
 
-    kernels = Kernels(_conv2d_forward, _conv2d_grad_input, _conv2d_grad_params)
+    kernels = Kernels(
+        _conv2d_forward, _conv2d_grad_input, _conv2d_grad_params,
+        residuals=Residuals(_conv2d_forward_residuals, _conv2d_grad_input_residuals, _conv2d_grad_params_residuals),
+    )
 
     @classmethod
     def init(
