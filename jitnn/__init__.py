@@ -22,7 +22,7 @@ from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
 from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
-from jitnn import data, datasets, metrics
+from jitnn import data, datasets, metrics, validate
 
 __version__ = "0.1.0"
 
@@ -44,5 +44,5 @@ __all__ = [
     # metrics and inspection
     "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules
-    "init", "optim", "plan", "random", "testing", "tree", "data", "datasets", "metrics",
+    "init", "optim", "plan", "random", "testing", "tree", "data", "datasets", "metrics", "validate",
 ]

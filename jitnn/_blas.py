@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import numbers
 import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple
@@ -34,6 +33,8 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
+
+from jitnn import validate
 
 __all__ = [
     "matmul", "matmul_into", "library", "available", "get_threads", "set_threads", "use_threads", "threads",
@@ -194,11 +195,7 @@ def threads(count: int) -> Iterator[None]:
 
 def check_threads(value: Any, who: str) -> int | None:
     """``None`` (choose by batch size) or a positive integer."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{who}: threads must be None (chosen by batch size) or a positive integer, got {value!r}")
-    return int(value)
+    return validate.optional(value, who, "threads", check=validate.positive_int, none_means="chosen by batch size")
 
 
 # --------------------------------------------------------------------------- the products

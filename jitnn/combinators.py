@@ -3,12 +3,12 @@ made of layers; its gradient record has its own type, holding the members' recor
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn.chain import _as_layers
 from jitnn.plan import concat_shape
 from jitnn.protocol import Composite, Layer, layer
@@ -19,12 +19,6 @@ __all__ = ["Residual", "Concatenate", "Parallel", "Add"]
 def _check_inner(record: Any, attribute: Any, value: Any) -> None:
     if not isinstance(value, Layer):
         raise TypeError(f"Residual: inner must be a jitnn layer, got {type(value).__name__}")
-
-
-def _axis(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Concatenate: axis must be an integer, got {value!r}")
-    return int(value)
 
 
 @layer
@@ -102,7 +96,7 @@ class Concatenate(_Branches):
     (default 0: the features of ``(n, k)`` outputs, the channels of ``(n, C, H, W)``)."""
 
     branches: tuple[Layer, ...] = attrs.field(converter=_as_layers)
-    axis: int = attrs.field(default=0, converter=_axis)
+    axis: int = attrs.field(default=0, converter=validate.converter(validate.integer, "Concatenate", "axis"))
 
     def __attrs_post_init__(self) -> None:
         self._validate()

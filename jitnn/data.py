@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Iterator
 
 import numpy as np
 
-from jitnn import random
+from jitnn import random, validate
 from jitnn._checks import _as_array
 
 __all__ = ["batches", "n_batches"]
@@ -19,9 +18,7 @@ def _check(X: Any, T: Any, batch_size: Any) -> tuple[np.ndarray, np.ndarray, int
         raise ValueError("batches: X and T must be arrays whose first axis is the example")
     if X.shape[0] != T.shape[0]:
         raise ValueError(f"batches: X has {X.shape[0]} examples but T has {T.shape[0]}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
-    return X, T, int(batch_size)
+    return X, T, validate.positive_int(batch_size, "batches", "batch_size")
 
 
 def n_batches(n_examples: int, batch_size: int, drop_last: bool = False) -> int:
@@ -45,6 +42,7 @@ def batches(
     fresh C-contiguous copies: writing into one never changes the caller's arrays.
     """
     X, T, batch_size = _check(X, T, batch_size)
+    shuffle, drop_last = validate.flag(shuffle, "batches", "shuffle"), validate.flag(drop_last, "batches", "drop_last")
     if shuffle and not isinstance(key, random.Key):
         raise TypeError(f"batches: shuffle=True needs a jitnn.random.Key to draw the order, got {type(key).__name__}")
     order = random.permutation(key, X.shape[0]) if shuffle else None

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import check_float_dtype, freeze
 
 __all__ = ["load_idx", "load_mnist", "load_digits"]
@@ -192,8 +193,7 @@ def load_digits(*, images: bool = False, dtype: Any = np.float32) -> tuple[np.nd
         If scikit-learn is not installed.
     """
     who = "load_digits"
-    if not isinstance(images, (bool, np.bool_)):
-        raise TypeError(f"{who}: images must be True or False, got {images!r}")
+    images = validate.flag(images, who, "images")
     dtype = check_float_dtype(dtype, who)
     try:
         from sklearn.datasets import load_digits as sklearn_digits

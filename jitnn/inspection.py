@@ -23,12 +23,12 @@ batch axis) and are found with the layers' shape rules alone: nothing is run.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable
 
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import describe
 from jitnn.chain import Chain
 from jitnn.combinators import Concatenate, Residual, _Branches
@@ -254,9 +254,9 @@ def _counts(layer: Layer, member_rows: list[SummaryRow]) -> tuple[int, int, int]
 
 
 def _check_input_shape(input_shape: Any) -> Shape:
-    if isinstance(input_shape, numbers.Integral) and not isinstance(input_shape, bool):
+    if validate.is_integer(input_shape):
         raise TypeError(f"summary: input_shape must be a tuple of positive integers, got the integer {input_shape}; write ({input_shape},)")
-    if not isinstance(input_shape, tuple) or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in input_shape):
+    if not isinstance(input_shape, tuple) or not all(validate.is_integer(s) for s in input_shape):
         raise TypeError(
             f"summary: input_shape must be a tuple of positive integers (the shape of one example, without the batch axis), "
             f"got {input_shape!r}"

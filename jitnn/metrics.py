@@ -15,11 +15,11 @@ Ties between scores are broken as NumPy's ``argmax`` breaks them (the lowest ind
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import _as_array, _bounds, float_input, freeze, readonly
 from jitnn._jit import jit
 
@@ -151,12 +151,6 @@ def _predicted_classes(predictions: Any, n_classes: int | None, who: str) -> tup
     return predicted, None, largest
 
 
-def _integer(value: Any, who: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{who}: {name} must be an integer, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- metrics
 def accuracy(predictions: Any, labels: Any) -> float:
     """The fraction of examples whose predicted class is their label.
@@ -213,7 +207,7 @@ def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
     scores = _scores(array, who, "scores")
     n_examples, n_classes = scores.shape
     labels, _ = _class_indices(labels, n_examples, n_classes, who, "labels")
-    k = _integer(k, who, "k")
+    k = validate.integer(k, who, "k")
     if not 1 <= k <= n_classes:
         raise ValueError(f"{who}: k must lie in [1, n_classes] = [1, {n_classes}] for scores of shape {scores.shape}, got k={k}")
     return _metrics_top_k_hits(scores, labels, k) / n_examples
@@ -241,9 +235,8 @@ def confusion_matrix(labels: Any, predictions: Any, n_classes: int | None = None
     """
     who = "confusion_matrix"
     if n_classes is not None:
-        n_classes = _integer(n_classes, who, "n_classes")
-        if n_classes < 1:
-            raise ValueError(f"{who}: n_classes must be a positive integer, got {n_classes}")
+        n_classes = validate.integer(n_classes, who, "n_classes")  # TypeError unless an integer
+        n_classes = validate.positive_int(n_classes, who, "n_classes")
     predicted, score_classes, largest_predicted = _predicted_classes(predictions, n_classes, who)
     if n_classes is None:
         n_classes = score_classes

@@ -11,12 +11,12 @@ a key and return fresh arrays; they never advance any hidden state.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import check_float_dtype
 
 __all__ = ["Key", "key", "split", "fold_in", "normal", "uniform", "permutation", "bernoulli"]
@@ -47,21 +47,17 @@ def _check_key(value: Any, who: str) -> Key:
 
 def key(seed: int) -> Key:
     """The key for a non-negative integer ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"key: seed must be a non-negative integer, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"key: seed must be a non-negative integer, got {seed}")
-    return Key(tuple(np.random.SeedSequence(int(seed)).generate_state(4, np.uint32)))
+    seed = validate.non_negative_int(seed, "key", "seed", wrong_type=TypeError)
+    return Key(tuple(np.random.SeedSequence(seed).generate_state(4, np.uint32)))
 
 
 def split(parent: Key, n: int = 2) -> tuple[Key, ...]:
     """``n`` new keys derived from ``parent``, independent of it and of each other."""
     _check_key(parent, "split")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"split: n must be a positive integer, got {n!r}")
+    n = validate.positive_int(n, "split", "n")
     return tuple(
         Key(tuple(np.random.SeedSequence(parent.words, spawn_key=(i,)).generate_state(4, np.uint32)))
-        for i in range(int(n))
+        for i in range(n)
     )
 
 
@@ -71,7 +67,7 @@ def fold_in(parent: Key, data: int | str) -> Key:
     _check_key(parent, "fold_in")
     if isinstance(data, str):
         words = tuple(data.encode("utf-8"))
-    elif isinstance(data, numbers.Integral) and not isinstance(data, bool) and data >= 0:
+    elif validate.is_integer(data) and data >= 0:
         words = (int(data) & 0xFFFFFFFF, int(data) >> 32)
     else:
         raise TypeError(f"fold_in: data must be a non-negative integer or a string, got {data!r}")
@@ -80,10 +76,7 @@ def fold_in(parent: Key, data: int | str) -> Key:
 
 
 def _shape(shape: Any, who: str) -> tuple[int, ...]:
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in shape):
-        raise ValueError(f"{who}: shape must be non-negative integers, got {shape!r}")
-    return tuple(int(s) for s in shape)
+    return validate.int_tuple(shape, who, "shape", low=0)
 
 
 def normal(key: Key, shape: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -95,6 +88,7 @@ def normal(key: Key, shape: Any, dtype: Any = np.float32) -> np.ndarray:
 def uniform(key: Key, shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = np.float32) -> np.ndarray:
     """Samples uniform on ``[low, high)`` of ``shape`` and ``dtype`` (float32 or float64)."""
     dtype = check_float_dtype(dtype, "uniform")
+    low, high = validate.real(low, "uniform", "low"), validate.real(high, "uniform", "high")
     if not low < high:
         raise ValueError(f"uniform: need low < high, got low={low}, high={high}")
     unit = _check_key(key, "uniform")._generator().random(_shape(shape, "uniform"), dtype=dtype)
@@ -103,13 +97,11 @@ def uniform(key: Key, shape: Any, low: float = 0.0, high: float = 1.0, dtype: An
 
 def permutation(key: Key, n: int) -> np.ndarray:
     """A random permutation of ``range(n)`` (int64)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"permutation: n must be a non-negative integer, got {n!r}")
-    return _check_key(key, "permutation")._generator().permutation(int(n)).astype(np.int64)
+    n = validate.non_negative_int(n, "permutation", "n")
+    return _check_key(key, "permutation")._generator().permutation(n).astype(np.int64)
 
 
 def bernoulli(key: Key, p: float, shape: Any) -> np.ndarray:
     """Booleans of ``shape``, each ``True`` with probability ``p``."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"bernoulli: p must lie in [0, 1], got {p}")
+    p = validate.fraction(p, "bernoulli", "p", include_one=True)
     return _check_key(key, "bernoulli")._generator().random(_shape(shape, "bernoulli")) < p

@@ -13,7 +13,6 @@ Needs scikit-learn 1.6 or newer (``pip install scikit-learn``); ``import jitnn``
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any
 
@@ -31,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without scikit
     raise ImportError("jitnn.sklearn needs scikit-learn 1.6 or newer: pip install scikit-learn") from error
 
 import jitnn as jn
+from jitnn import validate
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -86,32 +86,25 @@ class _MLP(BaseEstimator):
     def _checked(self) -> tuple[tuple[int, ...], Any, Any, np.dtype]:
         """The parameters, checked: hidden widths, activation class, optimizer, dtype."""
         name = type(self).__name__
-        sizes = self.hidden_layer_sizes
-        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
-            raise ValueError(f"{name}: hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        sizes = validate.int_tuple(self.hidden_layer_sizes, name, "hidden_layer_sizes", low=1)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{name}: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         for field in ("batch_size", "max_iter", "n_iter_no_change"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}: {field} must be a positive integer, got {value!r}")
+            validate.positive_int(getattr(self, field), name, field)
         for field in ("learning_rate", "alpha", "tol"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name}: {field} must be a finite non-negative number, got {value!r}")
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            raise ValueError(f"{name}: early_stopping must be True or False, got {self.early_stopping!r}")
-        fraction = self.validation_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
-            raise ValueError(f"{name}: validation_fraction must lie strictly between 0 and 1, got {fraction!r}")
+            validate.non_negative_real(getattr(self, field), name, field)
+        validate.flag(self.early_stopping, name, "early_stopping", wrong_type=ValueError)  # a ValueError, as for every parameter here
+        validate.real(
+            self.validation_fraction, name, "validation_fraction", low=0, high=1, low_open=True, high_open=True,
+            must="lie strictly between 0 and 1",
+        )
         dtype = jn._checks.check_float_dtype(self.dtype, name)
         optimizer = OPTIMIZERS[self.optimizer](float(self.learning_rate))
         if self.alpha > 0:  # L2 penalty on the gradients, as scikit-learn's alpha
             optimizer = jn.optim.chain(jn.optim.add_decayed_weights(float(self.alpha)), optimizer)
-        return tuple(int(s) for s in sizes), ACTIVATIONS[self.activation], optimizer, dtype
+        return sizes, ACTIVATIONS[self.activation], optimizer, dtype
 
     # ------------------------------------------------------------------ training
     def _build(self, key: Any, n_in: int, n_out: int, sizes: tuple[int, ...], activation: type, dtype: np.dtype) -> jn.Chain:

@@ -6,13 +6,11 @@ any layer, a user's own included.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable
 
 import numpy as np
 
-from jitnn import passes, random, tree
+from jitnn import passes, random, tree, validate
 from jitnn._checks import describe, float_input
 from jitnn.losses import Loss
 from jitnn.protocol import Layer
@@ -22,11 +20,9 @@ __all__ = ["check_grads", "check_loss_grad", "jacobian", "numerical_gradient", "
 
 def _check_tolerances(who: str, eps: Any, rtol: Any, atol: Any) -> None:
     """``eps`` must be a finite positive number, ``rtol`` and ``atol`` finite non-negative ones."""
-    for name, value, low in (("eps", eps, "positive"), ("rtol", rtol, "non-negative"), ("atol", atol, "non-negative")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{who}: {name} must be a number, got {value!r}")
-        if not math.isfinite(value) or value < 0 or (name == "eps" and value == 0):
-            raise ValueError(f"{who}: {name} must be a finite {low} number, got {value!r}")
+    for name, value, check in (("eps", eps, validate.positive_real), ("rtol", rtol, validate.non_negative_real), ("atol", atol, validate.non_negative_real)):
+        validate.real(value, who, name, finite=False)  # TypeError unless a number
+        check(value, who, name)
 
 
 def _to_float64(layer: Layer) -> Layer:
@@ -102,8 +98,7 @@ def check_grads(
     _check_tolerances(who, eps, rtol, atol)
     if key is not None and not isinstance(key, random.Key):
         raise TypeError(f"{who}: key must be a jitnn.random.Key or None, got {type(key).__name__}")
-    if not isinstance(training, bool):
-        raise TypeError(f"{who}: training must be True or False, got {training!r}")
+    training = validate.flag(training, who, "training")
     key = key or random.key(0)
     layer64 = _to_float64(layer)
     X = np.array(layer64._input(X))

@@ -4,7 +4,6 @@ models it cannot compile."""
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 from typing import Any, Callable
@@ -12,7 +11,7 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from jitnn import random
+from jitnn import _blas, random, validate
 from jitnn.data import batches
 from jitnn.losses import Loss
 from jitnn.passes import value_grad_and_update
@@ -104,14 +103,13 @@ def fit(
         raise TypeError(f"fit: model must be a jitnn layer, got {type(model).__name__}")
     if not isinstance(loss, Loss):
         raise TypeError(f"fit: loss must be a jitnn loss, got {type(loss).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    epochs = validate.non_negative_int(epochs, "fit", "epochs")
+    batch_size = validate.positive_int(batch_size, "fit", "batch_size")
+    threads = _blas.check_threads(threads, "fit")
     if compiled not in (None, True, False):
         raise TypeError(f"fit: compiled must be None, True or False, got {compiled!r}")
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"fit: check_finite must be True or False, got {check_finite!r}")
-    if not isinstance(verbose, bool):
-        raise TypeError(f"fit: verbose must be True or False, got {verbose!r}")
+    check_finite = validate.flag(check_finite, "fit", "check_finite")
+    verbose = validate.flag(verbose, "fit", "verbose")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be a function (epoch, model, mean_loss) or None, got {callback!r}")
     if not isinstance(key, random.Key):
@@ -120,7 +118,7 @@ def fit(
     step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
     history = []
-    for epoch in range(int(epochs)):
+    for epoch in range(epochs):
         key, epoch_key = random.split(key)
         started, values, weights = time.perf_counter(), [], []
         order_key, steps_key = random.split(epoch_key)

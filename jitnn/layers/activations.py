@@ -9,12 +9,12 @@ three-line class. ``Softmax`` couples the elements of a row and has kernels of i
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._jit import as_readonly, jit
 from jitnn.protocol import Kernels, Layer, Residuals, layer
 
@@ -106,17 +106,11 @@ class ReLU(_Elementwise):
     code = _LEAKY_RELU
 
 
-def _slope(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"LeakyReLU: negative_slope must be a finite real number, got {value!r}")
-    return float(value)
-
-
 @layer
 class LeakyReLU(_Elementwise):
     """``f(x) = x if x > 0 else negative_slope * x``."""
 
-    negative_slope: float = attrs.field(default=0.01, converter=_slope)
+    negative_slope: float = attrs.field(default=0.01, converter=validate.converter(validate.real, "LeakyReLU", "negative_slope"))
     code = _LEAKY_RELU
 
     def config(self) -> tuple[Any, ...]:

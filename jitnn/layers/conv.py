@@ -30,14 +30,13 @@ configuration and the spatial shape rule.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
 from jitnn import init as initializers
-from jitnn import random
+from jitnn import random, validate
 from jitnn._blas import matmul_into
 from jitnn._checks import check_float_dtype
 from jitnn._jit import as_readonly, jit
@@ -208,19 +207,15 @@ def _conv2d_grad_params_residuals(X, dY, R, W, b, stride, padding, dilation):
 
 
 # --------------------------------------------------------------------------- pair fields
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def int_pair(value: Any) -> Any:
     """``(v, v)`` for an integer ``v``, a tuple of two Python ints for a pair of integers.
 
     Anything else is returned unchanged, for the field's validator to report with the
     layer's name.
     """
-    if _is_int(value):
+    if validate.is_integer(value):
         return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(validate.is_integer(v) for v in value):
         return (int(value[0]), int(value[1]))
     return value
 
@@ -265,12 +260,6 @@ def spatial_output_size(input_shape: tuple[int, ...], kernel: Pair, stride: Pair
         what = f"dilated kernel {extent} (kernel {kernel}, dilation {dilation})" if dilation != (1, 1) else f"kernel {kernel}"
         raise ValueError(f"the {what} is larger than the padded image {padded} (image {input_shape[1:]}, padding {padding})")
     return tuple((s - e) // t + 1 for s, e, t in zip(padded, extent, stride))  # type: ignore[return-value]
-
-
-def _positive(value: Any, who: str, name: str) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------- the layer
@@ -335,7 +324,7 @@ class Conv2D(Layer):
         ``Dense``. (PyTorch's own default draws both from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.)
         """
         who = "Conv2D.init"
-        in_channels, out_channels = _positive(in_channels, who, "in_channels"), _positive(out_channels, who, "out_channels")
+        in_channels, out_channels = validate.positive_int(in_channels, who, "in_channels"), validate.positive_int(out_channels, who, "out_channels")
         kh, kw = check_pair(int_pair(kernel_size), 1, who, "kernel_size")
         dtype = check_float_dtype(dtype, who)
         weight_key, bias_key = random.split(key)

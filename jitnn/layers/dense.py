@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
 from jitnn import init as initializers
-from jitnn import random
+from jitnn import random, validate
 from jitnn._blas import matmul
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
@@ -43,12 +42,6 @@ def _dense_grad_params(X, dY, W, b):
     return matmul(X.T, dY), db
 
 
-def _positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"Dense.init: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 @layer
 class Dense(Layer):
     """Fully connected layer ``Y = X @ W + b``.
@@ -79,7 +72,7 @@ class Dense(Layer):
     ) -> "Dense":
         """A new layer with ``W`` drawn by ``weight_init`` (Glorot uniform by default) from
         ``key`` and ``b`` from ``bias_init`` (zeros by default)."""
-        n_in, n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
+        n_in, n_out = validate.positive_int(n_in, "Dense.init", "n_in"), validate.positive_int(n_out, "Dense.init", "n_out")
         dtype = check_float_dtype(dtype, "Dense.init")
         weight_key, bias_key = random.split(key)
         return cls(W=weight_init(weight_key, (n_in, n_out), dtype=dtype), b=bias_init(bias_key, (n_out,), dtype=dtype))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
-from jitnn import random
+from jitnn import random, validate
 from jitnn._checks import freeze
 from jitnn._jit import jit
 from jitnn.protocol import Array, Context, Kernels, Layer, layer
@@ -32,19 +30,13 @@ def _dropout_grad_input(x, d, mask):
     return _dropout_forward(d, mask)
 
 
-def _rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0 <= value < 1:
-        raise ValueError(f"Dropout: rate (the fraction of elements dropped) must lie in [0, 1), got {value!r}")
-    return float(value)
-
-
 @layer
 class Dropout(Layer):
     """Drop each element with probability ``rate`` in training mode and scale the kept
     ones by ``1 / (1 - rate)``; the identity in evaluation mode. The mask comes from the
     pass's key and the layer's position, so the same key drops the same elements."""
 
-    rate: float = attrs.field(converter=_rate)
+    rate: float = attrs.field(converter=validate.converter(validate.fraction, "Dropout", "rate (the fraction of elements dropped)"))
     kernels = Kernels(_dropout_forward, _dropout_grad_input)
     needs_context = True
     elementwise = True

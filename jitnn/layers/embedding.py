@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
 from jitnn import init as initializers
-from jitnn import random
+from jitnn import random, validate
 from jitnn._checks import _as_array, check_float_dtype, describe
 from jitnn._jit import jit
 from jitnn.protocol import Array, Kernels, Layer, layer, param
@@ -55,9 +54,7 @@ class Embedding(Layer):
     @classmethod
     def init(cls, key: random.Key, vocab: int, dim: int, *, weight_init: initializers.Initializer | None = None, dtype: Any = np.float32) -> "Embedding":
         """A table drawn from ``N(0, 1)`` (PyTorch's default) or from ``weight_init``."""
-        for name, value in (("vocab", vocab), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Embedding.init: {name} must be a positive integer, got {value!r}")
+        vocab, dim = validate.positive_int(vocab, "Embedding.init", "vocab"), validate.positive_int(dim, "Embedding.init", "dim")
         dtype = check_float_dtype(dtype, "Embedding.init")
         table = random.normal(key, (vocab, dim), dtype) if weight_init is None else weight_init(key, (vocab, dim), dtype=dtype)
         return cls(table=table)

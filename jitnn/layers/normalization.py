@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
-from jitnn import random
+from jitnn import random, validate
 from jitnn._checks import check_float_dtype
 from jitnn._jit import as_readonly, jit
 from jitnn.protocol import Array, Context, Kernels, Layer, Residuals, buffer, layer, param
@@ -90,10 +89,9 @@ def _layer_norm_grad_params(X, dY, R, scale, shift, eps):
     return d_scale, d_shift
 
 
-def _epsilon(who: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{who}: eps must be a positive number, got {value!r}")
-    return float(value)
+def _epsilon(who: str) -> Callable[[Any], float]:
+    """The converter of ``who``'s ``eps``: a finite positive number."""
+    return validate.converter(validate.positive_real, who, "eps", must="be a positive number")
 
 
 @layer
@@ -104,7 +102,7 @@ class LayerNorm(Layer):
 
     scale: Array = param()
     shift: Array = param()
-    eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "LayerNorm"))
+    eps: float = attrs.field(default=1e-5, converter=_epsilon("LayerNorm"))
 
     kernels = Kernels(
         _layer_norm_forward, residuals=Residuals(_layer_norm_forward_residuals, _layer_norm_grad_input, _layer_norm_grad_params)
@@ -113,8 +111,7 @@ class LayerNorm(Layer):
     @classmethod
     def init(cls, key: random.Key | None, features: int, *, eps: float = 1e-5, dtype: Any = np.float32) -> "LayerNorm":
         """Scale ones and shift zeros (the key is accepted for a uniform signature)."""
-        if isinstance(features, bool) or not isinstance(features, numbers.Integral) or features < 1:
-            raise ValueError(f"LayerNorm.init: features must be a positive integer, got {features!r}")
+        features = validate.positive_int(features, "LayerNorm.init", "features")
         dtype = check_float_dtype(dtype, "LayerNorm.init")
         return cls(scale=np.ones(features, dtype), shift=np.zeros(features, dtype), eps=eps)
 
@@ -235,12 +232,6 @@ def _batch_norm_update(R, running_mean, running_var, momentum, eps, training):
     return new_mean, new_var
 
 
-def _momentum(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"BatchNorm: momentum must lie in [0, 1], got {value!r}")
-    return float(value)
-
-
 @layer
 class BatchNorm(Layer):
     """Batch normalization (Ioffe and Szegedy, 2015) over the per-example axis 0 (the
@@ -259,8 +250,8 @@ class BatchNorm(Layer):
     shift: Array = param()
     running_mean: Array = buffer()
     running_var: Array = buffer()
-    momentum: float = attrs.field(default=0.1, converter=_momentum)
-    eps: float = attrs.field(default=1e-5, converter=functools.partial(_epsilon, "BatchNorm"))
+    momentum: float = attrs.field(default=0.1, converter=validate.converter(validate.fraction, "BatchNorm", "momentum", include_one=True))
+    eps: float = attrs.field(default=1e-5, converter=_epsilon("BatchNorm"))
 
     kernels = Kernels(
         _batch_norm_forward,
@@ -271,8 +262,7 @@ class BatchNorm(Layer):
     @classmethod
     def init(cls, key: random.Key | None, features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = np.float32) -> "BatchNorm":
         """Scale ones, shift zeros, running mean zeros and running variance ones."""
-        if isinstance(features, bool) or not isinstance(features, numbers.Integral) or features < 1:
-            raise ValueError(f"BatchNorm.init: features must be a positive integer, got {features!r}")
+        features = validate.positive_int(features, "BatchNorm.init", "features")
         dtype = check_float_dtype(dtype, "BatchNorm.init")
         ones, zeros = np.ones(features, dtype), np.zeros(features, dtype)
         return cls(scale=ones, shift=zeros, running_mean=zeros, running_var=ones, momentum=momentum, eps=eps)

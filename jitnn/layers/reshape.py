@@ -9,11 +9,11 @@ each is compiled once per dtype.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import attrs
 
+from jitnn import validate
 from jitnn._jit import jit
 from jitnn.protocol import Kernels, Layer, layer
 
@@ -46,9 +46,9 @@ def _reshape_grad_input(X, dY, shape):
 
 def _int_tuple(value: Any) -> Any:
     """A tuple of Python ints for an integer or a sequence of integers; anything else unchanged."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if validate.is_integer(value):
         return (int(value),)
-    if isinstance(value, (tuple, list)) and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (tuple, list)) and all(validate.is_integer(v) for v in value):
         return tuple(int(v) for v in value)
     return value
 

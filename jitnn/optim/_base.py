@@ -10,57 +10,26 @@ checks, the learning-rate schedule, the step count and rebuilding the trees.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, ClassVar
 
 import attrs
 import numpy as np
 
-from jitnn import tree
+from jitnn import tree, validate
 from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
 from jitnn.protocol import Layer
 
-__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "check_nonnegative", "check_real", "check_flag", "check_fraction", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
+__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
 
 LearningRate = float | Schedule | Callable[[int], float]
-
-
-def check_nonnegative(value: Any, who: str, name: str) -> float:
-    """A finite, non-negative real number, as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{who}: {name} must be a finite non-negative number, got {value!r}")
-    return float(value)
-
-
-def check_real(value: Any, who: str, name: str) -> float:
-    """A finite real number, as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{who}: {name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def check_flag(value: Any, who: str, name: str) -> bool:
-    """A boolean (``True``/``False``, NumPy's included), nothing else."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def check_fraction(value: Any, who: str, name: str) -> float:
-    """A real number in ``[0, 1)`` (a decay rate), as a float."""
-    value = check_nonnegative(value, who, name)
-    if value >= 1:
-        raise ValueError(f"{who}: {name} must lie in [0, 1), got {value!r}")
-    return value
 
 
 def as_learning_rate(value: Any, who: str) -> float | Schedule | Callable[[int], float]:
     """A learning rate: a finite non-negative number (kept as a float) or a schedule (any
     callable of the step count)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return check_nonnegative(value, who, "learning_rate")
+    if validate.is_real(value):
+        return validate.non_negative_real(value, who, "learning_rate")
     if callable(value):
         return value
     raise TypeError(f"{who}: learning_rate must be a number or a schedule (a function of the step count), got {value!r}")
@@ -70,10 +39,7 @@ def learning_rate_at(learning_rate: LearningRate, count: int, who: str) -> float
     """The learning rate for the update after ``count`` earlier ones, checked."""
     if isinstance(learning_rate, float):
         return learning_rate
-    value = learning_rate(count)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{who}: the learning-rate schedule gave {value!r} at step {count}; it must be a finite non-negative number")
-    return float(value)
+    return validate.non_negative_real(learning_rate(count), who, f"the learning rate the schedule gave at step {count}")
 
 
 def count_field() -> Any:

@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from jitnn import tree
+from jitnn import tree, validate
 from jitnn._checks import freeze
 from jitnn._jit import jit
-from jitnn.optim._base import check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_nonnegative, step_count
+from jitnn.optim._base import check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, step_count
 
 __all__ = ["Adagrad", "AdagradState", "adagrad"]
 
@@ -42,8 +42,8 @@ class Adagrad(Optimizer):
     square root and the sum started at ``initial_accumulator``, as in PyTorch."""
 
     learning_rate: LearningRate = attrs.field(default=1e-2, converter=lambda v: as_learning_rate(v, "adagrad"))
-    eps: float = attrs.field(default=1e-10, converter=lambda v: check_nonnegative(v, "adagrad", "eps"))
-    initial_accumulator: float = attrs.field(default=0.0, converter=lambda v: check_nonnegative(v, "adagrad", "initial_accumulator"))
+    eps: float = attrs.field(default=1e-10, converter=validate.converter(validate.non_negative_real, "adagrad", "eps"))
+    initial_accumulator: float = attrs.field(default=0.0, converter=validate.converter(validate.non_negative_real, "adagrad", "initial_accumulator"))
     kernel = staticmethod(_adagrad_update)
     state_class = AdagradState
 

@@ -8,8 +8,9 @@ from typing import Any
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["Adam", "AdamW", "AdamState", "adam", "adamw"]
 
@@ -47,9 +48,9 @@ class Adam(Optimizer):
     """Adam with bias correction; epsilon is added to ``sqrt(v_hat)`` (as PyTorch)."""
 
     learning_rate: LearningRate = attrs.field(default=1e-3, converter=lambda v: as_learning_rate(v, "adam"))
-    b1: float = attrs.field(default=0.9, converter=lambda v: check_fraction(v, "adam", "b1"))
-    b2: float = attrs.field(default=0.999, converter=lambda v: check_fraction(v, "adam", "b2"))
-    eps: float = attrs.field(default=1e-8, converter=lambda v: check_nonnegative(v, "adam", "eps"))
+    b1: float = attrs.field(default=0.9, converter=validate.converter(validate.fraction, "adam", "b1"))
+    b2: float = attrs.field(default=0.999, converter=validate.converter(validate.fraction, "adam", "b2"))
+    eps: float = attrs.field(default=1e-8, converter=validate.converter(validate.non_negative_real, "adam", "eps"))
     kernel = staticmethod(_adam_update)
     state_class = AdamState
 
@@ -68,7 +69,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay: ``p <- p (1 - lr weight_decay)`` before the Adam
     step, as ``torch.optim.AdamW`` (the decay is scaled by the learning rate)."""
 
-    weight_decay: float = attrs.field(default=0.01, converter=lambda v: check_nonnegative(v, "adamw", "weight_decay"))
+    weight_decay: float = attrs.field(default=0.01, converter=validate.converter(validate.non_negative_real, "adamw", "weight_decay"))
 
     def decoupled_decay(self) -> float:
         return self.weight_decay

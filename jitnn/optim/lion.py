@@ -7,8 +7,9 @@ from typing import Any
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["Lion", "LionState", "lion"]
 
@@ -40,9 +41,9 @@ class Lion(Optimizer):
     AdamW's."""
 
     learning_rate: LearningRate = attrs.field(default=1e-4, converter=lambda v: as_learning_rate(v, "lion"))
-    b1: float = attrs.field(default=0.9, converter=lambda v: check_fraction(v, "lion", "b1"))
-    b2: float = attrs.field(default=0.99, converter=lambda v: check_fraction(v, "lion", "b2"))
-    weight_decay: float = attrs.field(default=0.0, converter=lambda v: check_nonnegative(v, "lion", "weight_decay"))
+    b1: float = attrs.field(default=0.9, converter=validate.converter(validate.fraction, "lion", "b1"))
+    b2: float = attrs.field(default=0.99, converter=validate.converter(validate.fraction, "lion", "b2"))
+    weight_decay: float = attrs.field(default=0.0, converter=validate.converter(validate.non_negative_real, "lion", "weight_decay"))
     kernel = staticmethod(_lion_update)
     state_class = LionState
 

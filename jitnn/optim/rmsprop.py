@@ -8,8 +8,9 @@ from typing import Any
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_fraction, check_nonnegative
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["RMSprop", "RMSpropState", "rmsprop"]
 
@@ -40,8 +41,8 @@ class RMSprop(Optimizer):
     PyTorch (TensorFlow and Optax add it inside); ``decay`` is PyTorch's ``alpha``."""
 
     learning_rate: LearningRate = attrs.field(default=1e-2, converter=lambda v: as_learning_rate(v, "rmsprop"))
-    decay: float = attrs.field(default=0.99, converter=lambda v: check_fraction(v, "rmsprop", "decay"))
-    eps: float = attrs.field(default=1e-8, converter=lambda v: check_nonnegative(v, "rmsprop", "eps"))
+    decay: float = attrs.field(default=0.99, converter=validate.converter(validate.fraction, "rmsprop", "decay"))
+    eps: float = attrs.field(default=1e-8, converter=validate.converter(validate.non_negative_real, "rmsprop", "eps"))
     kernel = staticmethod(_rmsprop_update)
     state_class = RMSpropState
 

@@ -8,46 +8,24 @@ or a schedule (or any function of the step count) as its learning rate.
 from __future__ import annotations
 
 import math
-import numbers
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from jitnn import validate
+
 __all__ = ["Schedule", "Constant", "constant", "step_decay", "exponential_decay", "warmup_cosine_decay", "one_cycle"]
 
-
-def _nonnegative(name: str):
-    def convert(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"schedule: {name} must be a finite non-negative number, got {value!r}")
-        return float(value)
-
-    return convert
+_WHO = "schedule"  # the name the schedules' messages start with
 
 
-def _positive_int(name: str, minimum: int = 1):
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ValueError(f"schedule: {name} must be an integer >= {minimum}, got {value!r}")
-        return int(value)
-
-    return convert
+def _nonnegative(name: str) -> Callable[[Any], float]:
+    return validate.converter(validate.non_negative_real, _WHO, name)
 
 
-def _fraction(name: str):
-    def convert(value: Any) -> float:
-        value = _nonnegative(name)(value)
-        if not 0 < value < 1:
-            raise ValueError(f"schedule: {name} must lie in (0, 1), got {value!r}")
-        return value
-
-    return convert
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"schedule: the step count must be a non-negative integer, got {step!r}")
-    return int(step)
+def _at_least(name: str, low: int = 1) -> Callable[[Any], int]:
+    return validate.converter(validate.integer, _WHO, name, low=low)
 
 
 def _cosine(start: float, end: float, fraction: float) -> float:
@@ -61,7 +39,7 @@ class Schedule:
     __slots__ = ()
 
     def __call__(self, step: int) -> float:
-        return self.at(_check_step(step))
+        return self.at(validate.non_negative_int(step, _WHO, "the step count"))
 
     def at(self, step: int) -> float:
         raise NotImplementedError
@@ -83,7 +61,7 @@ class StepDecay(Schedule):
 
     init_value: float = attrs.field(converter=_nonnegative("init_value"))
     decay_rate: float = attrs.field(converter=_nonnegative("decay_rate"))
-    step_size: int = attrs.field(converter=_positive_int("step_size"))
+    step_size: int = attrs.field(converter=_at_least("step_size"))
 
     def at(self, step: int) -> float:
         return self.init_value * self.decay_rate ** (step // self.step_size)
@@ -96,8 +74,8 @@ class ExponentialDecay(Schedule):
 
     init_value: float = attrs.field(converter=_nonnegative("init_value"))
     decay_rate: float = attrs.field(converter=_nonnegative("decay_rate"))
-    decay_steps: int = attrs.field(converter=_positive_int("decay_steps"))
-    staircase: bool = attrs.field(default=False, converter=bool)
+    decay_steps: int = attrs.field(converter=_at_least("decay_steps"))
+    staircase: bool = attrs.field(default=False, converter=validate.converter(validate.flag, _WHO, "staircase"))
 
     def at(self, step: int) -> float:
         exponent = step // self.decay_steps if self.staircase else step / self.decay_steps
@@ -111,8 +89,8 @@ class WarmupCosineDecay(Schedule):
     included, as in Optax), then ``end_value``."""
 
     peak_value: float = attrs.field(converter=_nonnegative("peak_value"))
-    warmup_steps: int = attrs.field(converter=_positive_int("warmup_steps", 0))
-    decay_steps: int = attrs.field(converter=_positive_int("decay_steps"))
+    warmup_steps: int = attrs.field(converter=_at_least("warmup_steps", 0))
+    decay_steps: int = attrs.field(converter=_at_least("decay_steps"))
     init_value: float = attrs.field(default=0.0, converter=_nonnegative("init_value"))
     end_value: float = attrs.field(default=0.0, converter=_nonnegative("end_value"))
 
@@ -135,8 +113,8 @@ class OneCycle(Schedule):
     final_div_factor`` at the last step."""
 
     max_value: float = attrs.field(converter=_nonnegative("max_value"))
-    total_steps: int = attrs.field(converter=_positive_int("total_steps", 2))
-    pct_start: float = attrs.field(default=0.3, converter=_fraction("pct_start"))
+    total_steps: int = attrs.field(converter=_at_least("total_steps", 2))
+    pct_start: float = attrs.field(default=0.3, converter=validate.converter(validate.real, _WHO, "pct_start", low=0, high=1, low_open=True, high_open=True))
     div_factor: float = attrs.field(default=25.0, converter=_nonnegative("div_factor"))
     final_div_factor: float = attrs.field(default=1e4, converter=_nonnegative("final_div_factor"))
 

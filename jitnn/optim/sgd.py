@@ -7,8 +7,9 @@ from typing import Any
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate, check_flag, check_fraction
+from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
@@ -73,8 +74,8 @@ class Momentum(Optimizer):
     ``p <- p - lr (g + beta v)``). The first velocity is ``g``, as in PyTorch."""
 
     learning_rate: LearningRate = attrs.field(converter=lambda v: as_learning_rate(v, "momentum"))
-    beta: float = attrs.field(default=0.9, converter=lambda v: check_fraction(v, "momentum", "beta"))
-    nesterov: bool = attrs.field(default=False, converter=lambda v: check_flag(v, "momentum", "nesterov"))
+    beta: float = attrs.field(default=0.9, converter=validate.converter(validate.fraction, "momentum", "beta"))
+    nesterov: bool = attrs.field(default=False, converter=validate.converter(validate.flag, "momentum", "nesterov"))
     kernel = staticmethod(_momentum_update)
     state_class = MomentumState
 

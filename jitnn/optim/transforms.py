@@ -17,9 +17,10 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import readonly
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, as_learning_rate, check_nonnegative, check_real, float_leaves, learning_rate_at, map_kernel, step_count
+from jitnn.optim._base import count_field, as_learning_rate, float_leaves, learning_rate_at, map_kernel, step_count
 
 __all__ = [
     "GradientTransform", "EmptyState", "CountState", "ChainState", "OptimizerChain",
@@ -111,7 +112,7 @@ class ClipByGlobalNorm(GradientTransform):
     """Scale all gradients by ``max_norm / norm`` when their global L2 norm exceeds
     ``max_norm`` (as Optax's ``clip_by_global_norm``)."""
 
-    max_norm: float = attrs.field(converter=lambda v: check_nonnegative(v, "clip_by_global_norm", "max_norm"))
+    max_norm: float = attrs.field(converter=validate.converter(validate.non_negative_real, "clip_by_global_norm", "max_norm"))
 
     def transform(self, grads: Any, params: Any) -> Any:
         leaves = float_leaves(grads, "clip_by_global_norm", "grads")
@@ -125,7 +126,7 @@ class ClipByGlobalNorm(GradientTransform):
 class ClipByValue(GradientTransform):
     """Clip every gradient element to ``[-limit, limit]``."""
 
-    limit: float = attrs.field(converter=lambda v: check_nonnegative(v, "clip_by_value", "limit"))
+    limit: float = attrs.field(converter=validate.converter(validate.non_negative_real, "clip_by_value", "limit"))
 
     def transform(self, grads: Any, params: Any) -> Any:
         return _map_grads(_clip, grads, (self.limit,), "clip_by_value")
@@ -136,7 +137,7 @@ class AddDecayedWeights(GradientTransform):
     """L2 weight decay: ``g <- g + weight_decay * p`` (PyTorch's ``weight_decay`` argument
     of ``SGD``, ``Adam``, ``RMSprop``; for decoupled decay use ``adamw``)."""
 
-    weight_decay: float = attrs.field(converter=lambda v: check_nonnegative(v, "add_decayed_weights", "weight_decay"))
+    weight_decay: float = attrs.field(converter=validate.converter(validate.non_negative_real, "add_decayed_weights", "weight_decay"))
 
     def transform(self, grads: Any, params: Any) -> Any:
         return map_kernel(_add_decayed_weights, [grads, params], (self.weight_decay,), 1, "add_decayed_weights", ["grads", "params"])[0]
@@ -146,7 +147,7 @@ class AddDecayedWeights(GradientTransform):
 class Scale(GradientTransform):
     """Multiply every gradient by ``factor``."""
 
-    factor: float = attrs.field(converter=lambda v: check_real(v, "scale", "factor"))
+    factor: float = attrs.field(converter=validate.converter(validate.real, "scale", "factor"))
 
     def transform(self, grads: Any, params: Any) -> Any:
         return _map_grads(_scale, grads, (self.factor,), "scale")
