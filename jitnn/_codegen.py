@@ -43,7 +43,7 @@ import numba
 import numpy as np
 
 from jitnn._checks import describe
-from jitnn.plan import Call, Concat, Plan, Sum
+from jitnn.plan import Call, Plan, Sum
 
 __all__ = ["StepSource", "load_function"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
 
 from jitnn import validate
 from jitnn.chain import _as_layers

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -93,7 +93,7 @@ class Concat:
     y: int
 
 
-Op = Union[Call, Sum, Concat]
+Op = Call | Sum | Concat
 
 
 @attrs.frozen(eq=False)
@@ -422,7 +422,7 @@ def run_backward(
 
     dX = plan.read_backwards(dY, input_gradient, call, operator.add, part)
     records = []
-    for site, layer, total in zip(plan.sites, leaves, totals):
+    for layer, total in zip(leaves, totals):
         if not layer.param_names:
             records.append(layer)
         else:
