@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Callable, Iterator, Sequence
+import weakref
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import attrs
 import numpy as np
@@ -42,30 +43,27 @@ __all__ = [
 Shape = tuple[int, ...]
 
 
-@attrs.frozen
-class Slot:
+class Slot(NamedTuple):
     """A slot of the plan being built: its number and the per-example shape of its array."""
 
     index: int
     shape: Shape
 
 
-@attrs.frozen
-class Site:
+class Site(NamedTuple):
     """A leaf layer of the model: its position (``where``), the layer as lowered (its
     kernels, configuration and parameter shapes stand for every model of the
     architecture), how many calls apply it, and where its parameters and buffers start in
     the model's flat lists of them."""
 
     where: str
-    layer: Layer = attrs.field(repr=False)
+    layer: Layer
     calls: int
     first_param: int
     first_buffer: int
 
 
-@attrs.frozen
-class Call:
+class Call(NamedTuple):
     """``slots[y] = sites[site].layer(slots[x])``; ``call`` numbers the calls in order."""
 
     site: int
@@ -74,16 +72,14 @@ class Call:
     call: int
 
 
-@attrs.frozen
-class Sum:
+class Sum(NamedTuple):
     """``slots[y] = slots[xs[0]] + slots[xs[1]] + ...`` (left to right)."""
 
     xs: tuple[int, ...]
     y: int
 
 
-@attrs.frozen
-class Concat:
+class Concat(NamedTuple):
     """``slots[y]`` = the slots ``xs`` joined along per-example ``axis``; ``bounds`` are the
     part boundaries along it (for the backward split)."""
 
@@ -194,8 +190,10 @@ class Planner:
 
     def __init__(self, model: Layer, input_shape: Shape, batch: int | None = None) -> None:
         self._batch = batch
-        self._sites: list[Site] = []
+        self._sites: list[tuple[str, Layer, int, int]] = []
         self._site_of: dict[str, int] = {}
+        self._named: dict[int, tuple[tuple[str, Layer], ...]] = {}
+        self._counts = [0, 0]  # parameters and buffers of the sites so far
         self._enumerate(model, "")
         self._calls = [0] * len(self._sites)
         self._slots: list[Shape] = [tuple(input_shape)]
@@ -206,19 +204,21 @@ class Planner:
 
     def _enumerate(self, layer: Layer, where: str) -> None:
         if isinstance(layer, Composite):
-            for suffix, member in layer.named_members():
+            named = self._named[id(layer)] = layer.named_members()
+            for suffix, member in named:
                 self._enumerate(member, where + suffix)
             return
         if not isinstance(layer, Layer):
             raise TypeError(f"model{where} is not a jitnn layer (got {type(layer).__name__})")
-        params = sum(len(site.layer.param_names) for site in self._sites)
-        buffers = sum(len(site.layer.buffer_names) for site in self._sites)
+        counts = self._counts
         self._site_of[where] = len(self._sites)
-        self._sites.append(Site(where, layer, 0, params, buffers))
+        self._sites.append((where, layer, counts[0], counts[1]))
+        counts[0] += len(layer.param_names)
+        counts[1] += len(layer.buffer_names)
 
     def lower(self) -> Plan:
         output = self._apply(self._model, "", Slot(0, self._slots[0]))
-        sites = tuple(attrs.evolve(site, calls=count) for site, count in zip(self._sites, self._calls))
+        sites = tuple(Site(where, layer, count, params, buffers) for (where, layer, params, buffers), count in zip(self._sites, self._calls))
         for site in sites:
             if site.calls > 1 and site.layer.buffer_names:
                 raise ValueError(f"{describe(site.layer, site.where)}: a layer with buffers can be applied only once in a model, got {site.calls} times")
@@ -285,7 +285,7 @@ class Planner:
 
     def _apply(self, layer: Layer, where: str, x: Slot) -> Slot:
         if isinstance(layer, Composite):
-            self._stack.append((layer, where, layer.named_members()))
+            self._stack.append((layer, where, self._named[id(layer)]))
             try:
                 return self._slot(layer.lower(self, x))
             finally:
@@ -316,10 +316,25 @@ def concat_shape(shapes: Sequence[Shape], axis: int) -> tuple[Shape, int]:
     return shapes[0][:joined] + (sum(s[joined] for s in shapes),) + shapes[0][joined + 1 :], joined
 
 
+#: Plans of live models, by the model's identity and the input shape: a model is a value,
+#: so its plan cannot change while it lives; an entry goes when its model does.
+_PLANS: dict[tuple[int, Shape], tuple[weakref.ref, Plan]] = {}
+_MOST_PLANS = 1024
+
+
 def lower(model: Layer, input_shape: Shape, batch: int | None = None) -> Plan:
     """The plan of ``model`` for per-example input ``input_shape`` (``batch``, if known,
-    only makes error messages show the whole input array's shape)."""
-    return Planner(model, tuple(input_shape), batch).lower()
+    only makes error messages show the whole input array's shape). Lowered once per live
+    model and input shape."""
+    key = (id(model), tuple(input_shape))
+    found = _PLANS.get(key)
+    if found is not None and found[0]() is model:
+        return found[1]
+    lowered = Planner(model, key[1], batch).lower()
+    if len(_PLANS) >= _MOST_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = (weakref.ref(model, lambda _, key=key: _PLANS.pop(key, None)), lowered)
+    return lowered
 
 
 def output_shape_of(composite: Composite, input_shape: Shape) -> Shape:
