@@ -244,3 +244,18 @@ def test_a_softmax_output_handed_to_the_caller_is_their_own() -> None:
     expected = jn.backward(jn.Softmax(), trace, dY)[1]
     Y[:] = 0.0
     np.testing.assert_array_equal(jn.backward(jn.Softmax(), trace, dY)[1], expected)
+
+
+def test_no_kernel_takes_more_than_eight_arguments() -> None:
+    """Buffers travel apart from configuration and residual kernels take R instead of the
+    buffers, so that no kernel's argument list grows past eight."""
+    import inspect
+
+    from jitnn._jit import KERNELS
+
+    counts = {
+        f"{k.py_func.__module__}.{k.py_func.__name__}": len(inspect.signature(k.py_func).parameters)
+        for k in KERNELS
+        if k.py_func.__module__.startswith("jitnn.")  # not the generated steps, which take the whole model
+    }
+    assert counts and not {name: n for name, n in counts.items() if n > 8}

@@ -188,7 +188,7 @@ def wide_step_bounds(model: jn.Layer, state: Any, X: np.ndarray, T: np.ndarray, 
     difference by up to ``lr / eps`` (1e6 here), which is why no fixed relative tolerance
     holds for the parameters."""
     _, trace = jn.forward(model, X, key=key, training=True)
-    mask = trace.inputs[2][1][0]  # the Dropout layer's input and its call arguments: the mask
+    mask = trace.record.extras[2][0]  # the per-call arguments of the third call (the Dropout layer): its mask
     run = tolerances.value_and_grad_bound(model, jn.SoftmaxCrossEntropy(), X, T, np.float64, masks=iter([mask]))
     e_grads = [2 * e for e in run.egrads]
     with _blas.threads(1):
