@@ -106,6 +106,10 @@ class Concatenate(_Branches):
     def _join(self, plan: Any, outputs: list[Any]) -> Any:
         return plan.concat(outputs, self.axis)
 
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}(axis {self.axis})"
+
 
 #: Another name for :class:`Concatenate` (branches side by side).
 Parallel = Concatenate

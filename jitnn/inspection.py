@@ -31,8 +31,7 @@ import numpy as np
 from jitnn import validate
 from jitnn._checks import describe
 from jitnn.chain import Chain
-from jitnn.combinators import Concatenate, Residual, _Branches
-from jitnn.layers import AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Embedding, LayerNorm, LeakyReLU, MaxPool2D, Reshape
+from jitnn.combinators import Residual, _Branches
 from jitnn.passes import _check_model
 from jitnn.protocol import Composite, Layer
 
@@ -56,8 +55,9 @@ class SummaryRow:
     type_name : str
         The layer's class name, ``"Conv2D"``.
     label : str
-        The class name with a short configuration, ``"Conv2D(1 -> 16, 3x3, stride 1, padding 1)"``;
-        the class name alone for layers without configuration and for layers jitnn does not know.
+        What the layer's :meth:`~jitnn.Layer.label` gives: the class name with a short
+        configuration, ``"Conv2D(1 -> 16, 3x3, stride 1, padding 1)"``; the class name alone
+        for a layer that does not override it (no configuration to show, or a user's layer).
     output_shape : tuple of int or None
         The per-example output shape; ``None`` for the members of a composite layer whose
         members' inputs jitnn cannot know (a user's own composite; its own row has a shape).
@@ -158,46 +158,6 @@ def _format_bytes(count: int) -> str:
     return f"{value / 1024:.1f} TB"
 
 
-# --------------------------------------------------------------------------- labels
-def _pair(value: tuple[int, int]) -> str:
-    return str(value[0]) if value[0] == value[1] else f"({value[0]}, {value[1]})"
-
-
-def _conv2d_label(conv: Conv2D) -> str:
-    kh, kw = conv.kernel_size
-    dilation = f", dilation {_pair(conv.dilation)}" if conv.dilation != (1, 1) else ""
-    return f"Conv2D({conv.in_channels} -> {conv.out_channels}, {kh}x{kw}, stride {_pair(conv.stride)}, padding {_pair(conv.padding)}{dilation})"
-
-
-def _pool2d_label(pool: Any) -> str:
-    kh, kw = pool.kernel_size
-    padding = f", padding {_pair(pool.padding)}" if pool.padding != (0, 0) else ""
-    return f"{type(pool).__name__}({kh}x{kw}, stride {_pair(pool.stride)}{padding})"
-
-
-#: The short configuration of each built-in layer that has one (others show their name).
-_LABELS: dict[type, Callable[[Any], str]] = {
-    Dense: lambda d: f"Dense({d.n_in} -> {d.n_out})",
-    Conv2D: _conv2d_label,
-    MaxPool2D: _pool2d_label,
-    AvgPool2D: _pool2d_label,
-    Dropout: lambda d: f"Dropout({d.rate:g})",
-    LeakyReLU: lambda a: f"LeakyReLU({a.negative_slope:g})",
-    Embedding: lambda e: f"Embedding({e.vocab} -> {e.dim})",
-    LayerNorm: lambda n: f"LayerNorm({n.features})",
-    BatchNorm: lambda n: f"BatchNorm({n.features})",
-    Reshape: lambda r: f"Reshape({r.shape})",
-    Concatenate: lambda c: f"Concatenate(axis {c.axis})",
-}
-
-
-def _label(layer: Layer) -> str:
-    """The class name with a short configuration; the name alone for an unknown class
-    (a user's layer, or a subclass of a built-in one, whose meaning may differ)."""
-    make = _LABELS.get(type(layer))
-    return type(layer).__name__ if make is None else make(layer)
-
-
 # --------------------------------------------------------------------------- the walk
 def _output_shape(layer: Layer, shape: Shape, where: str) -> Shape:
     """``layer.output_shape(shape)``; its ValueError named with the layer's position."""
@@ -237,7 +197,7 @@ def _walk(layer: Layer, shape: Shape | None, where: str, depth: int, rows: list[
     if shape is not None and not isinstance(layer, Chain):
         out = _output_shape(layer, shape, where)
     counts = _counts(layer, members)
-    rows[index] = SummaryRow(where[1:], depth, type(layer).__name__, _label(layer), out, *counts, isinstance(layer, Composite))
+    rows[index] = SummaryRow(where[1:], depth, type(layer).__name__, layer.label(), out, *counts, isinstance(layer, Composite))
     return rows[index]
 
 
@@ -271,7 +231,7 @@ def _accepts(model: Layer, shape: Shape) -> bool:
     hint can never replace the error being reported)."""
     try:
         model.output_shape(shape)
-    except Exception:
+    except Exception:  # noqa: BLE001  # any error means no: the hint never replaces the error
         return False
     return True
 

@@ -403,6 +403,13 @@ class Layer:
             raise TypeError(f"{describe(self)}: update kernel must return a tuple of {len(self.buffer_names)} arrays (one per buffer)")
         return attrs.evolve(self, **{name: freeze(value) for name, value in zip(self.buffer_names, new)})
 
+    # ------------------------------------------------------------------ description
+    def label(self) -> str:
+        """The layer as :func:`jitnn.summary` names it: the class name, followed by the
+        configuration that tells instances apart where the layer overrides this
+        (``"Dense(784 -> 256)"``)."""
+        return type(self).__name__
+
 
 def _flat(values: tuple[Any, ...]) -> tuple[Any, ...]:
     """Per-call arguments as an element-wise layer's kernels get them: arrays flattened."""

@@ -35,15 +35,6 @@ from jitnn import validate
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 ACTIVATIONS = {"relu": jn.ReLU, "tanh": jn.Tanh, "logistic": jn.Sigmoid, "gelu": jn.GELU, "identity": jn.Identity}
-OPTIMIZERS = {
-    "adam": jn.optim.adam,
-    "adamw": jn.optim.adamw,
-    "sgd": jn.optim.sgd,
-    "momentum": jn.optim.momentum,
-    "rmsprop": jn.optim.rmsprop,
-    "adagrad": jn.optim.adagrad,
-    "lion": jn.optim.lion,
-}
 
 
 class _MLP(BaseEstimator):
@@ -89,8 +80,8 @@ class _MLP(BaseEstimator):
         sizes = validate.int_tuple(self.hidden_layer_sizes, name, "hidden_layer_sizes", low=1)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"{name}: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer not in jn.optim.OPTIMIZERS:
+            raise ValueError(f"{name}: optimizer must be one of {sorted(jn.optim.OPTIMIZERS)}, got {self.optimizer!r}")
         for field in ("batch_size", "max_iter", "n_iter_no_change"):
             validate.positive_int(getattr(self, field), name, field)
         for field in ("learning_rate", "alpha", "tol"):
@@ -101,7 +92,7 @@ class _MLP(BaseEstimator):
             must="lie strictly between 0 and 1",
         )
         dtype = jn._checks.check_float_dtype(self.dtype, name)
-        optimizer = OPTIMIZERS[self.optimizer](float(self.learning_rate))
+        optimizer = jn.optim.OPTIMIZERS[self.optimizer](float(self.learning_rate))
         if self.alpha > 0:  # L2 penalty on the gradients, as scikit-learn's alpha
             optimizer = jn.optim.chain(jn.optim.add_decayed_weights(float(self.alpha)), optimizer)
         return sizes, ACTIVATIONS[self.activation], optimizer, dtype
@@ -235,8 +226,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     ----------
     hidden_layer_sizes : widths of the hidden layers, default ``(100,)``
     activation : ``"relu"`` (default), ``"tanh"``, ``"logistic"``, ``"gelu"`` or ``"identity"``
-    optimizer : ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"momentum"``, ``"rmsprop"``,
-        ``"adagrad"`` or ``"lion"``
+    optimizer : the name of a jitnn optimizer, a key of ``jitnn.optim.OPTIMIZERS``: ``"adam"``
+        (default), ``"adamw"``, ``"sgd"``, ``"momentum"``, ``"rmsprop"``...
     learning_rate : the optimizer's learning rate, default 1e-3
     alpha : L2 penalty added to the gradients (``g + alpha * w``), default 0
     batch_size : examples per step (at most the number of examples), default 32
@@ -262,7 +253,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
     compiled_ : whether the compiled step trained it
     """
 
-    def fit(self, X: Any, y: Any) -> "MLPClassifier":
+    def fit(self, X: Any, y: Any) -> MLPClassifier:
         """Train on ``X`` (n, n_features) and class labels ``y`` (n,) of any kind."""
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
@@ -270,7 +261,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
         self._train(X, T.astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy())
         return self
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "MLPClassifier":
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
         of earlier calls or of :meth:`fit`; the first call starts one and needs ``classes``,
         every label that any call will bring."""
@@ -316,7 +307,7 @@ class MLPRegressor(RegressorMixin, _MLP):
     several outputs. Parameters and attributes as :class:`MLPClassifier`, without
     ``classes_``."""
 
-    def fit(self, X: Any, y: Any) -> "MLPRegressor":
+    def fit(self, X: Any, y: Any) -> MLPRegressor:
         """Train on ``X`` (n, n_features) and targets ``y`` (n,) or (n, n_outputs)."""
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True)
         self._one_output = y.ndim == 1
@@ -324,7 +315,7 @@ class MLPRegressor(RegressorMixin, _MLP):
         self._train(X, T, T.shape[1], jn.MeanSquaredError())
         return self
 
-    def partial_fit(self, X: Any, y: Any) -> "MLPRegressor":
+    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
         of earlier calls or of :meth:`fit`; the first call starts one."""
         first = not hasattr(self, "model_")

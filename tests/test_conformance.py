@@ -1,19 +1,28 @@
 """One contract test over every registered layer and loss.
 
-Every layer and loss jitnn registers must have an entry in ``LAYER_EXAMPLES`` or
-``LOSS_EXAMPLES`` below (a test checks this), and every entry is put through the same
-contract: gradients agree with central differences and with the NumPy reference in
-``reference.py``, dtypes are kept, a batch is the rows done one at a time, nothing is
-written in place, parameters and gradient records are read-only, and the generic passes
-agree with the per-layer answers chained by hand.
+Every layer and named optimizer jitnn registers must have an entry in the shared table
+``tests/layer_examples.py``, and every loss in ``LOSS_EXAMPLES`` below (a test checks this),
+and every entry is put through the same contract: gradients agree with central differences
+and with the NumPy reference in ``reference.py``, dtypes are kept, a batch is the rows done
+one at a time, nothing is written in place, parameters and gradient records are read-only,
+and the generic passes agree with the per-layer answers chained by hand.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import reference
+from layer_examples import (
+    LAYER_EXAMPLES,
+    LAYER_IDS,
+    OPTIMIZER_EXAMPLES,
+    example,
+    reference_for,
+)
 
 import jitnn as jn
 import reference
@@ -33,162 +42,7 @@ def products_depend_on_the_batch(layer: jn.Layer) -> bool:
     return isinstance(layer, jn.Dense)
 
 
-def away_from_zero(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, low: float = 0.1, high: float = 2.0) -> np.ndarray:
-    """Values with ``low <= |x| < high`` and random signs: clear of ReLU's kink at 0."""
-    magnitude = rng.uniform(low, high, size=shape)
-    sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
-    return (sign * magnitude).astype(dtype)
-
-
-def dense(rng: np.random.Generator, n_in: int, n_out: int, dtype: Any) -> jn.Dense:
-    """A Dense layer with random weights and a non-zero bias."""
-    return jn.Dense(W=rng.normal(size=(n_in, n_out)).astype(dtype), b=rng.normal(size=n_out).astype(dtype))
-
-
-# --------------------------------------------------------------------------- the layer table
-class LayerExample(NamedTuple):
-    #: ``make(dtype, rng) -> (layer, X)``: an example instance and a valid input batch
-    make: Callable[[Any, np.random.Generator], tuple[jn.Layer, np.ndarray]]
-    #: ``reference(layer) -> (namespace in reference.py, params, config)``
-    reference: Callable[[jn.Layer], tuple[Any, tuple, dict]]
-
-
-def activation(cls: type, ref: Any, **config: Any) -> LayerExample:
-    return LayerExample(
-        make=lambda dtype, rng: (cls(**config), away_from_zero(rng, (5, 4), dtype)),
-        reference=lambda layer: (ref, (), dict(config)),
-    )
-
-
-def make_chain(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    model = jn.pipe(dense(rng, 4, 6, dtype), jn.Tanh(), jn.pipe(dense(rng, 6, 3, dtype), jn.Softmax()))
-    return model, away_from_zero(rng, (5, 4), dtype)
-
-
-def reference_for(layer: jn.Layer) -> tuple[Any, tuple, dict]:
-    """The reference namespace, parameters and configuration for any layer in the table."""
-    return LAYER_EXAMPLES[type(layer)].reference(layer)
-
-
-LAYER_EXAMPLES: dict[type, LayerExample] = {
-    jn.Dense: LayerExample(
-        make=lambda dtype, rng: (dense(rng, 4, 3, dtype), away_from_zero(rng, (5, 4), dtype)),
-        reference=lambda layer: (reference.Dense, (layer.W, layer.b), {}),
-    ),
-    jn.Identity: activation(jn.Identity, reference.Identity),
-    jn.ReLU: activation(jn.ReLU, reference.ReLU),
-    jn.LeakyReLU: activation(jn.LeakyReLU, reference.LeakyReLU, negative_slope=0.2),
-    jn.Sigmoid: activation(jn.Sigmoid, reference.Sigmoid),
-    jn.Tanh: activation(jn.Tanh, reference.Tanh),
-    jn.GELU: activation(jn.GELU, reference.GELU),
-    jn.Softmax: activation(jn.Softmax, reference.Softmax),
-    jn.Chain: LayerExample(
-        make=make_chain,
-        reference=lambda layer: (reference.Chain, (), {"members": [reference_for(m) for m in layer.layers]}),
-    ),
-}
-
-# --------------------------------------------------------------------------- spatial layers
-# NCHW batches kept tiny (n=2, C=2, 5x5) so that the central differences stay cheap.
-def make_conv(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    """A non-square, strided, padded and dilated convolution: 2 -> 3 channels, kernel 3x2."""
-    W, b = 0.5 * rng.normal(size=(3, 2, 3, 2)), rng.normal(size=3)
-    layer = jn.Conv2D(W=W.astype(dtype), b=b.astype(dtype), stride=(1, 2), padding=1, dilation=(2, 1))
-    return layer, away_from_zero(rng, (2, 2, 5, 5), dtype)
-
-
-def distinct_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A random permutation of evenly spaced values: no two equal, so every window of max
-    pooling has a unique maximum and central differences are valid."""
-    size = int(np.prod(shape))
-    return ((rng.permutation(size) - size / 2) * (4.0 / size)).reshape(shape).astype(dtype)
-
-
-def pooling(cls: type, ref: Any, **config: Any) -> LayerExample:
-    def make(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-        return cls(**config), distinct_values(rng, (2, 2, 5, 5), dtype)
-
-    return LayerExample(
-        make=make,
-        reference=lambda layer: (ref, (), {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding}),
-    )
-
-
-LAYER_EXAMPLES.update({
-    jn.Conv2D: LayerExample(
-        make=make_conv,
-        reference=lambda layer: (
-            reference_spatial.Conv2D,
-            (layer.W, layer.b),
-            {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation},
-        ),
-    ),
-    jn.MaxPool2D: pooling(jn.MaxPool2D, reference_spatial.MaxPool2D, kernel_size=3, stride=2, padding=1),
-    jn.AvgPool2D: pooling(jn.AvgPool2D, reference_spatial.AvgPool2D, kernel_size=(2, 3), stride=(1, 2), padding=1),
-    jn.Flatten: LayerExample(
-        make=lambda dtype, rng: (jn.Flatten(), away_from_zero(rng, (2, 2, 3, 2), dtype)),
-        reference=lambda layer: (reference_spatial.Flatten, (), {}),
-    ),
-    jn.Reshape: LayerExample(
-        make=lambda dtype, rng: (jn.Reshape((3, -1)), away_from_zero(rng, (2, 2, 3, 2), dtype)),
-        reference=lambda layer: (reference_spatial.Reshape, (), {"shape": layer.shape}),
-    ),
-})
-# --------------------------------------------------------------------------- end of spatial layers
-
-# --------------------------------------------------------------------------- combinators, normalization, dropout, embedding
-def make_residual(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    return jn.Residual(jn.pipe(dense(rng, 4, 3, dtype), jn.Tanh(), dense(rng, 3, 4, dtype))), away_from_zero(rng, (5, 4), dtype)
-
-
-def make_branches(cls: type) -> Callable[[Any, np.random.Generator], tuple[jn.Layer, np.ndarray]]:
-    def make(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-        return cls((dense(rng, 4, 3, dtype), jn.pipe(dense(rng, 4, 3, dtype), jn.Sigmoid()))), away_from_zero(rng, (5, 4), dtype)
-
-    return make
-
-
-def make_layer_norm(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    layer = jn.LayerNorm(scale=rng.normal(size=4).astype(dtype), shift=rng.normal(size=4).astype(dtype), eps=1e-3)
-    return layer, away_from_zero(rng, (5, 4), dtype)
-
-
-def make_batch_norm(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    arrays = {name: rng.normal(size=3) for name in ("scale", "shift", "running_mean")}
-    layer = jn.BatchNorm(**{k: v.astype(dtype) for k, v in arrays.items()}, running_var=rng.uniform(0.5, 2, size=3).astype(dtype))
-    return layer, away_from_zero(rng, (5, 3, 2), dtype)
-
-
-def make_embedding(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
-    return jn.Embedding(table=rng.normal(size=(6, 3)).astype(dtype)), rng.integers(0, 6, size=(5, 4))
-
-
-LAYER_EXAMPLES.update({
-    jn.Residual: LayerExample(make=make_residual, reference=lambda layer: (reference.Residual, (), {"inner": reference_for(layer.inner)})),
-    jn.Concatenate: LayerExample(
-        make=make_branches(jn.Concatenate),
-        reference=lambda layer: (reference.Concatenate, (), {"branches": [reference_for(b) for b in layer.branches], "axis": layer.axis}),
-    ),
-    jn.Add: LayerExample(
-        make=make_branches(jn.Add),
-        reference=lambda layer: (reference.Add, (), {"branches": [reference_for(b) for b in layer.branches]}),
-    ),
-    jn.LayerNorm: LayerExample(make=make_layer_norm, reference=lambda layer: (reference.LayerNorm, (layer.scale, layer.shift), {"eps": layer.eps})),
-    jn.BatchNorm: LayerExample(
-        make=make_batch_norm,
-        reference=lambda layer: (reference.BatchNorm, (layer.scale, layer.shift, layer.running_mean, layer.running_var), {"eps": layer.eps}),
-    ),
-    jn.Dropout: LayerExample(  # evaluation mode: the identity (training mode: tests/test_context_layers.py)
-        make=lambda dtype, rng: (jn.Dropout(0.3), away_from_zero(rng, (5, 4), dtype)),
-        reference=lambda layer: (reference.Identity, (), {}),
-    ),
-    jn.Embedding: LayerExample(make=make_embedding, reference=lambda layer: (reference.Embedding, (layer.table,), {})),
-})
-# --------------------------------------------------------------------------- end of combinators, normalization, dropout, embedding
-
-LAYER_IDS = [cls.__name__ for cls in LAYER_EXAMPLES]
-
-
+# --------------------------------------------------------------------------- the layer table (tests/layer_examples.py)
 @pytest.fixture(params=list(LAYER_EXAMPLES), ids=LAYER_IDS)
 def layer_class(request: pytest.FixtureRequest) -> type:
     return request.param
@@ -197,15 +51,6 @@ def layer_class(request: pytest.FixtureRequest) -> type:
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
 def dtype(request: pytest.FixtureRequest) -> Any:
     return request.param
-
-
-def example(cls: type, dtype: Any, seed: int = 0) -> tuple[jn.Layer, np.ndarray, np.ndarray]:
-    """The table's example for ``cls`` in ``dtype`` with an output gradient ``dY``."""
-    rng = np.random.default_rng(seed)
-    layer, X = LAYER_EXAMPLES[cls].make(dtype, rng)
-    out_shape = (X.shape[0], *layer.output_shape(X.shape[1:]))
-    dY = rng.normal(size=out_shape).astype(dtype)
-    return layer, X, dY
 
 
 def flatten(grads: Any) -> list[np.ndarray]:
@@ -225,15 +70,25 @@ def reference_answers(layer: jn.Layer, X: np.ndarray, dY: np.ndarray) -> tuple[n
 
 
 # --------------------------------------------------------------------------- completeness
-def test_every_registered_layer_and_loss_has_a_conformance_entry() -> None:
-    layers = [cls for cls in jn.registered_layers() if cls.__module__.startswith("jitnn")]
-    losses = [cls for cls in jn.registered_losses() if cls.__module__.startswith("jitnn")]
+def test_every_builtin_layer_loss_and_optimizer_has_an_example() -> None:
+    """The shared table (tests/layer_examples.py) and LOSS_EXAMPLES cover every layer class and
+    loss that jitnn registers and every optimizer it names, without a list to keep up to date."""
+    layers = [cls for cls in jn.registered_layers() if cls.__module__.startswith("jitnn.")]
+    losses = [cls for cls in jn.registered_losses() if cls.__module__.startswith("jitnn.")]
     missing = [cls.__qualname__ for cls in layers if cls not in LAYER_EXAMPLES]
     missing += [cls.__qualname__ for cls in losses if cls not in LOSS_EXAMPLES]
-    assert not missing, f"add conformance examples for: {', '.join(missing)}"
+    missing += [f"jn.optim.{name}" for name in jn.optim.OPTIMIZERS if name not in OPTIMIZER_EXAMPLES]
+    assert not missing, f"add examples to tests/layer_examples.py (LOSS_EXAMPLES for a loss) for: {', '.join(missing)}"
     # the table covers what is registered, and what is registered includes the built-ins
     assert {jn.Dense, jn.ReLU, jn.Softmax, jn.Chain} <= set(layers)
     assert {jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy} <= set(losses)
+    # every optimizer class jitnn exports is named, and each example makes the optimizer it is filed under
+    exported = [getattr(jn.optim, name) for name in jn.optim.__all__]
+    classes = {cls for cls in exported if isinstance(cls, type) and issubclass(cls, jn.optim.Optimizer) and cls is not jn.optim.Optimizer}
+    assert classes == {type(make()) for make in OPTIMIZER_EXAMPLES.values()}
+    assert {name: make().name for name, make in OPTIMIZER_EXAMPLES.items()} == {name: name for name in jn.optim.OPTIMIZERS}
+    assert all(jn.optim.OPTIMIZERS[name] is getattr(jn.optim, name) for name in jn.optim.OPTIMIZERS)
+    assert {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "lion"} <= set(jn.optim.OPTIMIZERS)
 
 
 # --------------------------------------------------------------------------- layers

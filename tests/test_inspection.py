@@ -8,10 +8,10 @@ import re
 import attrs
 import numpy as np
 import pytest
+from user_layers import Scale
 
 import jitnn as jn
 from jitnn.inspection import Summary, SummaryRow, _format_bytes, summary
-from user_layers import Scale
 
 
 def keys(n: int, seed: int = 0) -> tuple[jn.random.Key, ...]:
@@ -196,6 +196,29 @@ def test_every_builtin_layer_has_a_row(case):
     assert top.buffers == table.buffers == all_count(layer) - trainable_count(layer)
     assert top.nbytes == table.nbytes == sum(a.nbytes for a in jn.tree.leaves(layer))
     assert label in str(table)
+
+
+@jn.layer
+class WideDense(jn.Dense):
+    """A user's subclass of a built-in layer."""
+
+
+@jn.layer
+class Labelled(jn.Identity):
+    """A user's layer that names itself."""
+
+    def label(self) -> str:
+        return "Labelled(pass-through)"
+
+
+def test_a_layer_names_its_own_row():
+    """A row's label is the layer's label(): a subclass of a built-in layer keeps the
+    configuration with its own class name; a layer may override it."""
+    dense = jn.Dense.init(jn.random.key(8), 3, 5)
+    model = jn.pipe(WideDense(W=dense.W, b=dense.b), Labelled())
+    assert [row.label for row in summary(model, (3,)).rows] == ["WideDense(3 -> 5)", "Labelled(pass-through)"]
+    assert [row.type_name for row in summary(model, (3,)).rows] == ["WideDense", "Labelled"]
+    assert jn.Identity().label() == "Identity" and jn.Dense.init(jn.random.key(8), 2, 7).label() == "Dense(2 -> 7)"
 
 
 def test_the_cases_cover_every_builtin_layer():
@@ -429,7 +452,7 @@ def records_to_show() -> list[object]:
     model = nested()
     cnn_model = cnn()
     records: list[object] = [case[0] for case in builtin_cases()] + [model, cnn_model, jn.random.key(0), *keys(2)]
-    for make in (jn.optim.sgd, jn.optim.momentum, jn.optim.adam, jn.optim.adamw, jn.optim.rmsprop, jn.optim.adagrad, jn.optim.lion):
+    for make in jn.optim.OPTIMIZERS.values():  # every named optimizer
         records += [make(1e-3), make(1e-3).init(cnn_model)]
     chained = jn.optim.chain(jn.optim.clip_by_global_norm(1.0), jn.optim.scale_by_schedule(jn.optim.warmup_cosine_decay(1e-3, 2, 10)), jn.optim.adam(1e-3))
     records += [chained, chained.init(model)]

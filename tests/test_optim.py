@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -347,7 +348,7 @@ def assert_bitwise_equal(tree: Any, saved: list[np.ndarray]) -> None:
 
 def schedule_for(base: float):
     """The library's warm-up cosine schedule and an independent formula for it."""
-    args = dict(peak_value=base, warmup_steps=4, decay_steps=16, init_value=base / 10, end_value=base / 20)
+    args = {"peak_value": base, "warmup_steps": 4, "decay_steps": 16, "init_value": base / 10, "end_value": base / 20}
     return optim.warmup_cosine_decay(**args), ref_warmup_cosine(base, 4, 16, base / 10, base / 20)
 
 
@@ -467,6 +468,12 @@ def full_chain(learning_rate: Any = 0.01) -> Any:
         optim.scale_by_schedule(lambda t: 1.0 / (1 + t)),
         optim.adam(learning_rate),
     )
+
+
+def test_every_named_optimizer_has_a_reference_case():
+    """CASES compares each named optimizer with a reference: a new one needs a case here."""
+    covered = {make(0.01).name for make, _, _, _ in CASES.values()}
+    assert covered == set(optim.OPTIMIZERS), f"add CASES for: {sorted(set(optim.OPTIMIZERS) - covered)}"
 
 
 ALL_OPTIMIZERS: dict[str, Callable[[], Any]] = {
@@ -833,7 +840,7 @@ def test_scale(factor):
 
 
 def test_scale_by_schedule_counts_its_own_updates():
-    schedule = lambda t: 0.5 ** t  # noqa: E731
+    schedule = lambda t: 0.5 ** t
     grads = make_grads(make_params("tree"), steps=1)[0]
     transform = optim.scale_by_schedule(schedule)
     state = transform.init(grads)
@@ -879,7 +886,7 @@ def test_chain_applies_the_transforms_in_order_then_the_optimizer():
 
 def test_full_chain_trajectory_matches_the_numpy_reference():
     max_norm, limit, weight_decay, factor = 1.0, 0.5, 0.01, 0.5
-    schedule = lambda t: 1.0 / (1 + t)  # noqa: E731
+    schedule = lambda t: 1.0 / (1 + t)
     params = make_params("model")
     grads_seq = make_grads(params, steps=20)
     opt = full_chain(0.01)

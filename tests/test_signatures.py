@@ -2,13 +2,14 @@
 
 A read-only array is a different Numba type from a writable one (``Array.mutable`` is False), and a 1-D array from a
 2-D one: a kernel handed an inconsistent mix is compiled again for each combination. This
-test drives every built-in layer, loss, optimizer and gradient transform through the public entry points
-(the compiled step and ``fit`` included),
-with writable, read-only, non-contiguous and float16 inputs in float32 and float64, then
-looks at what each kernel was compiled for.
+test drives every built-in layer (each example of the shared table, ``tests/layer_examples.py``),
+loss, optimizer and gradient transform through the public entry points (the compiled step and
+``fit`` included), with writable, read-only, non-contiguous and float16 inputs in float32 and
+float64, then looks at what each kernel was compiled for.
 
 The exercise runs in a fresh interpreter, so that what other tests compiled (other shapes,
-users' layers) does not count here.
+users' layers) does not count here; it imports the table from the tests folder, which it is
+handed as its first argument.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numba
 import pytest
@@ -29,10 +31,14 @@ pytestmark = pytest.mark.skipif(
 EXERCISE = textwrap.dedent(
     """
     import json
+    import sys
     import numpy as np
     import numba
     import jitnn as jn
     from jitnn._jit import KERNELS
+
+    sys.path.insert(0, sys.argv[1])  # the tests folder
+    from layer_examples import LAYER_EXAMPLES, OPTIMIZER_EXAMPLES
 
     rng = np.random.default_rng(0)
 
@@ -49,20 +55,42 @@ EXERCISE = textwrap.dedent(
         return [writable, read_only, strided, fortran, writable.astype(np.float16)]
 
 
-    for dtype in (np.float32, np.float64):
-        d1 = jn.Dense(W=rng.normal(size=(4, 5)).astype(dtype), b=rng.normal(size=5).astype(dtype))
-        d2 = jn.Dense(W=rng.normal(size=(5, 3)).astype(dtype), b=rng.normal(size=3).astype(dtype))
-        activations = [jn.Identity(), jn.ReLU(), jn.LeakyReLU(0.1), jn.Sigmoid(), jn.Tanh(), jn.GELU(), jn.Softmax()]
-        X = rng.normal(size=(6, 4))
-        X5 = rng.normal(size=(6, 5))
-        dY5 = rng.normal(size=(6, 5))
+    def index_variants(indices):
+        # integer indices: the same values in four integer dtypes, read-only and non-contiguous
+        read_only = indices.copy()
+        read_only.flags.writeable = False
+        strided = np.repeat(indices, 2, axis=-1)[..., ::2]
+        return [indices.astype(np.int8), indices.astype(np.uint16), indices.astype(np.int32), read_only, strided]
 
-        for layer, inputs in [(d1, X)] + [(a, X5) for a in activations]:
-            for x, dy in zip(variants(inputs, dtype), variants(dY5, dtype)):
+
+    def kernel_functions(kernels):
+        # the kernels of a layer or loss (nested kernel tuples included)
+        for kernel in kernels:
+            if isinstance(kernel, tuple):
+                yield from kernel_functions(kernel)
+            elif kernel is not None:
+                yield kernel
+
+
+    for dtype in (np.float32, np.float64):
+        # ---- every built-in layer, as the shared table makes it (each in its usual place: a
+        #      kernel is compiled again for arrays of another rank), in evaluation and training mode
+        for cls, entry in LAYER_EXAMPLES.items():
+            layer, inputs = entry.make(dtype, np.random.default_rng(1))
+            dY = rng.normal(size=(inputs.shape[0], *layer.output_shape(inputs.shape[1:])))
+            batches = index_variants(inputs) if inputs.dtype.kind in "iu" else variants(inputs, dtype)
+            for x, dy in zip(batches, variants(dY, dtype)):
                 layer.forward(x)
                 layer(x)
                 layer.grad_input(x, dy)
                 layer.grad_params(x, dy)
+                for training in (False, True):
+                    Y, trace = jn.forward(layer, x, training=training, key=jn.random.key(0))
+                    jn.backward(layer, trace, dy)
+
+        d1 = jn.Dense(W=rng.normal(size=(4, 5)).astype(dtype), b=rng.normal(size=5).astype(dtype))
+        d2 = jn.Dense(W=rng.normal(size=(5, 3)).astype(dtype), b=rng.normal(size=3).astype(dtype))
+        X = rng.normal(size=(6, 4))
 
         model = jn.pipe(d1, jn.ReLU(), jn.pipe(jn.LeakyReLU(0.2), jn.GELU(), d2), jn.Tanh(), jn.Sigmoid(), jn.Identity())
         classifier = jn.pipe(d1, jn.Tanh(), d2)
@@ -106,8 +134,8 @@ EXERCISE = textwrap.dedent(
         schedule = jn.optim.exponential_decay(1.0, 0.5, 10)
         transforms = [jn.optim.check_finite(), jn.optim.clip_by_global_norm(1e-3), jn.optim.clip_by_value(0.1),
                       jn.optim.add_decayed_weights(0.01), jn.optim.scale(0.5), jn.optim.scale_by_schedule(schedule)]
-        optimizers = [jn.optim.momentum(0.1), jn.optim.momentum(0.1, nesterov=True), jn.optim.adam(), jn.optim.adamw(),
-                      jn.optim.rmsprop(), jn.optim.adagrad(), jn.optim.lion(), jn.optim.chain(*transforms, jn.optim.adam(schedule))]
+        optimizers = [make() for make in OPTIMIZER_EXAMPLES.values()]  # every named optimizer
+        optimizers += [jn.optim.momentum(0.1, nesterov=True), jn.optim.chain(*transforms, jn.optim.adam(schedule))]
         for optimizer in optimizers:
             params, state = model, optimizer.init(model)
             for _ in range(2):
@@ -118,20 +146,10 @@ EXERCISE = textwrap.dedent(
         jn.testing.jacobian(d1, X[0].astype(dtype))
         jn.testing.jacobian(jn.Softmax(), X[0].astype(dtype))
 
-        # ---- spatial layers: NCHW batches through each layer and through a small network
+        # ---- spatial layers: NCHW batches through a small network
         conv = jn.Conv2D(W=rng.normal(size=(3, 2, 3, 2)).astype(dtype), b=rng.normal(size=3).astype(dtype),
                          stride=(1, 2), padding=1, dilation=(2, 1))
-        # (each in its usual place: a kernel is compiled again for arrays of another rank)
-        X4, X2 = rng.normal(size=(2, 2, 5, 5)), rng.normal(size=(2, 50))
-        spatial = [(conv, X4), (jn.MaxPool2D(3, stride=2, padding=1), X4), (jn.AvgPool2D((2, 3), stride=(1, 2), padding=1), X4),
-                   (jn.Flatten(), X4), (jn.Reshape((2, 5, -1)), X2)]
-        for layer, inputs in spatial:
-            dY4 = rng.normal(size=(2, *layer.output_shape(inputs.shape[1:])))
-            for x, dy in zip(variants(inputs, dtype), variants(dY4, dtype)):
-                layer.forward(x)
-                layer(x)
-                layer.grad_input(x, dy)
-                layer.grad_params(x, dy)
+        X4 = rng.normal(size=(2, 2, 5, 5))
         network = jn.pipe(conv, jn.MaxPool2D(2, padding=1), jn.AvgPool2D(1), jn.Flatten(),
                           jn.Dense(W=rng.normal(size=(12, 3)).astype(dtype), b=np.zeros(3, dtype)))
         for x in variants(X4, dtype):
@@ -163,25 +181,15 @@ EXERCISE = textwrap.dedent(
             for variant in variants(x, dtype)[:2]:
                 m, m_state, _ = step(m, m_state, variant, labels, key=jn.random.key(2))
         jn.fit(classifier, jn.MeanSquaredError(), opt, X, rng.normal(size=(6, 3)), key=jn.random.key(3), batch_size=4)
-        embedding = jn.Embedding(table=rng.normal(size=(7, 3)).astype(dtype))
-        for index_dtype in (np.int8, np.uint16, np.int32, np.int64):
-            indices = rng.integers(0, 7, size=(2, 4)).astype(index_dtype)
-            embedding.forward(indices)
-            embedding.grad_params(indices, np.ones((2, 4, 3)))
-            embedding.grad_input(indices, np.ones((2, 4, 3)))
 
     # the kernels of everything exercised above, which must all have been compiled
     from jitnn.optim import transforms
-    optimizer_kernels = [cls.kernel for cls in (jn.optim.SGD, jn.optim.Momentum, jn.optim.Adam, jn.optim.RMSprop, jn.optim.Adagrad, jn.optim.Lion)]
+    optimizer_kernels = list(dict.fromkeys(type(make()).kernel for make in OPTIMIZER_EXAMPLES.values()))
     transform_kernels = [transforms._sum_of_squares, transforms._scale, transforms._clip, transforms._add_decayed_weights, transforms._first_non_finite]
     exercised = [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in optimizer_kernels + transform_kernels]
-    for cls in (jn.Dense, jn.Identity, jn.ReLU, jn.LeakyReLU, jn.Sigmoid, jn.Tanh, jn.GELU, jn.Softmax,
-                jn.SoftmaxCrossEntropy, jn.MeanSquaredError, jn.BinaryCrossEntropy,
-                jn.Conv2D, jn.MaxPool2D, jn.AvgPool2D, jn.Flatten, jn.Reshape,
-                jn.LayerNorm, jn.BatchNorm, jn.Dropout, jn.Embedding):
-        residuals = getattr(cls.kernels, "residuals", None) or ()
-        kernels = [k for k in (*cls.kernels, *residuals) if k is not None and not isinstance(k, tuple)]
-        exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in kernels]
+    losses = [cls for cls in jn.registered_losses() if cls.__module__.startswith("jitnn.")]
+    for cls in [*LAYER_EXAMPLES, *losses]:  # composite layers have no kernels of their own
+        exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in kernel_functions(cls.kernels or ())]
 
     report = []
     for dispatcher in KERNELS:
@@ -202,7 +210,8 @@ EXERCISE = textwrap.dedent(
 def report() -> dict:
     """Run the exercise in a fresh interpreter and return what it reports."""
     result = subprocess.run(
-        [sys.executable, "-c", EXERCISE], capture_output=True, text=True, timeout=900, env=os.environ.copy()
+        [sys.executable, "-c", EXERCISE, str(Path(__file__).resolve().parent)], capture_output=True, text=True, timeout=900, check=False,
+        env=os.environ.copy(),
     )
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))

@@ -11,12 +11,12 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import jitnn as jn  # noqa: E402
 import tolerances  # noqa: E402
@@ -118,7 +118,8 @@ def test_the_regressor_fits_one_and_several_outputs() -> None:
 
 def test_the_optimizers_and_activations_it_offers_all_train() -> None:
     X, y = digits_subset(200)
-    for optimizer in ("adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "lion"):
+    assert {"adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "lion"} <= set(jn.optim.OPTIMIZERS)
+    for optimizer in jn.optim.OPTIMIZERS:  # every named optimizer
         for activation in ("relu", "tanh", "logistic", "gelu", "identity"):
             model = MLPClassifier(hidden_layer_sizes=(8,), optimizer=optimizer, activation=activation, learning_rate=1e-2,
                                   max_iter=2, random_state=0).fit(X / 16.0, y)
@@ -178,8 +179,8 @@ def test_early_stopping_keeps_the_network_of_the_best_held_out_epoch() -> None:
     split and the keys are the same, so the epochs up to it are too)."""
     X, y = digits_subset(300)
     X = X / 16.0
-    settings = dict(hidden_layer_sizes=(32,), learning_rate=1e-2, early_stopping=True, validation_fraction=0.2,
-                    n_iter_no_change=3, random_state=0)
+    settings = {"hidden_layer_sizes": (32,), "learning_rate": 1e-2, "early_stopping": True, "validation_fraction": 0.2,
+                "n_iter_no_change": 3, "random_state": 0}
     model = MLPClassifier(max_iter=200, **settings).fit(X, y)
     scores = model.validation_scores_
     assert len(scores) == model.n_iter_ < 200 and model.best_loss_ is None

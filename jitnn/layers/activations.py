@@ -116,6 +116,10 @@ class LeakyReLU(_Elementwise):
     def config(self) -> tuple[Any, ...]:
         return (self.code, self.negative_slope)
 
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.negative_slope:g})"
+
 
 @layer
 class Sigmoid(_Elementwise):

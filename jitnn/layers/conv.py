@@ -262,6 +262,11 @@ def spatial_output_size(input_shape: tuple[int, ...], kernel: Pair, stride: Pair
     return tuple((s - e) // t + 1 for s, e, t in zip(padded, extent, stride))  # type: ignore[return-value]
 
 
+def pair_text(value: Pair) -> str:
+    """A pair as a label shows it: ``"3"`` for ``(3, 3)``, ``"(2, 1)"`` otherwise."""
+    return str(value[0]) if value[0] == value[1] else f"({value[0]}, {value[1]})"
+
+
 # --------------------------------------------------------------------------- the layer
 @layer
 class Conv2D(Layer):
@@ -371,3 +376,9 @@ class Conv2D(Layer):
         if self.input_size is not None and input_shape[1:] != self.input_size:
             raise ValueError(f"expects per-example input shape {self.input_shape} (its input_size), got {input_shape}")
         return (self.out_channels, *size)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        kh, kw = self.kernel_size
+        dilation = f", dilation {pair_text(self.dilation)}" if self.dilation != (1, 1) else ""
+        return f"{type(self).__name__}({self.in_channels} -> {self.out_channels}, {kh}x{kw}, stride {pair_text(self.stride)}, padding {pair_text(self.padding)}{dilation})"

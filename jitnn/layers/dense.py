@@ -96,3 +96,7 @@ class Dense(Layer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         require_shape(input_shape, self.input_shape)
         return (self.n_out,)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.n_in} -> {self.n_out})"

@@ -49,3 +49,7 @@ class Dropout(Layer):
             return (freeze(np.ones(X.shape, X.dtype)),)
         keep = random.bernoulli(context.key_for(where, "Dropout"), 1.0 - self.rate, X.shape)
         return (freeze(keep.astype(X.dtype) / X.dtype.type(1.0 - self.rate)),)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.rate:g})"

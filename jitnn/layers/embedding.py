@@ -96,3 +96,7 @@ class Embedding(Layer):
         if X.dtype != np.int64:
             raise TypeError(f"{who}: input must be integer indices (put Embedding first in a model), got dtype {X.dtype}")
         self._check_range(X, who)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.vocab} -> {self.dim})"

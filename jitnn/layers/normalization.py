@@ -128,6 +128,10 @@ class LayerNorm(Layer):
             raise ValueError(f"expects per-example input shape (..., {self.features}), got {tuple(input_shape)}")
         return tuple(input_shape)
 
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.features})"
+
 
 # --------------------------------------------------------------------------- batch normalization
 @jit
@@ -287,4 +291,8 @@ class BatchNorm(Layer):
         if context.training and X.size // self.features < 2:
             raise ValueError(f"BatchNorm at model{where}: training needs more than one value per channel, got input of shape {X.shape}")
         return (context.training,)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.features})"
 

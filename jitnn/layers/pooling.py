@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from jitnn._jit import as_readonly, jit
-from jitnn.layers.conv import Pair, pair_field, spatial_output_size
+from jitnn.layers.conv import Pair, pair_field, pair_text, spatial_output_size
 from jitnn.protocol import Kernels, Layer, Residuals, layer
 
 __all__ = ["MaxPool2D", "AvgPool2D"]
@@ -182,6 +182,12 @@ class _Pool2D(Layer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         size = spatial_output_size(input_shape, self.kernel_size, self.stride, self.padding)
         return (input_shape[0], *size)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        kh, kw = self.kernel_size
+        padding = f", padding {pair_text(self.padding)}" if self.padding != (0, 0) else ""
+        return f"{type(self).__name__}({kh}x{kw}, stride {pair_text(self.stride)}{padding})"
 
 
 @layer

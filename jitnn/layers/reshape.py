@@ -82,6 +82,10 @@ class Reshape(Layer):
             raise ValueError(f"cannot reshape per-example shape {tuple(input_shape)} (size {size}) into {self.shape}")
         return tuple(size // known if v == -1 else v for v in self.shape)
 
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        return f"{type(self).__name__}({self.shape})"
+
 
 @layer
 class Flatten(Layer):
