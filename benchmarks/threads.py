@@ -205,7 +205,7 @@ class OtherLoad:
     threads need both cores; a core taken by something else stalls every product that
     waits for its second thread, so this says which rows were measured on a shared machine."""
 
-    def __enter__(self) -> "OtherLoad":
+    def __enter__(self) -> OtherLoad:
         self.cores: float | None = None
         self._busy, self._own, self._wall = _busy_seconds(), os.times(), time.perf_counter()
         return self

@@ -55,7 +55,7 @@ class PReLU:
     kernels = jn.Kernels(prelu_forward, prelu_grad_input, prelu_grad_params)
 
     @classmethod
-    def init(cls, features: int, slope: float = 0.25, dtype=np.float32) -> "PReLU":
+    def init(cls, features: int, slope: float = 0.25, dtype=np.float32) -> PReLU:
         return cls(alpha=np.full(features, slope, dtype=dtype))
 
     # The shape rule: checked when composing and before every kernel call.

@@ -23,7 +23,7 @@ batch axis) and are found with the layers' shape rules alone: nothing is run.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import numpy as np

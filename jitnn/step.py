@@ -42,7 +42,7 @@ from jitnn.protocol import Array, Composite, Context, Layer
 __all__ = ["CompiledStep", "compile_step"]
 
 
-def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> "CompiledStep":
+def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> CompiledStep:
     """A training step compiled into one Numba function for ``model``'s architecture.
 
     Parameters

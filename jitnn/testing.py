@@ -8,7 +8,6 @@ layer everything jitnn's own test suite requires of its built-in layers.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple

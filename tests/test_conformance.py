@@ -28,8 +28,6 @@ from layer_examples import (
 )
 
 import jitnn as jn
-import reference
-import reference_spatial
 import tolerances
 
 DTYPES = [np.float32, np.float64]

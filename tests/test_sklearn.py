@@ -18,9 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import jitnn as jn  # noqa: E402
-import tolerances  # noqa: E402
-from jitnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+import jitnn as jn
+import tolerances
+from jitnn.sklearn import MLPClassifier, MLPRegressor
 
 #: Most fits here run a few epochs on purpose; the two tests about ConvergenceWarning catch it
 #: themselves.

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import pytest
 from layer_examples import LAYER_EXAMPLES, LAYER_IDS, OPTIMIZER_EXAMPLES, dense
-from user_layers import Scale, _scale_forward, _scale_grad_input
+from user_layers import Scale
 
 import jitnn as jn
 import tolerances
@@ -99,7 +99,7 @@ def test_every_named_optimizer_runs_inside_the_compiled_function() -> None:
         assert step.fused == (name != "chain"), name
 
 
-@pytest.mark.parametrize("loss", [jn.SoftmaxCrossEntropy(), jn.MeanSquaredError(), jn.BinaryCrossEntropy()], ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", [jn.SoftmaxCrossEntropy(), jn.MeanSquaredError(), jn.BinaryCrossEntropy()], ids=lambda loss: type(loss).__name__)
 def test_every_loss_agrees_with_the_generic_step(loss: jn.Loss) -> None:
     rng = np.random.default_rng(4)
     X = rng.normal(size=(9, 6))

@@ -320,7 +320,7 @@ class Conv2D(Layer):
         weight_init: initializers.Initializer = initializers.he_uniform,
         bias_init: initializers.Initializer = initializers.zeros,
         dtype: Any = np.float32,
-    ) -> "Conv2D":
+    ) -> Conv2D:
         """A new layer with ``W (out_channels, in_channels, kh, kw)`` drawn by ``weight_init`` and
         ``b (out_channels,)`` by ``bias_init`` from ``key``.
 

@@ -69,7 +69,7 @@ class Dense(Layer):
         weight_init: initializers.Initializer = initializers.glorot_uniform,
         bias_init: initializers.Initializer = initializers.zeros,
         dtype: Any = np.float32,
-    ) -> "Dense":
+    ) -> Dense:
         """A new layer with ``W`` drawn by ``weight_init`` (Glorot uniform by default) from
         ``key`` and ``b`` from ``bias_init`` (zeros by default)."""
         n_in, n_out = validate.positive_int(n_in, "Dense.init", "n_in"), validate.positive_int(n_out, "Dense.init", "n_out")

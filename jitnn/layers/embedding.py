@@ -52,7 +52,7 @@ class Embedding(Layer):
     kernels = Kernels(_embedding_forward, _embedding_grad_input, _embedding_grad_params)
 
     @classmethod
-    def init(cls, key: random.Key, vocab: int, dim: int, *, weight_init: initializers.Initializer | None = None, dtype: Any = np.float32) -> "Embedding":
+    def init(cls, key: random.Key, vocab: int, dim: int, *, weight_init: initializers.Initializer | None = None, dtype: Any = np.float32) -> Embedding:
         """A table drawn from ``N(0, 1)`` (PyTorch's default) or from ``weight_init``."""
         vocab, dim = validate.positive_int(vocab, "Embedding.init", "vocab"), validate.positive_int(dim, "Embedding.init", "dim")
         dtype = check_float_dtype(dtype, "Embedding.init")

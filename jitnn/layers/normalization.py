@@ -109,7 +109,7 @@ class LayerNorm(Layer):
     )
 
     @classmethod
-    def init(cls, key: random.Key | None, features: int, *, eps: float = 1e-5, dtype: Any = np.float32) -> "LayerNorm":
+    def init(cls, key: random.Key | None, features: int, *, eps: float = 1e-5, dtype: Any = np.float32) -> LayerNorm:
         """Scale ones and shift zeros (the key is accepted for a uniform signature)."""
         features = validate.positive_int(features, "LayerNorm.init", "features")
         dtype = check_float_dtype(dtype, "LayerNorm.init")
@@ -264,7 +264,7 @@ class BatchNorm(Layer):
     needs_context = True
 
     @classmethod
-    def init(cls, key: random.Key | None, features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = np.float32) -> "BatchNorm":
+    def init(cls, key: random.Key | None, features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = np.float32) -> BatchNorm:
         """Scale ones, shift zeros, running mean zeros and running variance ones."""
         features = validate.positive_int(features, "BatchNorm.init", "features")
         dtype = check_float_dtype(dtype, "BatchNorm.init")
