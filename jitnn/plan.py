@@ -115,7 +115,14 @@ class Plan:
     def gradient_needed(self, input_gradient: bool) -> list[bool]:
         """Per slot, whether the backward pass computes its gradient: a slot needs one if
         an operation that made it depends on parameters (or, with ``input_gradient``, on
-        the model's input)."""
+        the model's input). Worked out once per plan for each answer."""
+        return self._needed[bool(input_gradient)]
+
+    @functools.cached_property
+    def _needed(self) -> tuple[list[bool], list[bool]]:
+        return self._gradient_needed(False), self._gradient_needed(True)
+
+    def _gradient_needed(self, input_gradient: bool) -> list[bool]:
         needed = [False] * len(self.slots)
         needed[0] = input_gradient
         for op in self.ops:
@@ -167,14 +174,25 @@ class Plan:
         return grads[0] if input_gradient else None
 
     @functools.cached_property
-    def last_use(self) -> list[int]:
-        """Per slot, the index of the last operation that reads it (-1: none; the output)."""
+    def kept(self) -> tuple[list[bool], list[bool]]:
+        """Per call, whether a forward pass keeps its residuals: whether its backward pass
+        runs (without, then with the input's gradient)."""
+        return tuple([self.keeps_residuals(call, self.gradient_needed(flag)) for call in self.calls] for flag in (False, True))
+
+    @functools.cached_property
+    def freed(self) -> list[tuple[int, ...]]:
+        """Per operation, the slots that nothing after it reads (a forward pass that keeps
+        nothing drops their arrays there)."""
         last = [-1] * len(self.slots)
         for i, op in enumerate(self.ops):
             for x in (op.x,) if isinstance(op, Call) else op.xs:
                 last[x] = i
         last[self.output] = len(self.ops)
-        return last
+        freed: list[list[int]] = [[] for _ in self.ops]
+        for slot, i in enumerate(last):
+            if 0 <= i < len(self.ops):
+                freed[i].append(slot)
+        return [tuple(slots) for slots in freed]
 
 
 # --------------------------------------------------------------------------- lowering
@@ -333,7 +351,7 @@ def lower(model: Layer, input_shape: Shape, batch: int | None = None) -> Plan:
     lowered = Planner(model, key[1], batch).lower()
     if len(_PLANS) >= _MOST_PLANS:
         _PLANS.clear()
-    _PLANS[key] = (weakref.ref(model, lambda _, key=key: _PLANS.pop(key, None)), lowered)
+    _PLANS[key] = (weakref.ref(model, lambda _, key=key, plans=_PLANS: plans.pop(key, None)), lowered)
     return lowered
 
 
@@ -354,15 +372,15 @@ def rebuild(model: Layer, leaves: Iterator[Layer]) -> Layer:
     (site order); a composite whose members all come back unchanged is kept as it is."""
     if not isinstance(model, Composite):
         return next(leaves)
-    members = [rebuild(member, leaves) for member in model.members]
-    if all(new is old for new, old in zip(members, model.members)):
+    old = model.members
+    members = [rebuild(member, leaves) for member in old]
+    if all(new is was for new, was in zip(members, old)):
         return model
     return model.with_members(members)
 
 
 # --------------------------------------------------------------------------- the generic passes
-@attrs.frozen(eq=False)
-class Record:
+class Record(NamedTuple):
     """What a forward pass keeps for the backward pass: every slot's array, and each
     call's per-call arguments and residuals (``None`` where it kept none)."""
 
@@ -387,31 +405,28 @@ def run_forward(
     extras: list[tuple[Any, ...]] = [()] * len(plan.calls)
     residuals: list[Any] = [None] * len(plan.calls)
     after = list(leaves)
-    needed = plan.gradient_needed(input_gradient) if keep else None
-    last_use = None if keep else plan.last_use
-    n = X.shape[0]
+    kept = plan.kept[bool(input_gradient)] if keep else None
+    n, training = X.shape[0], context.training
     for i, op in enumerate(plan.ops):
-        if isinstance(op, Call):
-            site, layer, x = plan.sites[op.site], leaves[op.site], values[op.x]
-            layer._check_input(x, site.where)
-            extra = layer.call_args(x, context, site.where) if layer.needs_context else ()
-            Y, R = layer._run_forward(x, extra, keep and plan.keeps_residuals(op, needed))
-            expected = (n, *plan.slots[op.y])
-            if Y.shape != expected:
-                raise ValueError(f"{describe(layer, site.where)}: the forward kernel returned shape {Y.shape}, the shape rule gives {expected}")
-            if context.training and layer.needs_context:
+        if type(op) is Call:
+            where, layer, x = plan.sites[op.site].where, leaves[op.site], values[op.x]
+            layer._check_input(x, where)
+            extra = layer.call_args(x, context, where) if layer.needs_context else ()
+            Y, R = layer._run_forward(x, extra, keep and kept[op.call])
+            if Y.shape[0] != n or Y.shape[1:] != plan.slots[op.y]:
+                raise ValueError(f"{describe(layer, where)}: the forward kernel returned shape {Y.shape}, the shape rule gives {(n, *plan.slots[op.y])}")
+            if training and layer.needs_context:
                 overridden = type(layer).updated is not Layer.updated
                 after[op.site] = layer.updated(x, extra) if overridden else layer._updated(x, R, extra)
             extras[op.call], residuals[op.call] = extra, R
-        elif isinstance(op, Sum):
-            Y = functools.reduce(lambda a, b: a + b, (values[x] for x in op.xs))
+        elif type(op) is Sum:
+            Y = functools.reduce(operator.add, [values[x] for x in op.xs])
         else:
             Y = np.concatenate([values[x] for x in op.xs], axis=op.axis + 1)
         values[op.y] = Y
-        if last_use is not None:
-            for x in (op.x,) if isinstance(op, Call) else op.xs:
-                if last_use[x] == i:
-                    values[x] = None
+        if not keep:
+            for x in plan.freed[i]:
+                values[x] = None
     return values[plan.output], (Record(plan, values, extras, residuals) if keep else None), after
 
 

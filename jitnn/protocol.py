@@ -236,7 +236,7 @@ class Layer:
     @property
     def buffers(self) -> tuple[Array, ...]:
         """The buffer arrays, in declaration order."""
-        return tuple(getattr(self, name) for name in self.buffer_names)
+        return tuple(getattr(self, name) for name in self.buffer_names) if self.buffer_names else ()
 
     def config(self) -> tuple[Any, ...]:
         """The static configuration handed to the kernels after the parameters and buffers.
@@ -447,7 +447,7 @@ class Composite(Layer):
             value = getattr(self, field.name)
             if isinstance(value, Layer):
                 found.append((field.name, False))
-            elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+            elif type(value) is tuple and value and all(isinstance(v, Layer) for v in value):
                 found.append((field.name, True))
         return found
 
@@ -457,13 +457,29 @@ class Composite(Layer):
         named: list[tuple[str, Layer]] = []
         for name, is_tuple in self._member_fields():
             value = getattr(self, name)
-            named.extend(((f".{name}[{i}]", v) for i, v in enumerate(value)) if is_tuple else [(f".{name}", value)])
+            if is_tuple:
+                named.extend((f".{name}[{i}]", v) for i, v in enumerate(value))
+            else:
+                named.append((f".{name}", value))
         return tuple(named)
 
     @property
     def members(self) -> tuple[Layer, ...]:
         """The layers this one is made of, in order."""
-        return tuple(member for _, member in self.named_members())
+        members: list[Layer] = []
+        for name, is_tuple in self._member_fields():
+            value = getattr(self, name)
+            members.extend(value) if is_tuple else members.append(value)
+        return tuple(members)
+
+    def _first_member(self) -> Layer:
+        for field in type(self).__attrs_attrs__:
+            value = getattr(self, field.name)
+            if isinstance(value, Layer):
+                return value
+            if type(value) is tuple and value and all(isinstance(v, Layer) for v in value):
+                return value[0]
+        raise TypeError(f"{type(self).__name__} has no members (fields holding layers)")
 
     def with_members(self: L, members: Sequence[Layer]) -> L:
         """A copy whose members (in :attr:`members` order) are ``members``: how gradient
@@ -491,9 +507,9 @@ class Composite(Layer):
     def _input(self, X: Any) -> Array:
         """The layer applied first decides what input it takes (indices for an embedding);
         floating-point input is converted to the whole model's dtype."""
-        first = self.members[0]
+        first = self._first_member()
         while isinstance(first, Composite):
-            first = first.members[0]
+            first = first._first_member()
         if type(first)._input is not Layer._input:
             return first._input(X)
         return float_input(X, self.dtype, describe(self))

@@ -171,19 +171,32 @@ def _softmax_forward_residuals(X):
     return Y, (Y,)
 
 
-@jit
-def _softmax_grad_input(X, dY, R):
-    """dX = Y * (dY - sum(dY * Y, last axis)), with Y = softmax(X) from R = (Y,);  X, dY (n, ..., k) -> dX."""
-    k = X.shape[-1]
-    y, d = R[0].reshape((X.size // k, k)), dY.reshape((dY.size // k, k))
-    dX = np.empty(X.shape, X.dtype)
-    dx = dX.reshape(y.shape)
+@jit(inline="always")
+def _softmax_vjp_rows(y, d, out):
+    """out[i] = y[i] * (d[i] - sum(d[i] * y[i])) for each row;  y, d, out (m, k) (out may be y)."""
     for i in range(y.shape[0]):
         inner = 0.0
-        for j in range(k):
+        for j in range(y.shape[1]):
             inner += d[i, j] * y[i, j]
-        for j in range(k):
-            dx[i, j] = y[i, j] * (d[i, j] - inner)
+        for j in range(y.shape[1]):
+            out[i, j] = y[i, j] * (d[i, j] - inner)
+
+
+@jit
+def _softmax_grad_input(X, dY):
+    """dX = Y * (dY - sum(dY * Y, last axis)), Y = softmax(X) computed here (a plain call);  X, dY (n, ..., k) -> dX."""
+    k = X.shape[-1]
+    Y = _softmax_rows(X.reshape((X.size // k, k)))
+    _softmax_vjp_rows(Y, dY.reshape((dY.size // k, k)), Y)
+    return Y.reshape(X.shape)
+
+
+@jit
+def _softmax_grad_input_residuals(X, dY, R):
+    """dX = Y * (dY - sum(dY * Y, last axis)), with Y from R = (Y,);  X, dY (n, ..., k) -> dX."""
+    k = X.shape[-1]
+    dX = np.empty(X.shape, X.dtype)
+    _softmax_vjp_rows(R[0].reshape((X.size // k, k)), dY.reshape((dY.size // k, k)), dX.reshape((X.size // k, k)))
     return dX
 
 
@@ -192,7 +205,7 @@ class Softmax(Layer):
     """Softmax over the last axis. Its Jacobian is not diagonal:
     ``dX = Y * (dY - sum(dY * Y))`` per row."""
 
-    kernels = Kernels(_softmax_forward, residuals=Residuals(_softmax_forward_residuals, _softmax_grad_input))
+    kernels = Kernels(_softmax_forward, _softmax_grad_input, residuals=Residuals(_softmax_forward_residuals, _softmax_grad_input_residuals))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) < 1 or input_shape[-1] == 0:

@@ -56,6 +56,26 @@ def _layer_norm_forward(X, scale, shift, eps):
 
 
 @jit
+def _layer_norm_residuals(X, eps):
+    """R of :func:`_layer_norm_forward_residuals` without Y: (mean, inverse_std) per row (a plain call)."""
+    k = X.shape[-1]
+    mean, inverse_std = _layer_norm_statistics(X.reshape((X.size // k, k)), eps)
+    return as_readonly(mean), as_readonly(inverse_std)
+
+
+@jit
+def _layer_norm_plain_grad_input(X, dY, scale, shift, eps):
+    """dX of :func:`_layer_norm_grad_input`, the statistics computed here (a plain call)."""
+    return _layer_norm_grad_input(X, dY, _layer_norm_residuals(X, eps), scale, shift, eps)
+
+
+@jit
+def _layer_norm_plain_grad_params(X, dY, scale, shift, eps):
+    """The gradients of :func:`_layer_norm_grad_params`, the statistics computed here (a plain call)."""
+    return _layer_norm_grad_params(X, dY, _layer_norm_residuals(X, eps), scale, shift, eps)
+
+
+@jit
 def _layer_norm_grad_input(X, dY, R, scale, shift, eps):
     """dX = inv_std (g - mean(g) - xhat mean(g xhat)), g = dY * scale, per row, from R = (mean, inv_std);  -> dX like X."""
     mean, inverse_std = R
@@ -105,7 +125,8 @@ class LayerNorm(Layer):
     eps: float = attrs.field(default=1e-5, converter=_epsilon("LayerNorm"))
 
     kernels = Kernels(
-        _layer_norm_forward, residuals=Residuals(_layer_norm_forward_residuals, _layer_norm_grad_input, _layer_norm_grad_params)
+        _layer_norm_forward, _layer_norm_plain_grad_input, _layer_norm_plain_grad_params,
+        residuals=Residuals(_layer_norm_forward_residuals, _layer_norm_grad_input, _layer_norm_grad_params),
     )
 
     @classmethod

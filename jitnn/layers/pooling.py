@@ -104,7 +104,25 @@ def _max_pool2d_forward_residuals(X, kernel, stride, padding):
 
 
 @jit
-def _max_pool2d_grad_input(X, dY, R, kernel, stride, padding):
+def _max_pool2d_grad_input(X, dY, kernel, stride, padding):
+    """dX[i, c, first maximum of the window] += dY[i, c, y, x], each window searched (a plain
+    call: no forward to take the places from);  dY (n, C, Ho, Wo) -> dX (n, C, H, W)."""
+    n, C, H, W = X.shape
+    Ho, Wo = dY.shape[2], dY.shape[3]
+    planes = X.reshape((n * C, H, W))
+    gradient = dY.reshape((n * C, Ho, Wo))
+    dX = np.zeros((n * C, H * W), X.dtype)
+    for p in range(n * C):
+        for y in range(Ho):
+            h_lo, h_hi = _pool2d_window(y * stride[0] - padding[0], kernel[0], H)
+            for x in range(Wo):
+                w_lo, w_hi = _pool2d_window(x * stride[1] - padding[1], kernel[1], W)
+                dX[p, _max_pool2d_window_max(planes, p, h_lo, h_hi, w_lo, w_hi)[1]] += gradient[p, y, x]
+    return dX.reshape(X.shape)
+
+
+@jit
+def _max_pool2d_grad_input_residuals(X, dY, R, kernel, stride, padding):
     """dX[i, c, first maximum of the window] += dY[i, c, y, x], the maxima's places from R;  dY (n, C, Ho, Wo) -> dX (n, C, H, W)."""
     n, C, H, W = X.shape
     where = R[0]
@@ -199,7 +217,9 @@ class MaxPool2D(_Pool2D):
     ``(n, C, Ho, Wo)``, ``Ho = (H + 2 ph - kh) // sh + 1``.
     """
 
-    kernels = Kernels(_max_pool2d_forward, residuals=Residuals(_max_pool2d_forward_residuals, _max_pool2d_grad_input))
+    kernels = Kernels(
+        _max_pool2d_forward, _max_pool2d_grad_input, residuals=Residuals(_max_pool2d_forward_residuals, _max_pool2d_grad_input_residuals)
+    )
 
 
 @layer
