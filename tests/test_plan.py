@@ -257,6 +257,6 @@ def test_no_kernel_takes_more_than_eight_arguments() -> None:
     counts = {
         f"{f.__module__}.{f.__name__}": len(inspect.signature(f).parameters)
         for f in functions
-        if f.__module__.startswith("jitnn.")  # not the generated steps, which take the whole model
+        if (f.__module__ or "").startswith("jitnn.")  # not the generated steps (whole models) nor kernels made by exec
     }
     assert counts and not {name: n for name, n in counts.items() if n > 8}
