@@ -121,6 +121,17 @@ def _conv2d_column_buffer(X, rows, count):
     return columns
 
 
+@jit(inline="always")
+def _conv2d_weight_matrix(X, W, b):
+    """[W_matrix b] (out, C kh kw + 1) in X's dtype: the weights beside the bias, for the product with [columns; ones]."""
+    out = W.shape[0]
+    rows = W.size // out
+    weights = np.empty((out, rows + 1), X.dtype)
+    weights[:, :rows] = W.reshape((out, rows))
+    weights[:, rows] = b
+    return weights
+
+
 @jit
 def _conv2d_forward(X, W, b, stride, padding, dilation):
     """Y[i] = [W_matrix b] @ [columns_i; ones] for each example;  X (n, C, H, W), W (out, C, kh, kw), b (out,) -> Y (n, out, Ho, Wo)."""
@@ -128,9 +139,7 @@ def _conv2d_forward(X, W, b, stride, padding, dilation):
     Ho = _conv2d_output_size(X.shape[2], kernel[0], stride[0], padding[0], dilation[0])
     Wo = _conv2d_output_size(X.shape[3], kernel[1], stride[1], padding[1], dilation[1])
     rows = W.size // out
-    weights = np.empty((out, rows + 1), X.dtype)
-    weights[:, :rows] = W.reshape((out, rows))
-    weights[:, rows] = b
+    weights = _conv2d_weight_matrix(X, W, b)
     columns = _conv2d_column_buffer(X, rows, Ho * Wo)
     Y = np.empty((n, out, Ho * Wo), X.dtype)
     for i in range(n):
@@ -175,9 +184,7 @@ def _conv2d_forward_residuals(X, W, b, stride, padding, dilation):
     Ho = _conv2d_output_size(X.shape[2], kernel[0], stride[0], padding[0], dilation[0])
     Wo = _conv2d_output_size(X.shape[3], kernel[1], stride[1], padding[1], dilation[1])
     rows = W.size // out
-    weights = np.empty((out, rows + 1), X.dtype)
-    weights[:, :rows] = W.reshape((out, rows))
-    weights[:, rows] = b
+    weights = _conv2d_weight_matrix(X, W, b)
     columns = np.zeros((n, rows + 1, Ho * Wo), X.dtype)
     Y = np.empty((n, out, Ho * Wo), X.dtype)
     for i in range(n):
