@@ -136,16 +136,21 @@ class StepSource:
         else:
             head, arguments = f"{x_in}, {dy_in}", self._arguments(call, False)
             grad_params, grad_input = kernels.grad_params, kernels.grad_input
+        both = r is not None and kernels.residuals.gradients is not None and bool(layer.param_names) and input_gradient
+        dx = self._variable("dx") if input_gradient else None
+        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
         if layer.param_names:
             grads = self._variable("grads")
-            self.lines.append(f"{grads} = {self.kernel(grad_params)}({head}{arguments})")
+            if both:  # one backward sweep for both gradients
+                self.lines.append(f"{dx}, {grads} = {self.kernel(kernels.residuals.gradients)}({head}{arguments})")
+                if shape:
+                    self.lines.append(f"{dx} = {dx}{shape}")
+            else:
+                self.lines.append(f"{grads} = {self.kernel(grad_params)}({head}{arguments})")
             for j in range(len(layer.param_names)):
                 self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", describe(layer, site.where))
-        if not input_gradient:
-            return None
-        dx = self._variable("dx")
-        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
-        self.lines.append(f"{dx} = {self.kernel(grad_input)}({head}{arguments}){shape}")
+        if input_gradient and not both:
+            self.lines.append(f"{dx} = {self.kernel(grad_input)}({head}{arguments}){shape}")
         return dx
 
     # ------------------------------------------------------------------ the whole function

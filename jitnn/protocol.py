@@ -69,7 +69,11 @@ class Residuals(NamedTuple):
       layer without parameters;
     - ``update(R, *buffers, *config, *extras) -> (new buffer, ...)``: the buffers as a
       training batch leaves them (batch normalization's running statistics from the batch
-      statistics in ``R``), ``None`` for a layer that has none to update.
+      statistics in ``R``), ``None`` for a layer that has none to update;
+    - ``gradients(X, dY, R, *params, *config, *extras) -> (dX, (dL/dW, ...))``, optional:
+      both gradients from one backward sweep, for a layer whose two gradients share most of
+      their work (backpropagation through time, attention). The passes call it wherever
+      both are wanted; it must give the bits ``grad_input`` and ``grad_params`` give.
 
     The kernels after ``forward`` take no buffers: what they need of them is in ``R``.
     ``Y`` must be the bits :attr:`Kernels.forward` gives (``jn.testing.check_layer``
@@ -80,6 +84,7 @@ class Residuals(NamedTuple):
     grad_input: Callable[..., Array]
     grad_params: Callable[..., tuple[Array, ...]] | None = None
     update: Callable[..., tuple[Array, ...]] | None = None
+    gradients: Callable[..., tuple[Array, tuple[Array, ...]]] | None = None
 
 
 class Kernels(NamedTuple):
@@ -372,15 +377,18 @@ class Layer:
             head, arguments = (x, d, R), (*self.params, *self.config(), *extras)
             grad_params, grad_input = residuals.grad_params, residuals.grad_input
         grads = dX = None
-        if params:
+        if params and inputs and not plain and residuals.gradients is not None:
+            dX, grads = residuals.gradients(*head, *arguments)
+        elif params:
             grads = grad_params(*head, *arguments)
+        if grads is not None:
             if not isinstance(grads, tuple) or len(grads) != len(self.param_names):
                 raise TypeError(f"{describe(self, where)}: grad_params kernel must return a tuple of {len(self.param_names)} arrays")
             for name, grad in zip(self.param_names, grads):
                 if grad.shape != getattr(self, name).shape:
                     raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
         if inputs:
-            dX = grad_input(*head, *arguments)
+            dX = grad_input(*head, *arguments) if dX is None else dX
             dX = dX.reshape(X.shape) if flat else dX
             if dX.shape != X.shape:
                 raise ValueError(f"{describe(self, where)}: grad_input kernel returned shape {dX.shape}, the input has {X.shape}")
