@@ -86,8 +86,25 @@ class StepSource:
             parts += [f"buffers[{site.first_buffer + j}]" for j in range(len(layer.buffer_names))]
         return "".join(f", {p}" for p in parts) + f", *configs[{call.site}], *extras[{call.call}]"
 
+    def _merges_rows(self, call: Call) -> bool:
+        """Whether the call's layer sees ``(rows, last axis)`` views of inputs of another rank."""
+        return self.plan.sites[call.site].layer.rows and len(self.plan.slots[call.x]) != 1
+
     def _flat(self, variable: str, call: Call) -> str:
-        return f"ro({variable}.reshape(-1))" if self.plan.sites[call.site].layer.elementwise else f"ro({variable})"
+        """``variable`` as the call's kernels see it (see ``Layer._kernel_view``)."""
+        if self.plan.sites[call.site].layer.elementwise:
+            return f"ro({variable}.reshape(-1))"
+        return f"ro({variable}.reshape((-1, {variable}.shape[-1])))" if self._merges_rows(call) else f"ro({variable})"
+
+    def _restored(self, call: Call, value: str | None = None) -> str:
+        """The reshape that gives the kernel output ``value`` the leading axes of the call's
+        input again (``None``: the input's whole shape, for ``dX``), or nothing where the
+        kernel kept them. Written with the arrays' own shapes, so that the source does not
+        depend on the widths."""
+        x = f"s{call.x}"
+        if self.plan.sites[call.site].layer.elementwise or (value is None and self._merges_rows(call)):
+            return f".reshape({x}.shape)"
+        return f".reshape({x}.shape[:-1] + {value}.shape[-1:])" if self._merges_rows(call) else ""
 
     def _forward_call(self, call: Call, keep: bool) -> tuple[str, str | None]:
         """Emit the call's forward (and its buffers' update); return its output and
@@ -96,14 +113,15 @@ class StepSource:
         kernels = layer.kernels
         residuals = kernels.residuals if keep or kernels.forward is None else None
         x_in, y = self._flat(f"s{call.x}", call), f"s{call.y}"
-        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
         r = None
         if residuals is not None:
             out, r = self._variable("out"), self._variable("r")
             self.lines.append(f"{out} = {self.kernel(residuals.forward)}({x_in}{self._arguments(call, False)})")
-            self.lines.append(f"{y}, {r} = {out}[0]{shape}, {out}[1]")
+            self.lines.append(f"{y}, {r} = {out}[0]{self._restored(call, f'{out}[0]')}, {out}[1]")
         else:
-            self.lines.append(f"{y} = {self.kernel(kernels.forward)}({x_in}{self._arguments(call, False)}){shape}")
+            self.lines.append(f"{y} = {self.kernel(kernels.forward)}({x_in}{self._arguments(call, False)})")
+            if self._restored(call, y):
+                self.lines.append(f"{y} = {y}{self._restored(call, y)}")
         if layer.needs_context:
             update = kernels.residuals.update if kernels.residuals is not None else None
             new = self._variable("buffers")
@@ -138,7 +156,7 @@ class StepSource:
             grad_params, grad_input = kernels.grad_params, kernels.grad_input
         both = r is not None and kernels.residuals.gradients is not None and bool(layer.param_names) and input_gradient
         dx = self._variable("dx") if input_gradient else None
-        shape = f".reshape(s{call.x}.shape)" if layer.elementwise else ""
+        shape = self._restored(call)
         if layer.param_names:
             grads = self._variable("grads")
             if both:  # one backward sweep for both gradients

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 
 from jitnn.protocol import Composite, Layer, layer
 
 __all__ = ["Chain", "pipe", "compose"]
+
+T = TypeVar("T")
 
 
 def _as_layers(layers: Any) -> tuple[Layer, ...]:
@@ -65,20 +68,44 @@ class Chain(Composite):
         return x
 
 
+def with_stated_shape(rule: Callable[[tuple[int, ...]], T], shape: tuple[int, ...]) -> T:
+    """``rule(shape)`` for a stated per-example input shape, or for that shape behind one or
+    two leading axes if that is what the rule accepts.
+
+    A layer that acts on the last axis (``Dense``, ``LayerNorm``: ``rows = True``) states
+    ``(n_in,)`` but takes ``(..., n_in)`` too, so a composition is refused only if no rank
+    fits (a ``Dense`` width mismatch does not fit any). ``ValueError``: the first error."""
+    try:
+        return rule(shape)
+    except ValueError as error:
+        first = error
+    for leading in ((1,), (1, 1)):
+        try:
+            return rule(leading + tuple(shape))
+        except ValueError:
+            pass
+    raise first
+
+
 def _check_composition(layers: tuple[Layer, ...]) -> None:
     """Follow the shape rules through ``layers``, from the first layer that states its input
     shape, so that a mismatch is reported when composing, before anything runs."""
-    shape: tuple[int, ...] | None = None
-    for i, member in enumerate(layers):
-        if shape is None:
-            shape = member.input_shape
-            if shape is None:
-                continue
+    for start, first in enumerate(layers):
+        if first.input_shape is not None:
+            with_stated_shape(lambda shape, start=start: _follow(layers, start, shape), first.input_shape)
+            return
+
+
+def _follow(layers: tuple[Layer, ...], start: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ``layers[start:]`` give for ``shape``; ``ValueError`` naming both layers at a mismatch."""
+    for i in range(start, len(layers)):
+        member = layers[i]
         try:
             shape = member.output_shape(shape)
         except ValueError as error:
-            before = f"layers[{i - 1}] ({type(layers[i - 1]).__name__}) produces {shape}" if i else ""
+            before = f"layers[{i - 1}] ({type(layers[i - 1]).__name__}) produces {shape}" if i > start else ""
             raise ValueError(f"cannot compose: layers[{i}] ({type(member).__name__}) {error}; {before}".rstrip("; ")) from None
+    return shape
 
 
 def pipe(*layers: Layer) -> Chain:

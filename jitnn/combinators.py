@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from jitnn import validate
-from jitnn.chain import _as_layers
+from jitnn.chain import _as_layers, with_stated_shape
 from jitnn.plan import concat_shape
 from jitnn.protocol import Composite, Layer, layer
 
@@ -27,9 +27,8 @@ class Residual(Composite):
     inner: Layer = attrs.field(validator=_check_inner)
 
     def __attrs_post_init__(self) -> None:
-        shape = self.inner.input_shape
-        if shape is not None:
-            out = self.inner.output_shape(shape)
+        if self.inner.input_shape is not None:
+            shape, out = with_stated_shape(lambda shape: (tuple(shape), self.inner.output_shape(shape)), self.inner.input_shape)
             if out != shape:
                 raise ValueError(f"Residual: the inner layer must keep its input's shape, but it maps {shape} to {out}")
 
@@ -67,7 +66,7 @@ class _Branches(Composite):
         shape = self.input_shape
         if shape is not None:
             try:
-                self.output_shape(shape)
+                with_stated_shape(self.output_shape, shape)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
 

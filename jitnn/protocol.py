@@ -22,10 +22,14 @@ Everything else (the passes, the optimizers, the gradient checks) is written onc
 terms of these answers. The Python methods here validate every array before a kernel
 sees it, because kernels do not check bounds, and hand kernels read-only arrays only.
 
-Three optional extensions, each a class attribute or method of the record:
+Four optional extensions, each a class attribute or method of the record:
 
 - ``elementwise = True``: the kernels get flat (1-D) views and the result takes ``X``'s
   shape again, so they compile once per dtype whatever the input's rank;
+- ``rows = True``: the kernels get two-dimensional views, every axis but the last merged
+  into rows (``(n, ..., d) -> (n ..., d)``), and the output takes the leading axes back, so
+  a layer that acts on the last axis (``Dense``, ``LayerNorm``) works on inputs of any rank
+  with kernels compiled once per dtype;
 - ``needs_context = True``: :meth:`Layer.call_args` turns the pass's :class:`Context`
   (training mode, key) and the input's shape and dtype into extra kernel arguments
   appended after ``config`` (a dropout mask), kept in the trace for the backward pass;
@@ -217,6 +221,9 @@ class Layer:
     #: True for a layer whose kernels work element by element: they are handed flat (1-D)
     #: views, so they compile once per dtype whatever the input's rank.
     elementwise: ClassVar[bool] = False
+    #: True for a layer that acts on the last axis alone: its kernels are handed 2-D views
+    #: ``(rows, last axis)`` of inputs of any rank, and outputs take the leading axes back.
+    rows: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ the shape rule
     @property
@@ -342,14 +349,14 @@ class Layer:
         (``None`` otherwise)."""
         kernels = self.kernels
         residuals = kernels.residuals
-        x, extras = (X.reshape(-1), _flat(extras)) if self.elementwise else (X, extras)
+        x, extras = self._kernel_view(X), self._kernel_extras(extras)
         arguments = (*self.params, *self.buffers, *self.config(), *extras)
         if kernels.forward is not None and not (keep and residuals is not None):
             Y, R = kernels.forward(readonly(x), *arguments), None
         else:
             Y, R = residuals.forward(readonly(x), *arguments)
             R = R if keep else None
-        return (Y.reshape(X.shape) if self.elementwise else Y), R
+        return self._output_view(Y, X), R
 
     def _residuals(self, X: Array, extras: tuple[Any, ...]) -> Any:
         """The residuals of ``X``, computed afresh (a plain call without a trace)."""
@@ -367,9 +374,7 @@ class Layer:
         plain = R is None and (kernels.grad_input is not None or not inputs) and (kernels.grad_params is not None or not params)
         if not plain and R is None:
             R = self._residuals(X, extras)
-        flat = self.elementwise
-        x, d, extras = (X.reshape(-1), dY.reshape(-1), _flat(extras)) if flat else (X, dY, extras)
-        x, d = readonly(x), readonly(d)
+        x, d, extras = readonly(self._kernel_view(X)), readonly(self._kernel_view(dY)), self._kernel_extras(extras)
         if plain:
             head, arguments = (x, d), (*self.params, *self.buffers, *self.config(), *extras)
             grad_params, grad_input = kernels.grad_params, kernels.grad_input
@@ -389,7 +394,7 @@ class Layer:
                     raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
         if inputs:
             dX = grad_input(*head, *arguments) if dX is None else dX
-            dX = dX.reshape(X.shape) if flat else dX
+            dX = dX.reshape(X.shape) if self.elementwise or self.rows else dX
             if dX.shape != X.shape:
                 raise ValueError(f"{describe(self, where)}: grad_input kernel returned shape {dX.shape}, the input has {X.shape}")
         return grads, dX
@@ -401,15 +406,33 @@ class Layer:
         residual_update = kernels.residuals.update if kernels.residuals is not None else None
         if residual_update is not None:
             R = self._residuals(X, extras) if R is None else R
-            new = residual_update(R, *self.buffers, *self.config(), *(_flat(extras) if self.elementwise else extras))
+            new = residual_update(R, *self.buffers, *self.config(), *self._kernel_extras(extras))
         elif kernels.update is not None:
-            x, flat_extras = (X.reshape(-1), _flat(extras)) if self.elementwise else (X, extras)
-            new = kernels.update(readonly(x), *self.params, *self.buffers, *self.config(), *flat_extras)
+            new = kernels.update(readonly(self._kernel_view(X)), *self.params, *self.buffers, *self.config(), *self._kernel_extras(extras))
         else:
             return self
         if not isinstance(new, tuple) or len(new) != len(self.buffer_names):
             raise TypeError(f"{describe(self)}: update kernel must return a tuple of {len(self.buffer_names)} arrays (one per buffer)")
         return attrs.evolve(self, **{name: freeze(value) for name, value in zip(self.buffer_names, new)})
+
+    def _kernel_view(self, A: Array) -> Array:
+        """``A`` as the kernels see it: flat for an element-wise layer, ``(rows, last
+        axis)`` for a ``rows`` layer, as it is otherwise."""
+        if self.elementwise:
+            return A.reshape(-1)
+        return A.reshape(-1, A.shape[-1]) if self.rows and A.ndim != 2 else A
+
+    def _kernel_extras(self, extras: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Per-call arguments as the kernels get them: arrays viewed as :meth:`_kernel_view` views ``X``."""
+        if not (self.elementwise or self.rows):
+            return extras
+        return tuple(self._kernel_view(v) if isinstance(v, np.ndarray) else v for v in extras)
+
+    def _output_view(self, Y: Array, X: Array) -> Array:
+        """A kernel's output ``Y`` for the input ``X``, with the axes :meth:`_kernel_view` merged given back."""
+        if self.elementwise:
+            return Y.reshape(X.shape)
+        return Y.reshape(X.shape[:-1] + Y.shape[-1:]) if self.rows and X.ndim != 2 else Y
 
     # ------------------------------------------------------------------ description
     def label(self) -> str:
@@ -418,10 +441,6 @@ class Layer:
         (``"Dense(784 -> 256)"``)."""
         return type(self).__name__
 
-
-def _flat(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Per-call arguments as an element-wise layer's kernels get them: arrays flattened."""
-    return tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
 
 
 class Composite(Layer):

@@ -249,9 +249,7 @@ class CompiledStep:
             shape = (n, *compiled.plan.slots[call.x])
             stand_in = self._stand_in(shape, dtype if call.x == 0 else self._dtype(dtype))
             values = tuple(layer.call_args(stand_in, context, site.where))
-            if layer.elementwise:
-                values = tuple(v.reshape(-1) if isinstance(v, np.ndarray) else v for v in values)
-            extras[call.call] = values
+            extras[call.call] = layer._kernel_extras(values)
         return tuple(extras)
 
     # ------------------------------------------------------------------ generation

@@ -614,7 +614,7 @@ def test_chains_nest(three_layers, X):
     assert nested != flat
     deeper = jn.pipe(jn.pipe(jn.pipe(a)), jn.pipe(b, jn.pipe(c)))
     np.testing.assert_array_equal(deeper.forward(X), flat.forward(X))
-    assert deeper.output_shape((3,)) == (2,) and deeper.input_shape == (3,)
+    assert deeper.output_shape((3,)) == (2,) and deeper.output_shape((4, 3)) == (4, 2) and deeper.input_shape == (3,)
 
 
 def test_chain_grad_record_is_a_chain_of_member_grads(three_layers, X):

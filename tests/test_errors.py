@@ -108,10 +108,11 @@ def test_one_dimensional_input(entry):
     call_and_check(lambda: fn(bad), ValueError, name, f"({N_IN},)", f"({N},)")
 
 
-def test_three_dimensional_input(entry):
+def test_three_dimensional_input_of_the_wrong_width(entry):
+    """Dense takes (n, ..., n_in); leading axes of the wrong width are named as the width is."""
     fn, name, _ = entry
-    bad = np.ones((N, 2, N_IN), np.float32)
-    call_and_check(lambda: fn(bad), ValueError, name, f"({N_IN},)", f"(2, {N_IN})", f"({N}, 2, {N_IN})")
+    bad = np.ones((N, 2, N_IN + 3), np.float32)
+    call_and_check(lambda: fn(bad), ValueError, name, f"({N_IN},)", f"(2, {N_IN + 3})", f"({N}, 2, {N_IN + 3})")
 
 
 def test_direct_call_does_not_claim_a_position(dense):

@@ -1,4 +1,4 @@
-"""Dense (fully connected) layer: ``Y = X @ W + b``."""
+"""Dense (fully connected) layer: ``Y = X @ W + b`` on the last axis of inputs of any rank."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jitnn import random, validate
 from jitnn._blas import matmul
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
-from jitnn.protocol import Array, Kernels, Layer, layer, param, require_shape
+from jitnn.protocol import Array, Kernels, Layer, layer, param
 
 __all__ = ["Dense"]
 
@@ -51,13 +51,17 @@ class Dense(Layer):
     W : array (n_in, n_out)
     b : array (n_out,)
 
-    Input ``(n, n_in)``, output ``(n, n_out)``.
+    Input ``(n, ..., n_in)``, output ``(n, ..., n_out)``, as ``torch.nn.Linear``: the
+    product acts on the last axis, every leading axis is a row (a sequence's steps, for
+    example). The kernels see ``(rows, n_in)`` views (``rows = True``), so they compile once
+    per dtype whatever the rank.
     """
 
     W: Array = param()
     b: Array = param()
 
     kernels = Kernels(_dense_forward, _dense_grad_input, _dense_grad_params)
+    rows = True
 
     @classmethod
     def init(
@@ -91,11 +95,14 @@ class Dense(Layer):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """``(n_in,)``: the shape of one example of a batch ``(n, n_in)``; ``(..., n_in)`` is taken too."""
         return (self.n_in,)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        require_shape(input_shape, self.input_shape)
-        return (self.n_out,)
+        input_shape = tuple(input_shape)
+        if not input_shape or input_shape[-1] != self.n_in:
+            raise ValueError(f"expects per-example input shape ({self.n_in},) or (..., {self.n_in}), got {input_shape}")
+        return input_shape[:-1] + (self.n_out,)
 
     def label(self) -> str:
         """The class name with the short configuration that :func:`jitnn.summary` shows."""

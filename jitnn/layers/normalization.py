@@ -128,6 +128,7 @@ class LayerNorm(Layer):
         _layer_norm_forward, _layer_norm_plain_grad_input, _layer_norm_plain_grad_params,
         residuals=Residuals(_layer_norm_forward_residuals, _layer_norm_grad_input, _layer_norm_grad_params),
     )
+    rows = True  # normalizes the last axis: kernels see (rows, features) whatever the rank
 
     @classmethod
     def init(cls, key: random.Key | None, features: int, *, eps: float = 1e-5, dtype: Any = np.float32) -> LayerNorm:
