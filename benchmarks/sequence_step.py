@@ -23,7 +23,11 @@ One step is the forward pass, the loss, the backward pass and Adam's update:
   ``torch.optim.Adam``: ``zero_grad(set_to_none=True)``, ``backward``, ``step``; at
   ``--torch-threads`` threads (default: jitnn's BLAS thread count, shown in the header).
 
-PyTorch is optional: without it its column reads ``n/a``. (JAX is not timed here.)
+* ``jax``: the same model as a pure function under one ``jax.jit`` with ``jax.value_and_grad``
+  and Adam's update written out (``lax.scan`` for the GRU, ``lax.conv_general_dilated`` for
+  the CNN), at JAX's default threads.
+
+PyTorch and JAX are optional: without one, its columns read ``n/a``.
 
 Both start from jitnn's initial weights, copied into PyTorch's modules, and see the same
 batch. Before timing, the first step of each is compared: the two losses must agree to
@@ -33,7 +37,7 @@ for PyTorch) and never counted in the step times, which are medians of single-ca
 wall-clock times taken in rounds in which the two take turns, each turn after a short pause
 so that the other library's BLAS threads go idle first.
 
-The issue's aims, printed as a verdict: the GRU step at least 5x faster than PyTorch's, the
+The aims, printed as a verdict: the GRU step at least 5x faster than PyTorch's, the
 CNN's at least 2x.
 
 Usage::
@@ -228,11 +232,113 @@ def torch_step(torch: Any, net: Any, name: str, X: np.ndarray, T: np.ndarray) ->
     return run
 
 
+def jax_step(jax: Any, name: str, model: Any, X: np.ndarray, T: np.ndarray) -> Callable[[], float]:
+    """The same step in JAX: the model as a pure function of jitnn's initial weights, the
+    loss, ``jax.grad`` and Adam written out (Optax's ``adam`` update rule), all under one
+    ``jax.jit``."""
+    jnp, lax = jax.numpy, jax.lax
+
+    def dense(p: Any, x: Any) -> Any:
+        return x @ p["W"] + p["b"]
+
+    if name == "gru":
+        bi, head = model.layers[0], model.layers[2]
+        fields = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        params = {"forward": {f: jnp.asarray(getattr(bi, f)) for f in fields},
+                  "reverse": {f: jnp.asarray(getattr(bi, f + "_reverse")) for f in fields},
+                  "head": {"W": jnp.asarray(head.W), "b": jnp.asarray(head.b)}}
+
+        def direction(p: Any, x: Any, reverse: bool) -> Any:
+            hidden = p["weight_hh"].shape[1]
+            gi = jnp.swapaxes(x @ p["weight_ih"].T + p["bias_ih"], 0, 1)  # (T, n, 3H)
+
+            def cell(h: Any, g: Any) -> Any:
+                gh = h @ p["weight_hh"].T + p["bias_hh"]
+                r = jax.nn.sigmoid(g[:, :hidden] + gh[:, :hidden])
+                z = jax.nn.sigmoid(g[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+                n_ = jnp.tanh(g[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+                h = (1 - z) * n_ + z * h
+                return h, h
+
+            _, states = lax.scan(cell, jnp.zeros((x.shape[0], hidden), x.dtype), gi, reverse=reverse)
+            return jnp.swapaxes(states, 0, 1)
+
+        def apply(p: Any, x: Any) -> Any:
+            out = jnp.concatenate([direction(p["forward"], x, False), direction(p["reverse"], x, True)], axis=-1)
+            return dense(p["head"], out.reshape(x.shape[0], -1))
+    elif name == "cnn":
+        convs = [layer for layer in model.layers if type(layer).__name__ == "Conv1D"]
+        params = {"convs": [{"W": jnp.asarray(c.W), "b": jnp.asarray(c.b)} for c in convs],
+                  "head": {"W": jnp.asarray(model.layers[-1].W), "b": jnp.asarray(model.layers[-1].b)}}
+        geometry = [(c.stride, c.padding) for c in convs]
+
+        def apply(p: Any, x: Any) -> Any:
+            for q, (stride, padding) in zip(p["convs"], geometry):
+                x = lax.conv_general_dilated(x, q["W"], (stride,), [(padding, padding)], dimension_numbers=("NCH", "OIH", "NCH"))
+                x = jax.nn.relu(x + q["b"][None, :, None])
+            return dense(p["head"], x.reshape(x.shape[0], -1))
+    else:
+        attention_block, mlp_block = model.layers[0].inner, model.layers[1].inner
+        norm1, mha = attention_block.layers
+        norm2, up, _, down = mlp_block.layers
+        heads, eps = mha.num_heads, norm1.eps
+        arrays = lambda layer, names: {f: jnp.asarray(getattr(layer, f)) for f in names}
+        params = {"norm1": arrays(norm1, ("scale", "shift")), "norm2": arrays(norm2, ("scale", "shift")),
+                  "mha": arrays(mha, ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")),
+                  "up": arrays(up, ("W", "b")), "down": arrays(down, ("W", "b"))}
+
+        def layer_norm(p: Any, x: Any) -> Any:
+            mean = x.mean(-1, keepdims=True)
+            var = ((x - mean) ** 2).mean(-1, keepdims=True)
+            return (x - mean) / jnp.sqrt(var + eps) * p["scale"] + p["shift"]
+
+        def attention(p: Any, x: Any) -> Any:
+            n, steps, dim = x.shape
+            qkv = x @ p["in_proj_weight"].T + p["in_proj_bias"]
+            split = lambda a: a.reshape(n, steps, heads, dim // heads).transpose(0, 2, 1, 3)
+            q, k, v = (split(a) for a in jnp.split(qkv, 3, axis=-1))
+            scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dim // heads)
+            scores = jnp.where(jnp.tril(jnp.ones((steps, steps), bool)), scores, -jnp.inf)
+            context = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(n, steps, dim)
+            return context @ p["out_proj_weight"].T + p["out_proj_bias"]
+
+        def apply(p: Any, x: Any) -> Any:
+            x = x + attention(p["mha"], layer_norm(p["norm1"], x))
+            return x + dense(p["down"], jax.nn.gelu(dense(p["up"], layer_norm(p["norm2"], x)), approximate=False))
+
+    if name == "block":
+        loss = lambda p, x, t: jnp.mean((apply(p, x) - t) ** 2)
+    else:
+        loss = lambda p, x, t: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(apply(p, x)), t[:, None], axis=1))
+    b1, b2, lr, eps_adam = 0.9, 0.999, 1e-2, 1e-8
+
+    @jax.jit
+    def step(p: Any, m: Any, v: Any, count: Any, x: Any, t: Any) -> Any:
+        value, g = jax.value_and_grad(loss)(p, x, t)
+        count = count + 1
+        m = jax.tree_util.tree_map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
+        v = jax.tree_util.tree_map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
+        hat = lambda a, b: a / (1 - b ** count)
+        p = jax.tree_util.tree_map(lambda p_, m_, v_: p_ - lr * hat(m_, b1) / (jnp.sqrt(hat(v_, b2)) + eps_adam), p, m, v)
+        return p, m, v, count, value
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = {"p": params, "m": zeros, "v": zeros, "count": jnp.zeros((), jnp.float32)}
+    x, t = jnp.asarray(X), jnp.asarray(T if name == "block" else np.asarray(T, np.int32))
+
+    def run() -> float:
+        state["p"], state["m"], state["v"], state["count"], value = step(state["p"], state["m"], state["v"], state["count"], x, t)
+        return float(value)  # waits for the result
+
+    return run
+
+
 # --------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace, cold_cache: str | None) -> int:
     import jitnn as jn
 
     torch, _, torch_error = import_timed("torch")
+    jax, _, jax_error = import_timed("jax")
     from jitnn import _blas
 
     threads = _blas.auto_threads(100)  # what the compiled step uses at these batch sizes
@@ -245,13 +351,15 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         steps = {"jitnn": jitnn_step(jn, model, loss, X, T)}
         if torch is not None:
             steps["torch"] = torch_step(torch, torch_model(torch, name, model), name, X, T)
+        if jax is not None:
+            steps["jax"] = jax_step(jax, name, model, X, T)
         firsts, values = {}, {}
         for impl, step in steps.items():
             firsts[impl], values[impl] = first_call(step)
-        if "torch" in values:
-            difference = abs(values["torch"] - values["jitnn"]) / max(abs(values["jitnn"]), 1e-30)
+        for impl in values:
+            difference = abs(values[impl] - values["jitnn"]) / max(abs(values["jitnn"]), 1e-30)
             if difference > TOLERANCE:
-                stderr(f"{name}: the first step's losses differ: jitnn {values['jitnn']!r}, torch {values['torch']!r}")
+                stderr(f"{name}: the first step's losses differ: jitnn {values['jitnn']!r}, {impl} {values[impl]!r}")
                 failed = True
         stderr(f"{name}: timing")
         samples = measure_interleaved(steps, args.budget, pause=args.pause)
@@ -261,18 +369,22 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
             name, milliseconds(firsts["jitnn"]), milliseconds(median["jitnn"]),
             milliseconds(firsts.get("torch")), milliseconds(median.get("torch")),
             ratio(median.get("torch"), median["jitnn"]),
+            milliseconds(firsts.get("jax")), milliseconds(median.get("jax")),
+            ratio(median.get("jax"), median["jitnn"]),
         ])
         if name in AIMS and speedup is not None:
             met = "met" if speedup >= AIMS[name] else "**not met**"
             verdicts.append(f"- {name}: jitnn {speedup:.2f}x faster than PyTorch; aim at least {AIMS[name]:g}x: {met}")
     print("# Sequence models: one training step (Adam), jitnn's compiled step against PyTorch eager\n")
-    for line in describe_machine(["numpy", "numba", "torch"]):
+    for line in describe_machine(["numpy", "numba", "torch", "jax"]):
         print(line + "  ")
     load = load_average()
     print(f"jitnn BLAS threads {threads}; PyTorch threads {torch.get_num_threads() if torch is not None else 'n/a'}; "
           f"{thread_settings()}; {numba_cache_location(cold_cache)}; load average {load if load is not None else 'n/a'}"
-          + (f"; PyTorch not available ({torch_error})" if torch is None else "") + "\n")
-    print(markdown_table(["workload", "jitnn first step", "jitnn step", "PyTorch first step", "PyTorch step", "PyTorch / jitnn"], rows))
+          + (f"; PyTorch not available ({torch_error})" if torch is None else "")
+          + (f"; JAX not available ({jax_error})" if jax is None else "") + "\n")
+    print(markdown_table(["workload", "jitnn first step", "jitnn step", "PyTorch first step", "PyTorch step", "PyTorch / jitnn",
+                          "JAX first step", "JAX step", "JAX / jitnn"], rows))
     if verdicts:
         print("\n" + "\n".join(verdicts))
     return 1 if failed else 0
