@@ -90,10 +90,20 @@ class StepSource:
         """Whether the call's layer sees ``(rows, last axis)`` views of inputs of another rank."""
         return self.plan.sites[call.site].layer.rows and len(self.plan.slots[call.x]) != 1
 
-    def _flat(self, variable: str, call: Call) -> str:
-        """``variable`` as the call's kernels see it (see ``Layer._kernel_view``)."""
-        if self.plan.sites[call.site].layer.elementwise:
+    def _merges_trailing(self, call: Call, slot: int) -> bool:
+        """Whether the call's layer sees the array of ``slot`` with its trailing axes merged
+        (it has more axes than the layer's ``kernel_rank``)."""
+        rank = self.plan.sites[call.site].layer.kernel_rank
+        return rank is not None and 1 + len(self.plan.slots[slot]) > rank
+
+    def _flat(self, variable: str, call: Call, slot: int | None = None) -> str:
+        """``variable``, the array of ``slot`` (by default the call's input), as the call's
+        kernels see it (see ``Layer._kernel_view``)."""
+        layer = self.plan.sites[call.site].layer
+        if layer.elementwise:
             return f"ro({variable}.reshape(-1))"
+        if self._merges_trailing(call, call.x if slot is None else slot):
+            return f"ro({variable}.reshape({variable}.shape[:{layer.kernel_rank - 1}] + (-1,)))"
         return f"ro({variable}.reshape((-1, {variable}.shape[-1])))" if self._merges_rows(call) else f"ro({variable})"
 
     def _restored(self, call: Call, value: str | None = None) -> str:
@@ -104,6 +114,9 @@ class StepSource:
         x = f"s{call.x}"
         if self.plan.sites[call.site].layer.elementwise or (value is None and self._merges_rows(call)):
             return f".reshape({x}.shape)"
+        if self._merges_trailing(call, call.x):  # dX, and an output of the input's shape
+            keeps_shape = self.plan.slots[call.y] == self.plan.slots[call.x]
+            return f".reshape({x}.shape)" if value is None or keeps_shape else ""
         return f".reshape({x}.shape[:-1] + {value}.shape[-1:])" if self._merges_rows(call) else ""
 
     def _forward_call(self, call: Call, keep: bool) -> tuple[str, str | None]:
@@ -147,7 +160,7 @@ class StepSource:
         site = self.plan.sites[call.site]
         layer = site.layer
         kernels = layer.kernels
-        x_in, dy_in = self._flat(f"s{call.x}", call), self._flat(dy, call)
+        x_in, dy_in = self._flat(f"s{call.x}", call), self._flat(dy, call, call.y)
         if r is not None:
             head, arguments = f"{x_in}, {dy_in}, {r}", self._arguments(call, True)
             grad_params, grad_input = kernels.residuals.grad_params, kernels.residuals.grad_input

@@ -22,7 +22,7 @@ Everything else (the passes, the optimizers, the gradient checks) is written onc
 terms of these answers. The Python methods here validate every array before a kernel
 sees it, because kernels do not check bounds, and hand kernels read-only arrays only.
 
-Four optional extensions, each a class attribute or method of the record:
+Five optional extensions, each a class attribute or method of the record:
 
 - ``elementwise = True``: the kernels get flat (1-D) views and the result takes ``X``'s
   shape again, so they compile once per dtype whatever the input's rank;
@@ -30,6 +30,11 @@ Four optional extensions, each a class attribute or method of the record:
   into rows (``(n, ..., d) -> (n ..., d)``), and the output takes the leading axes back, so
   a layer that acts on the last axis (``Dense``, ``LayerNorm``) works on inputs of any rank
   with kernels compiled once per dtype;
+- ``kernel_rank = r``: the kernels get arrays of at most ``r`` axes, the axes from the
+  ``r``-th on merged into one (``(n, C, H, W) -> (n, C, H W)`` for ``r = 3``), and an output
+  of the merged input's shape (``dX``) takes the input's shape back, so a layer that
+  reduces or acts on the trailing axes as a whole (``GlobalAvgPool``) works on inputs of
+  any rank with kernels compiled once per dtype;
 - ``needs_context = True``: :meth:`Layer.call_args` turns the pass's :class:`Context`
   (training mode, key) and the input's shape and dtype into extra kernel arguments
   appended after ``config`` (a dropout mask), kept in the trace for the backward pass;
@@ -224,6 +229,11 @@ class Layer:
     #: True for a layer that acts on the last axis alone: its kernels are handed 2-D views
     #: ``(rows, last axis)`` of inputs of any rank, and outputs take the leading axes back.
     rows: ClassVar[bool] = False
+    #: For a layer whose kernels take arrays of a fixed rank ``r``: every array of more axes
+    #: is handed to them with its axes from the ``r``-th on merged into one (``(n, C, H, W)
+    #: -> (n, C, H W)`` for 3), and an output of the merged input's shape takes the input's
+    #: shape back. ``None``: arrays as they are.
+    kernel_rank: ClassVar[int | None] = None
 
     # ------------------------------------------------------------------ the shape rule
     @property
@@ -394,7 +404,7 @@ class Layer:
                     raise ValueError(f"{describe(self, where)}: gradient of {name} has shape {grad.shape}, expected {getattr(self, name).shape}")
         if inputs:
             dX = grad_input(*head, *arguments) if dX is None else dX
-            dX = dX.reshape(X.shape) if self.elementwise or self.rows else dX
+            dX = dX.reshape(X.shape) if self.elementwise or self.rows or self.kernel_rank is not None else dX
             if dX.shape != X.shape:
                 raise ValueError(f"{describe(self, where)}: grad_input kernel returned shape {dX.shape}, the input has {X.shape}")
         return grads, dX
@@ -417,14 +427,18 @@ class Layer:
 
     def _kernel_view(self, A: Array) -> Array:
         """``A`` as the kernels see it: flat for an element-wise layer, ``(rows, last
-        axis)`` for a ``rows`` layer, as it is otherwise."""
+        axis)`` for a ``rows`` layer, its trailing axes merged down to ``kernel_rank`` axes,
+        as it is otherwise."""
         if self.elementwise:
             return A.reshape(-1)
-        return A.reshape(-1, A.shape[-1]) if self.rows and A.ndim != 2 else A
+        if self.rows:
+            return A.reshape(-1, A.shape[-1]) if A.ndim != 2 else A
+        rank = self.kernel_rank
+        return A.reshape(A.shape[: rank - 1] + (-1,)) if rank is not None and A.ndim > rank else A
 
     def _kernel_extras(self, extras: tuple[Any, ...]) -> tuple[Any, ...]:
         """Per-call arguments as the kernels get them: arrays viewed as :meth:`_kernel_view` views ``X``."""
-        if not (self.elementwise or self.rows):
+        if not (self.elementwise or self.rows or self.kernel_rank is not None):
             return extras
         return tuple(self._kernel_view(v) if isinstance(v, np.ndarray) else v for v in extras)
 
@@ -432,7 +446,12 @@ class Layer:
         """A kernel's output ``Y`` for the input ``X``, with the axes :meth:`_kernel_view` merged given back."""
         if self.elementwise:
             return Y.reshape(X.shape)
-        return Y.reshape(X.shape[:-1] + Y.shape[-1:]) if self.rows and X.ndim != 2 else Y
+        if self.rows:
+            return Y.reshape(X.shape[:-1] + Y.shape[-1:]) if X.ndim != 2 else Y
+        rank = self.kernel_rank
+        if rank is not None and X.ndim > rank and Y.shape == X.shape[: rank - 1] + (int(np.prod(X.shape[rank - 1 :])),):
+            return Y.reshape(X.shape)
+        return Y
 
     # ------------------------------------------------------------------ description
     def label(self) -> str:

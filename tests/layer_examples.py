@@ -130,6 +130,24 @@ def pooling(cls: type, ref: Any, **config: Any) -> LayerExample:
     )
 
 
+# NCL batches (n=2, C=2, L=9).
+def make_conv1d(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
+    """A strided, padded and dilated convolution of sequences: 2 -> 3 channels, kernel 3."""
+    W, b = 0.5 * rng.normal(size=(3, 2, 3)), rng.normal(size=3)
+    layer = jn.Conv1D(W=W.astype(dtype), b=b.astype(dtype), stride=2, padding=2, dilation=2)
+    return layer, away_from_zero(rng, (2, 2, 9), dtype)
+
+
+def pooling_1d(cls: type, ref: Any, **config: Any) -> LayerExample:
+    def make(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
+        return cls(**config), distinct_values(rng, (2, 2, 9), dtype)
+
+    return LayerExample(
+        make=make,
+        reference=lambda layer: (ref, (), {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding}),
+    )
+
+
 LAYER_EXAMPLES.update({
     jn.Conv2D: LayerExample(
         make=make_conv,
@@ -141,6 +159,20 @@ LAYER_EXAMPLES.update({
     ),
     jn.MaxPool2D: pooling(jn.MaxPool2D, reference_spatial.MaxPool2D, kernel_size=3, stride=2, padding=1),
     jn.AvgPool2D: pooling(jn.AvgPool2D, reference_spatial.AvgPool2D, kernel_size=(2, 3), stride=(1, 2), padding=1),
+    jn.Conv1D: LayerExample(
+        make=make_conv1d,
+        reference=lambda layer: (
+            reference_spatial.Conv1D,
+            (layer.W, layer.b),
+            {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation},
+        ),
+    ),
+    jn.MaxPool1D: pooling_1d(jn.MaxPool1D, reference_spatial.MaxPool1D, kernel_size=3, stride=2, padding=1),
+    jn.AvgPool1D: pooling_1d(jn.AvgPool1D, reference_spatial.AvgPool1D, kernel_size=4, stride=3, padding=2),
+    jn.GlobalAvgPool: LayerExample(  # images: the kernels see (n, C, H W)
+        make=lambda dtype, rng: (jn.GlobalAvgPool(), away_from_zero(rng, (2, 3, 2, 3), dtype)),
+        reference=lambda layer: (reference_spatial.GlobalAvgPool, (), {}),
+    ),
     jn.Flatten: LayerExample(
         make=lambda dtype, rng: (jn.Flatten(), away_from_zero(rng, (2, 2, 3, 2), dtype)),
         reference=lambda layer: (reference_spatial.Flatten, (), {}),

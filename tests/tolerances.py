@@ -532,6 +532,116 @@ class _Pool:
 _rule(jn.MaxPool2D, jn.AvgPool2D)(_Pool)
 
 
+def _conv1d_config(layer: jn.Conv1D) -> dict[str, Any]:
+    return {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation}
+
+
+class _Conv1D:
+    """As :class:`_Conv2D` on sequences (its kernels are Conv2D's on a height of 1): ``y`` sums
+    ``C k`` products and the bias, ``gamma(C k + 1)``; an element of ``dx`` at most ``out k``
+    products; ``dW`` and ``db`` sum over ``n Lo`` positions. The magnitudes are the 1-D
+    reference's loops on absolute values."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        W, b, config = _f64(layer.W), _f64(layer.b), _conv1d_config(layer)
+        conv = reference_spatial.Conv1D
+        Y = conv.forward(X, W, b, **config)
+        aX, aW = absolute(X, W)
+        terms = W[0].size + 1
+        return Y, conv.forward(eX, aW, 0 * b, **config) + gamma(terms, dtype) * conv.forward(aX, aW, np.abs(b), **config), None
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        X, eX = saved.X, saved.eX
+        W, b, config = _f64(layer.W), _f64(layer.b), _conv1d_config(layer)
+        conv = reference_spatial.Conv1D
+        aX, aW, adY = absolute(X, W, dY)
+        out, _, k = W.shape
+        dX = conv.grad_input(X, dY, W, b, **config)
+        edX = conv.grad_input(X, edY, aW, b, **config) + gamma(out * k, dtype) * conv.grad_input(X, adY, aW, b, **config)
+        dW, db = conv.grad_params(X, dY, W, b, **config)
+        positions = dY.shape[0] * dY.shape[2]
+        edW = conv.grad_params(aX, edY, W, b, **config)[0] + conv.grad_params(eX, adY, W, b, **config)[0]
+        edW = edW + gamma(positions, dtype) * conv.grad_params(aX, adY, W, b, **config)[0]
+        edb = edY.sum(axis=(0, 2)) + gamma(positions, dtype) * adY.sum(axis=(0, 2))
+        return Gradients(dX, edX, [dW, db], [edW, edb])
+
+
+_rule(jn.Conv1D)(_Conv1D)
+
+
+def _near_ties_1d(X: np.ndarray, eX: np.ndarray, kernel_size: int, stride: int, padding: int) -> np.ndarray:
+    """:func:`_near_ties` for sequences ``(n, C, L)``."""
+    marks = np.zeros(reference_spatial._padded_1d(X, padding, 0.0).shape)
+    Xp = reference_spatial._padded_1d(X, padding, -np.inf)
+    Ep = reference_spatial._padded_1d(eX, padding, 0.0)
+    for t in range(reference_spatial._output_size(X.shape[2], kernel_size, stride, padding)):
+        window = reference_spatial._window_1d(t, kernel_size, stride)
+        values, errors = Xp[:, :, window], Ep[:, :, window]
+        top = values.max(axis=2, keepdims=True)
+        top_error = np.where(values == top, errors, 0).max(axis=2, keepdims=True)
+        rivals = (values != top) & (top - values <= errors + top_error)
+        close = rivals.any(axis=2, keepdims=True) & np.isfinite(top)
+        marks[:, :, window] = np.maximum(marks[:, :, window], np.broadcast_to(close, values.shape))
+    return reference_spatial._unpadded_1d(marks, padding)
+
+
+class _Pool1D:
+    """As :class:`_Pool` on sequences: MaxPool1D's ``y`` is one of the window's elements,
+    ``dx`` sums at most ``k`` routed ``dy`` (``gamma(k)``), and an input error that could change
+    a window's maximum may send ``|dy|`` to any of its elements; AvgPool1D's ``y`` a window's
+    sum and a division (``gamma(k + 1)``), ``dx`` at most ``k`` quotients (``gamma(k + 2)``)."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        config = _pool_config(layer)
+        k = layer.kernel_size
+        if isinstance(layer, jn.MaxPool1D):
+            pool = reference_spatial.MaxPool1D
+            eY = pool.forward(reference_spatial._padded_1d(eX, layer.padding, 0.0), k, layer.stride, 0)
+            return pool.forward(X, **config), eY, None
+        pool = reference_spatial.AvgPool1D
+        return pool.forward(X, **config), pool.forward(eX, **config) + gamma(k + 1, dtype) * pool.forward(np.abs(X), **config), None
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        X, eX = saved.X, saved.eX
+        config = _pool_config(layer)
+        k = layer.kernel_size
+        maximum = isinstance(layer, jn.MaxPool1D)
+        pool = reference_spatial.MaxPool1D if maximum else reference_spatial.AvgPool1D
+        dX = pool.grad_input(X, dY, **config)
+        edX = pool.grad_input(X, edY, **config) + gamma(k if maximum else k + 2, dtype) * pool.grad_input(X, np.abs(dY), **config)
+        if maximum and np.any(eX):
+            spread = reference_spatial.AvgPool1D.grad_input(X, np.abs(dY) + edY, **config) * k
+            edX = edX + _near_ties_1d(X, eX, **config) * spread
+        return Gradients(dX, edX, [], [])
+
+
+_rule(jn.MaxPool1D, jn.AvgPool1D)(_Pool1D)
+
+
+class _GlobalAvgPool:
+    """Per channel of an example, ``m`` values: ``y`` a sum and a division, ``gamma(m + 1)`` of
+    the mean of ``|x|``; ``dx = dy / m``, a division and the store, ``gamma(2)``."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        pool = reference_spatial.GlobalAvgPool
+        m = X[0, 0].size
+        return pool.forward(X), pool.forward(eX) + gamma(m + 1, dtype) * pool.forward(np.abs(X)), None
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        pool = reference_spatial.GlobalAvgPool
+        dX = pool.grad_input(saved.X, dY)
+        return Gradients(dX, pool.grad_input(saved.X, edY) + gamma(2, dtype) * np.abs(dX), [], [])
+
+
+_rule(jn.GlobalAvgPool)(_GlobalAvgPool)
+
+
 class _LayerNorm:
     """Per row of ``k`` features (exact inputs only): the mean ``gamma(k + 1)`` of ``|x|``; ``d =
     x - mean``; the variance ``mean(2 |d| e_d) + gamma(k + 2) var``; ``1 / sqrt(var + eps)``

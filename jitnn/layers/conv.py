@@ -1,4 +1,4 @@
-"""Two-dimensional convolution over NCHW batches, one example at a time, through columns and matrix products.
+"""Convolution over NCHW (and NCL) batches, one example at a time, through columns and matrix products.
 
 ``Conv2D`` computes the cross-correlation PyTorch's ``Conv2d`` computes, with the same weight
 layout ``W (out_channels, in_channels, kh, kw)``, so weights move between the two unchanged.
@@ -24,8 +24,13 @@ Wo)`` (a view: the output gradient's own layout, no axes swapped),
 A kernel fills one columns buffer (``C kh kw + 1`` rows, ``Ho Wo`` columns) for every example in
 turn, so no temporary grows with the batch and each product works in cache.
 
-The helpers shared with the pooling layers also live here: the pair fields of the
-configuration and the spatial shape rule.
+``Conv1D`` is the same layer on sequences ``(n, C, L)``, as PyTorch's ``Conv1d``: its kernels
+are thin wrappers that view ``X (n, C, L)`` as ``(n, C, 1, L)`` and ``W (out, C, k)`` as
+``(out, C, 1, k)`` and call ``Conv2D``'s kernels with the pairs ``(1, stride)``, ``(0,
+padding)`` and ``(1, dilation)``; its shape rule is the same :func:`spatial_output_size`.
+
+The helpers shared with the pooling layers also live here: the pair and integer fields of
+the configuration and the spatial shape rule.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from jitnn._checks import check_float_dtype
 from jitnn._jit import as_readonly, jit
 from jitnn.protocol import Array, Kernels, Layer, Residuals, layer, param
 
-__all__ = ["Conv2D"]
+__all__ = ["Conv1D", "Conv2D"]
 
 Pair = tuple[int, int]
 
@@ -213,6 +218,81 @@ def _conv2d_grad_params_residuals(X, dY, R, W, b, stride, padding, dilation):
     return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
 
 
+# One-dimensional convolution: Conv2D's kernels on a height of 1. The pairs are built from
+# np.int64 values (a tuple holding the constant 1 would be typed with a literal and compile
+# the 2-D kernels once more), so the 2-D kernels run with the signatures Conv2D gives them.
+@jit
+def _conv1d_forward(X, W, b, stride, padding, dilation):
+    """Y = Conv2D's forward of X (n, C, 1, L) with W (out, C, 1, k);  -> Y (n, out, Lo)."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    Y = _conv2d_forward(
+        X.reshape((n, C, 1, L)), W.reshape((out, C, 1, k)), b, (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)),
+        (np.int64(1), np.int64(dilation)),
+    )
+    return Y.reshape((n, out, Y.shape[3]))
+
+
+@jit
+def _conv1d_grad_input(X, dY, W, b, stride, padding, dilation):
+    """dX = Conv2D's grad_input on a height of 1;  dY (n, out, Lo) -> dX (n, C, L)."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    dX = _conv2d_grad_input(
+        X.reshape((n, C, 1, L)), dY.reshape((n, out, 1, dY.shape[2])), W.reshape((out, C, 1, k)), b,
+        (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)), (np.int64(1), np.int64(dilation)),
+    )
+    return dX.reshape((n, C, L))
+
+
+@jit
+def _conv1d_grad_params(X, dY, W, b, stride, padding, dilation):
+    """[dW db] = Conv2D's grad_params on a height of 1;  -> dW (out, C, k), db (out,)."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    dW, db = _conv2d_grad_params(
+        X.reshape((n, C, 1, L)), dY.reshape((n, out, 1, dY.shape[2])), W.reshape((out, C, 1, k)), b,
+        (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)), (np.int64(1), np.int64(dilation)),
+    )
+    return dW.reshape((out, C, k)), db
+
+
+@jit
+def _conv1d_forward_residuals(X, W, b, stride, padding, dilation):
+    """Y as :func:`_conv1d_forward`, and Conv2D's residuals R = (columns,) (n, C k + 1, Lo)."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    Y, R = _conv2d_forward_residuals(
+        X.reshape((n, C, 1, L)), W.reshape((out, C, 1, k)), b, (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)),
+        (np.int64(1), np.int64(dilation)),
+    )
+    return Y.reshape((n, out, Y.shape[3])), R
+
+
+@jit
+def _conv1d_grad_input_residuals(X, dY, R, W, b, stride, padding, dilation):
+    """dX as :func:`_conv1d_grad_input`, through Conv2D's residual kernel."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    dX = _conv2d_grad_input_residuals(
+        X.reshape((n, C, 1, L)), dY.reshape((n, out, 1, dY.shape[2])), R, W.reshape((out, C, 1, k)), b,
+        (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)), (np.int64(1), np.int64(dilation)),
+    )
+    return dX.reshape((n, C, L))
+
+
+@jit
+def _conv1d_grad_params_residuals(X, dY, R, W, b, stride, padding, dilation):
+    """[dW db] from the columns in R, through Conv2D's residual kernel;  -> dW (out, C, k), db (out,)."""
+    n, C, L = X.shape
+    out, k = W.shape[0], W.shape[2]
+    dW, db = _conv2d_grad_params_residuals(
+        X.reshape((n, C, 1, L)), dY.reshape((n, out, 1, dY.shape[2])), R, W.reshape((out, C, 1, k)), b,
+        (np.int64(1), np.int64(stride)), (np.int64(0), np.int64(padding)), (np.int64(1), np.int64(dilation)),
+    )
+    return dW.reshape((out, C, k)), db
+
+
 # --------------------------------------------------------------------------- pair fields
 def int_pair(value: Any) -> Any:
     """``(v, v)`` for an integer ``v``, a tuple of two Python ints for a pair of integers.
@@ -249,24 +329,54 @@ def pair_field(default: Any = attrs.NOTHING, *, minimum: int, optional: bool = F
     return attrs.field(default=default, converter=int_pair, validator=validate)
 
 
+def plain_int(value: Any) -> Any:
+    """A Python int for an integer (NumPy's included); anything else unchanged, for the
+    field's validator to report with the layer's name."""
+    return int(value) if validate.is_integer(value) else value
+
+
+def int_field(default: Any = attrs.NOTHING, *, minimum: int, optional: bool = False) -> Any:
+    """A configuration field holding a Python int, at least ``minimum``; ``optional`` also
+    accepts ``None``. A refused value raises ``ValueError`` (out of range) or ``TypeError``
+    (not an integer: a float, a bool, a pair), naming the layer and the field."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        who = type(instance).__name__
+        if optional:
+            validate.optional(value, who, attribute.name, check=validate.integer, low=minimum, wrong_type=TypeError)
+        else:
+            validate.integer(value, who, attribute.name, low=minimum, wrong_type=TypeError)
+
+    return attrs.field(default=default, converter=plain_int, validator=check)
+
+
 # --------------------------------------------------------------------------- the shape rule
-def spatial_output_size(input_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, dilation: Pair = (1, 1)) -> Pair:
-    """``(Ho, Wo)`` for a per-example input ``(C, H, W)``; ``ValueError`` unless the input is
-    three-dimensional with positive sizes and the (dilated) kernel fits the padded image."""
+def spatial_output_size(
+    input_shape: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """``(Ho, Wo)`` for a per-example input ``(C, H, W)`` and pairs of configuration, or
+    ``(Lo,)`` for a sequence ``(C, L)`` and one-element tuples (``kernel = (k,)``...); the
+    dilation defaults to 1. ``ValueError`` unless the input has one axis more than the
+    configuration, with positive sizes, and the (dilated) kernel fits the padded input."""
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"expects per-example input of shape (channels, height, width), a batch (n, C, H, W), "
-            f"got per-example shape {input_shape}"
-        )
+    axes = len(kernel)
+    dilation = (1,) * axes if dilation is None else tuple(dilation)
+    thing = "image" if axes == 2 else "sequence"
+    if len(input_shape) != axes + 1:
+        layout = "(channels, height, width), a batch (n, C, H, W)" if axes == 2 else "(channels, length), a batch (n, C, L)"
+        raise ValueError(f"expects per-example input of shape {layout}, got per-example shape {input_shape}")
     if min(input_shape) < 1:
-        raise ValueError(f"expects positive channels, height and width, got per-example shape {input_shape}")
+        sizes = "channels, height and width" if axes == 2 else "channels and length"
+        raise ValueError(f"expects positive {sizes}, got per-example shape {input_shape}")
+    show = (lambda v: tuple(v)) if axes == 2 else (lambda v: v[0])
     extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
     padded = tuple(s + 2 * p for s, p in zip(input_shape[1:], padding))
-    if extent[0] > padded[0] or extent[1] > padded[1]:
-        what = f"dilated kernel {extent} (kernel {kernel}, dilation {dilation})" if dilation != (1, 1) else f"kernel {kernel}"
-        raise ValueError(f"the {what} is larger than the padded image {padded} (image {input_shape[1:]}, padding {padding})")
-    return tuple((s - e) // t + 1 for s, e, t in zip(padded, extent, stride))  # type: ignore[return-value]
+    if any(e > p for e, p in zip(extent, padded)):
+        dilated = any(d != 1 for d in dilation)
+        what = f"dilated kernel {show(extent)} (kernel {show(kernel)}, dilation {show(dilation)})" if dilated else f"kernel {show(kernel)}"
+        size = f"image {input_shape[1:]}" if axes == 2 else f"length {input_shape[1]}"
+        raise ValueError(f"the {what} is larger than the padded {thing} {show(padded)} ({size}, padding {show(padding)})")
+    return tuple((s - e) // t + 1 for s, e, t in zip(padded, extent, stride))
 
 
 def pair_text(value: Pair) -> str:
@@ -389,3 +499,122 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         dilation = f", dilation {pair_text(self.dilation)}" if self.dilation != (1, 1) else ""
         return f"{type(self).__name__}({self.in_channels} -> {self.out_channels}, {kh}x{kw}, stride {pair_text(self.stride)}, padding {pair_text(self.padding)}{dilation})"
+
+
+@layer
+class Conv1D(Layer):
+    """One-dimensional convolution (cross-correlation, as PyTorch's ``Conv1d``) of NCL batches.
+
+    ``Y[i, o, t] = b[o] + sum_(c, a) W[o, c, a] X[i, c, t s + a d - p]``, with zeros outside
+    the sequence (the padding).
+
+    Parameters
+    ----------
+    W : array (out_channels, in_channels, k)
+        PyTorch's layout: ``Conv1D(W=conv.weight.detach().numpy(), b=conv.bias.detach().numpy(), ...)``.
+    b : array (out_channels,)
+    stride, padding, dilation : int
+        Stride and dilation positive, padding non-negative.
+    input_length : int or None
+        Optionally, the sequence length ``L`` this layer is used on. When given, the layer
+        states its whole per-example input shape ``(in_channels, L)``, so that a model that
+        starts with it is checked when it is composed (for example a ``Dense`` width after
+        ``Flatten``); when ``None``, any length the kernel fits is accepted.
+
+    Input ``(n, in_channels, L)``, output ``(n, out_channels, Lo)`` with
+    ``Lo = (L + 2 p - d (k - 1) - 1) // s + 1``. The kernels are ``Conv2D``'s, on the input
+    viewed as ``(n, C, 1, L)``.
+    """
+
+    W: Array = param()
+    b: Array = param()
+    stride: int = int_field(1, minimum=1)
+    padding: int = int_field(0, minimum=0)
+    dilation: int = int_field(1, minimum=1)
+    input_length: int | None = int_field(None, minimum=1, optional=True)
+
+    kernels = Kernels(
+        _conv1d_forward, _conv1d_grad_input, _conv1d_grad_params,
+        residuals=Residuals(_conv1d_forward_residuals, _conv1d_grad_input_residuals, _conv1d_grad_params_residuals),
+    )
+
+    @classmethod
+    def init(
+        cls,
+        key: random.Key,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        *,
+        input_length: int | None = None,
+        weight_init: initializers.Initializer = initializers.he_uniform,
+        bias_init: initializers.Initializer = initializers.zeros,
+        dtype: Any = np.float32,
+    ) -> Conv1D:
+        """A new layer with ``W (out_channels, in_channels, k)`` drawn by ``weight_init`` and
+        ``b (out_channels,)`` by ``bias_init`` from ``key``.
+
+        The default is He (Kaiming) uniform weights, ``U(-a, a)`` with ``a = sqrt(6 / fan_in)``
+        and ``fan_in = in_channels k``, suited to ReLU networks, and a zero bias, as for
+        ``Conv2D``. (PyTorch's own default draws both from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.)
+        """
+        who = "Conv1D.init"
+        in_channels = validate.positive_int(in_channels, who, "in_channels")
+        out_channels = validate.positive_int(out_channels, who, "out_channels")
+        k = validate.positive_int(kernel_size, who, "kernel_size", wrong_type=TypeError)
+        dtype = check_float_dtype(dtype, who)
+        weight_key, bias_key = random.split(key)
+        return cls(
+            W=weight_init(weight_key, (out_channels, in_channels, k), dtype=dtype),
+            b=bias_init(bias_key, (out_channels,), dtype=dtype),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            input_length=input_length,
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def kernel_size(self) -> int:
+        return self.W.shape[2]
+
+    def check_params(self) -> None:
+        if self.W.ndim != 3 or min(self.W.shape) < 1 or self.b.shape != (self.W.shape[0],):
+            raise ValueError(
+                f"Conv1D: W must have shape (out_channels, in_channels, k) with positive sizes and b "
+                f"(out_channels,), got W {self.W.shape} and b {self.b.shape}"
+            )
+
+    def config(self) -> tuple[Any, ...]:
+        return (self.stride, self.padding, self.dilation)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return None if self.input_length is None else (self.in_channels, self.input_length)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        input_shape = tuple(input_shape)
+        if len(input_shape) == 2 and input_shape[0] != self.in_channels:
+            raise ValueError(f"expects {self.in_channels} input channels, got per-example shape {input_shape} (channels first)")
+        (length,) = spatial_output_size(input_shape, (self.kernel_size,), (self.stride,), (self.padding,), (self.dilation,))
+        if self.input_length is not None and input_shape[1] != self.input_length:
+            raise ValueError(f"expects per-example input shape {self.input_shape} (its input_length), got {input_shape}")
+        return (self.out_channels, length)
+
+    def label(self) -> str:
+        """The class name with the short configuration that :func:`jitnn.summary` shows."""
+        dilation = f", dilation {self.dilation}" if self.dilation != 1 else ""
+        return (
+            f"{type(self).__name__}({self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}, "
+            f"stride {self.stride}, padding {self.padding}{dilation})"
+        )
