@@ -13,7 +13,9 @@ The models and training are the paper's reference ones (``mnist1d/models.py``,
 (``x[(step * 100) % 4000:][:100]``), 6,000 steps, softmax cross-entropy, test accuracy at
 the end. The CNN is written with ``Conv1D`` and the GRU is bidirectional, as PyTorch's
 ``nn.GRU(1, 6, bidirectional=True, batch_first=True)``, every step's output flattened into
-``Dense(480, 10)``. Each model trains through one compiled step (``jn.compile_step``).
+``Dense(480, 10)``. Every layer starts from PyTorch's default initialization, as the paper's
+did (the GRU's is jitnn's default too). Each model trains through one compiled step
+(``jn.compile_step``).
 """
 
 from __future__ import annotations
@@ -49,17 +51,33 @@ def load_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- the models
+def pytorch_default(fan_in: int) -> jn.init.Initializer:
+    """PyTorch's default initialization of ``nn.Linear`` and ``nn.Conv1d``, weights and biases
+    alike: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, as the paper's models were initialized."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=np.float32: jn.random.uniform(key, shape, -bound, bound, dtype)
+
+
+def dense(key: jn.random.Key, n_in: int, n_out: int) -> jn.Dense:
+    return jn.Dense.init(key, n_in, n_out, weight_init=pytorch_default(n_in), bias_init=pytorch_default(n_in))
+
+
+def conv1d(key: jn.random.Key, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> jn.Conv1D:
+    init = pytorch_default(in_channels * kernel_size)
+    return jn.Conv1D.init(key, in_channels, out_channels, kernel_size, stride, padding, weight_init=init, bias_init=init)
+
+
 def logistic(key: jn.random.Key) -> tuple[jn.Layer, Callable[[np.ndarray], np.ndarray]]:
-    return jn.Dense.init(key, 40, 10), lambda x: x
+    return dense(key, 40, 10), lambda x: x
 
 
 def mlp(key: jn.random.Key) -> tuple[jn.Layer, Callable[[np.ndarray], np.ndarray]]:
     """40-100-100-10 with ReLU and a residual around the second layer: h = h + relu(W2 h)."""
     k1, k2, k3 = jn.random.split(key, 3)
     model = jn.pipe(
-        jn.Dense.init(k1, 40, 100), jn.ReLU(),
-        jn.Residual(jn.pipe(jn.Dense.init(k2, 100, 100), jn.ReLU())),
-        jn.Dense.init(k3, 100, 10),
+        dense(k1, 40, 100), jn.ReLU(),
+        jn.Residual(jn.pipe(dense(k2, 100, 100), jn.ReLU())),
+        dense(k3, 100, 10),
     )
     return model, lambda x: x
 
@@ -69,11 +87,11 @@ def cnn(key: jn.random.Key) -> tuple[jn.Layer, Callable[[np.ndarray], np.ndarray
     stride 2, padding 1, twice) with ReLU: 40 -> 19 -> 10 -> 5 steps; then Dense(125, 10)."""
     k1, k2, k3, k4 = jn.random.split(key, 4)
     model = jn.pipe(
-        jn.Conv1D.init(k1, 1, 25, 5, stride=2, padding=1), jn.ReLU(),
-        jn.Conv1D.init(k2, 25, 25, 3, stride=2, padding=1), jn.ReLU(),
-        jn.Conv1D.init(k3, 25, 25, 3, stride=2, padding=1), jn.ReLU(),
+        conv1d(k1, 1, 25, 5, stride=2, padding=1), jn.ReLU(),
+        conv1d(k2, 25, 25, 3, stride=2, padding=1), jn.ReLU(),
+        conv1d(k3, 25, 25, 3, stride=2, padding=1), jn.ReLU(),
         jn.Flatten(),
-        jn.Dense.init(k4, 125, 10),
+        dense(k4, 125, 10),
     )
     return model, lambda x: x.reshape(len(x), 1, 40)  # (n, channels, length)
 
@@ -82,7 +100,7 @@ def gru(key: jn.random.Key) -> tuple[jn.Layer, Callable[[np.ndarray], np.ndarray
     """A bidirectional GRU, hidden size 6, over the 40 steps of one feature; every step's
     output (n, 40, 12) flattened into Dense(480, 10)."""
     k1, k2 = jn.random.split(key)
-    model = jn.pipe(jn.GRU.init(k1, 1, 6, bidirectional=True), jn.Flatten(), jn.Dense.init(k2, 480, 10))
+    model = jn.pipe(jn.GRU.init(k1, 1, 6, bidirectional=True), jn.Flatten(), dense(k2, 480, 10))
     return model, lambda x: x.reshape(len(x), 40, 1)  # (n, steps, features)
 
 
