@@ -344,21 +344,37 @@ def _logsumexp(Y):
 
 
 class SoftmaxCrossEntropy:
-    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - Y[i, T[i]]``."""
+    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - Y[i, T[i]]``;
+    or ``Y (n, ..., k)`` with ``T (n, ...)``: the mean over every position. With
+    ``ignore_label``, positions of that label are left out of the mean (0 and a zero
+    gradient where all are)."""
 
     @staticmethod
-    def value(Y, T):
+    def _rows(Y, T, ignore_label):
         Y, T = _f64(Y), np.asarray(T).astype(np.int64)
-        rows = np.arange(Y.shape[0])
-        return float(np.mean(_logsumexp(Y) - Y[rows, T]))
+        Y, T = Y.reshape(-1, Y.shape[-1]), T.reshape(-1)
+        counted = np.ones(T.shape, bool) if ignore_label is None else T != ignore_label
+        return Y, T, counted
 
-    @staticmethod
-    def grad(Y, T):
-        Y, T = _f64(Y), np.asarray(T).astype(np.int64)
-        n, k = Y.shape
-        onehot = np.zeros((n, k))
-        onehot[np.arange(n), T] = 1.0
-        return (Softmax.forward(Y) - onehot) / n
+    @classmethod
+    def value(cls, Y, T, ignore_label=None):
+        Y, T, counted = cls._rows(Y, T, ignore_label)
+        if not counted.any():
+            return 0.0
+        rows = np.flatnonzero(counted)
+        return float(np.mean(_logsumexp(Y[rows]) - Y[rows, T[rows]]))
+
+    @classmethod
+    def grad(cls, Y, T, ignore_label=None):
+        shape = np.shape(Y)
+        Y, T, counted = cls._rows(Y, T, ignore_label)
+        rows = np.flatnonzero(counted)
+        grad = np.zeros(Y.shape)
+        if rows.size:
+            onehot = np.zeros((rows.size, Y.shape[1]))
+            onehot[np.arange(rows.size), T[rows]] = 1.0
+            grad[rows] = (Softmax.forward(Y[rows]) - onehot) / rows.size
+        return grad.reshape(shape)
 
 
 class MeanSquaredError:

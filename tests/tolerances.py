@@ -730,7 +730,9 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
       |y_t|``, then the mean ``gamma(n)``; an input error moves a row by at most ``sum(s e) +
       e_t``. The gradient ``(s - onehot) / n``: ``s``'s error (as :class:`_Softmax`, with the
       division by ``n``), and for the target ``u |s_t - 1|`` twice; an input error ``s (e +
-      sum(s e)) / n``.
+      sum(s e)) / n``. Predictions ``(n, ..., k)`` are their rows (positions); with
+      ``ignore_label``, ``n`` counts the rows whose label is not ignored, and the others'
+      gradient is an exact 0.
     - targets of a float dtype are converted to the predictions' dtype first: that conversion's
       change ``e_t`` is an input error like ``e``;
     - MeanSquaredError: ``(y - t)**2`` three roundings, the sum and the division ``gamma(N + 1)``:
@@ -745,7 +747,16 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
     Y = _f64(Y)
     eY = _like(eY, Y)
     if isinstance(loss, jn.SoftmaxCrossEntropy):
-        T = np.asarray(T).astype(np.int64)
+        # the positions of a sequence are rows; an ignored row adds nothing (its gradient is
+        # an exact zero), and the mean is over the n rows that count
+        shape = Y.shape
+        T = np.asarray(T).astype(np.int64).reshape(-1)
+        Y, eY = Y.reshape(-1, shape[-1]), eY.reshape(-1, shape[-1])
+        counted = np.ones(T.shape, bool) if loss.ignore_label is None else T != loss.ignore_label
+        if not counted.any():
+            return LossBound(0.0, 0.0, np.zeros(shape), np.zeros(shape))
+        kept = np.flatnonzero(counted)
+        Y, eY, T = Y[kept], eY[kept], T[kept]
         n, k = Y.shape
         rows = np.arange(n)
         top = Y.max(axis=1)
@@ -765,7 +776,9 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         dY = (s - onehot) / n
         r = u * (spread + L) + rho[:, None] + 2 * u
         edY = s * r / n + 2 * u * onehot * np.abs(s - 1) / n + s * (eY + (s * eY).sum(axis=1, keepdims=True)) / n
-        return LossBound(value, e_value, dY, edY)
+        all_dY, all_edY = np.zeros((counted.size, k)), np.zeros((counted.size, k))
+        all_dY[kept], all_edY[kept] = dY, edY
+        return LossBound(value, e_value, all_dY.reshape(shape), all_edY.reshape(shape))
     T = _f64(T)
     eT = np.abs(T - T.astype(dtype))  # the kernel's targets are converted to the predictions' dtype
     N = Y.size
