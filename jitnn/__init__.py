@@ -12,7 +12,7 @@ from jitnn.data import batches
 from jitnn.combinators import Add, Concatenate, Parallel, Residual
 from jitnn.layers import (
     GELU, AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten, GlobalAvgPool, Identity, LayerNorm,
-    LeakyReLU, MaxPool1D, MaxPool2D, ReLU, Reshape, Sigmoid, Softmax, Tanh,
+    LeakyReLU, MaxPool1D, MaxPool2D, MultiHeadAttention, PositionalEmbedding, ReLU, Reshape, Sigmoid, Softmax, Tanh,
 )
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
@@ -33,6 +33,7 @@ __all__ = [
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "Dropout",
     "LayerNorm", "BatchNorm", "Embedding",
+    "PositionalEmbedding", "MultiHeadAttention",
     "Chain", "pipe", "compose", "Residual", "Concatenate", "Parallel", "Add",
     # passes
     "forward", "backward", "value_and_grad", "value_grad_and_update", "Trace",

@@ -71,20 +71,25 @@ def float_input(X: Any, dtype: np.dtype | None, who: str, name: str = "input") -
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-def integer_labels(T: Any, n_examples: int, n_classes: int, who: str) -> np.ndarray:
-    """Check class labels: integers of any dtype, shape ``(n,)``, each in ``[0, n_classes)``."""
+def integer_labels(T: Any, shape: int | tuple[int, ...], n_classes: int, who: str, ignore: int | None = None) -> np.ndarray:
+    """Check class labels: integers of any dtype, of ``shape`` (``(n,)`` for an int ``n``:
+    one label per example; ``(n, length)`` for a sequence's positions), each in ``[0,
+    n_classes)`` or equal to ``ignore`` (a label that marks a position to leave out)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     labels = T if isinstance(T, np.ndarray) else _as_array(T, who, "labels")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{who}: labels must be integers (class indices), got dtype {labels.dtype}")
-    if labels.shape != (n_examples,):
-        raise ValueError(f"{who}: labels must have shape ({n_examples},) to match the predictions, got {labels.shape}")
+    if labels.shape != shape:
+        raise ValueError(f"{who}: labels must have shape {shape} to match the predictions, got {labels.shape}")
     if labels.dtype == np.uint64 and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{who}: label {int(labels.max())} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
     converted = np.ascontiguousarray(labels, dtype=np.int64)
-    low, high = _bounds(readonly(converted)) if converted.size else (0, 0)
+    counted = converted.reshape(-1) if ignore is None else converted[converted != ignore]
+    low, high = _bounds(readonly(counted)) if counted.size else (0, 0)
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
-        raise ValueError(f"{who}: label {bad} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
+        besides = "" if ignore is None else f", or be the ignored label {ignore}"
+        raise ValueError(f"{who}: label {bad} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}){besides})")
     return converted
 
 

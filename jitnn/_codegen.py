@@ -212,11 +212,16 @@ class StepSource:
             else:
                 self.lines.append(f"s{op.y} = np.concatenate(({', '.join(f's{x}' for x in op.xs)},), axis={op.axis + 1})")
         y = f"s{plan.output}"
+        # a loss that scores the last axis gets (rows, last axis) views, as Loss._kernel_view
+        merged = getattr(loss, "rows", False) and len(plan.slots[plan.output]) > 1
+        y_in = f"ro({y}.reshape((-1, {y}.shape[-1])))" if merged else f"ro({y})"
         if loss.kernels.value_and_grad is not None:
-            self.lines.append(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}(ro({y}), T, *loss_config)")
+            self.lines.append(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}({y_in}, T, *loss_config)")
         else:
-            self.lines.append(f"value = {self.kernel(loss.kernels.value)}(ro({y}), T, *loss_config)")
-            self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}(ro({y}), T, *loss_config)")
+            self.lines.append(f"value = {self.kernel(loss.kernels.value)}({y_in}, T, *loss_config)")
+            self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}({y_in}, T, *loss_config)")
+        if merged:
+            self.lines.append(f"dy = dy.reshape({y}.shape)")
         def add(total: str, gradient: str) -> str:
             name = self._variable("d")
             self.lines.append(f"{name} = {total} + {gradient}")

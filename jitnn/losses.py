@@ -1,6 +1,12 @@
 """Losses: records with two kernels, ``value(Y, T) -> float`` (mean over the batch) and
 ``grad(Y, T) -> dL/dY``, and optionally a third that gives both in one pass. Targets are
-checked in Python before a kernel sees them."""
+checked in Python before a kernel sees them.
+
+A loss with ``rows = True`` (softmax cross-entropy) scores the last axis of its predictions:
+its kernels get ``(rows, last axis)`` views of predictions of any rank, every leading axis
+merged into the rows, and its targets as :meth:`Loss.targets` converts them (one label per
+row), so one compiled kernel per dtype serves ``(n, k)`` batches and ``(n, T, k)``
+sequences alike; the gradient takes the predictions' shape back."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import attrs
 import numpy as np
 
+from jitnn import validate
 from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly
 from jitnn._jit import jit
 from jitnn.protocol import Array
@@ -38,6 +45,9 @@ class Loss:
 
     __slots__ = ()
     kernels: ClassVar[LossKernels]
+    #: True for a loss whose kernels score the last axis: they get ``(rows, last axis)``
+    #: views of predictions of any rank (see the module's notes).
+    rows: ClassVar[bool] = False
 
     def targets(self, Y: Array, T: Any) -> Array:
         """Check ``T`` against the predictions ``Y`` and convert it for the kernels."""
@@ -47,32 +57,38 @@ class Loss:
         """Static configuration handed to the kernels after ``Y`` and ``T``."""
         return tuple(getattr(self, f.name) for f in attrs.fields(type(self)))
 
-    def _prepare(self, Y: Any, T: Any) -> tuple[Array, Array]:
+    def _prepare(self, Y: Any, T: Any) -> tuple[tuple[int, ...], Array, Array]:
+        """The predictions' shape, the predictions as the kernels see them and the targets."""
         Y = float_input(Y, None, describe(self), "predictions Y")
         if Y.size == 0:
             raise ValueError(f"{describe(self)}: predictions Y of shape {Y.shape} hold no values; the mean over them is undefined")
-        return readonly(Y), readonly(self.targets(Y, T))
+        targets = self.targets(Y, T)
+        return Y.shape, readonly(self._kernel_view(Y)), readonly(targets)
+
+    def _kernel_view(self, Y: Array) -> Array:
+        """``Y`` as the kernels see it: ``(rows, last axis)`` for a ``rows`` loss."""
+        return Y.reshape(-1, Y.shape[-1]) if self.rows and Y.ndim > 2 else Y
 
     def value(self, Y: Any, T: Any) -> float:
         """The loss, a mean over the batch."""
-        Y, T = self._prepare(Y, T)
+        _, Y, T = self._prepare(Y, T)
         return float(self.kernels.value(Y, T, *self.config()))
 
     __call__ = value
 
     def grad(self, Y: Any, T: Any) -> Array:
         """``dL/dY``, the shape and dtype of ``Y``."""
-        Y, T = self._prepare(Y, T)
-        return self.kernels.grad(Y, T, *self.config())
+        shape, Y, T = self._prepare(Y, T)
+        return self.kernels.grad(Y, T, *self.config()).reshape(shape)
 
     def value_and_grad(self, Y: Any, T: Any) -> tuple[float, Array]:
         """Both, checking the arguments once."""
-        Y, T = self._prepare(Y, T)
+        shape, Y, T = self._prepare(Y, T)
         config, kernels = self.config(), self.kernels
         if kernels.value_and_grad is not None:
             value, dY = kernels.value_and_grad(Y, T, *config)
-            return float(value), dY
-        return float(kernels.value(Y, T, *config)), kernels.grad(Y, T, *config)
+            return float(value), dY.reshape(shape)
+        return float(kernels.value(Y, T, *config)), kernels.grad(Y, T, *config).reshape(shape)
 
 
 _REGISTRY: list[type] = []
@@ -90,22 +106,26 @@ def registered_losses() -> tuple[type, ...]:
     return tuple(_REGISTRY)
 
 
-def _require_2d(loss_: Loss, Y: Array) -> None:
-    if Y.ndim != 2:
-        raise ValueError(f"{describe(loss_)}: predictions must have shape (n, n_classes), got {Y.shape}")
-
-
 # --------------------------------------------------------------------------- softmax + cross-entropy
 @jit
-def _softmax_cross_entropy_value_and_grad(Y, T):
-    """mean_i [logsumexp(Y[i]) - Y[i, T[i]]] and dY = (softmax(Y) - onehot(T)) / n, with
-    one exponential per element (in float64; dY is rounded once);  Y (n, k) logits, T (n,)
-    int labels -> (float, dY (n, k))."""
+def _softmax_cross_entropy_value_and_grad(Y, T, ignore):
+    """The mean over the rows whose label is not ``ignore`` of logsumexp(Y[i]) - Y[i, T[i]],
+    and dY = (softmax(Y) - onehot(T)) / count on those rows, 0 on the others, with one
+    exponential per element (in float64; dY is rounded once); 0 and a zero gradient where
+    every row is ignored;  Y (m, k) logits, T (m,) int labels -> (float, dY (m, k))."""
     n, k = Y.shape
     dY = np.empty(Y.shape, Y.dtype)
+    count = 0
+    for i in range(n):
+        if T[i] != ignore:
+            count += 1
     exps = np.empty(k, np.float64)
     total = 0.0
     for i in range(n):
+        if T[i] == ignore:
+            for j in range(k):
+                dY[i, j] = 0.0
+            continue
         top = Y[i].max()
         s = 0.0
         for j in range(k):
@@ -113,33 +133,62 @@ def _softmax_cross_entropy_value_and_grad(Y, T):
             s += exps[j]
         total += math.log(s) + top - Y[i, T[i]]
         for j in range(k):
-            dY[i, j] = exps[j] / s / n
-        dY[i, T[i]] = (exps[T[i]] / s - 1.0) / n
-    return total / n, dY
+            dY[i, j] = exps[j] / s / count
+        dY[i, T[i]] = (exps[T[i]] / s - 1.0) / count
+    return (total / count if count else 0.0), dY
 
 
 @jit
-def _softmax_cross_entropy_value(Y, T):
+def _softmax_cross_entropy_value(Y, T, ignore):
     """The value alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T)[0]
+    return _softmax_cross_entropy_value_and_grad(Y, T, ignore)[0]
 
 
 @jit
-def _softmax_cross_entropy_grad(Y, T):
+def _softmax_cross_entropy_grad(Y, T, ignore):
     """The gradient alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T)[1]
+    return _softmax_cross_entropy_value_and_grad(Y, T, ignore)[1]
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _ignore_label(value: Any) -> int | None:
+    return validate.optional(value, "SoftmaxCrossEntropy", "ignore_label", check=validate.integer, low=int(_INT64.min), high=int(_INT64.max),
+                             none_means="every label counts", must="be an integer")
 
 
 @loss
 class SoftmaxCrossEntropy(Loss):
-    """Cross-entropy of softmax(Y) against integer labels: Y ``(n, n_classes)`` logits,
-    T ``(n,)`` class indices of any integer dtype. Stable for logits of any magnitude."""
+    """Cross-entropy of softmax(Y) over the last axis against integer labels: Y ``(n,
+    n_classes)`` logits with T ``(n,)`` class indices of any integer dtype, or Y ``(n,
+    length, n_classes)`` (a score per position of a sequence; any number of axes between
+    the batch and the classes) with T ``(n, length)``. The loss is the mean over every
+    position. Stable for logits of any magnitude.
+
+    ``ignore_label`` (PyTorch's ``ignore_index``): positions whose label is this value
+    contribute nothing (padding), and the mean is over the positions that count; the value
+    need not be a class (``-100`` as in PyTorch). Where every position of a batch is
+    ignored, the loss is 0 and its gradient zero (PyTorch gives NaN, the mean over no
+    positions; a batch of padding alone has nothing to learn, and a NaN would stop
+    training). PyTorch takes sequence scores as ``(n, n_classes, length)``: jitnn's are
+    ``(n, length, n_classes)``, the layout a ``Dense`` on each position gives.
+    """
+
+    ignore_label: int | None = attrs.field(default=None, converter=_ignore_label)
 
     kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad, _softmax_cross_entropy_value_and_grad)
+    rows = True  # the kernels see (positions, classes)
+
+    def config(self) -> tuple[Any, ...]:
+        """The label the kernels leave out: ``ignore_label``, or -1 (never a valid label) without one."""
+        return (-1 if self.ignore_label is None else self.ignore_label,)
 
     def targets(self, Y: Array, T: Any) -> Array:
-        _require_2d(self, Y)
-        return integer_labels(T, Y.shape[0], Y.shape[1], describe(self))
+        if Y.ndim < 2:
+            raise ValueError(f"{describe(self)}: predictions must have shape (n, n_classes) or (n, length, n_classes), got {Y.shape}")
+        labels = integer_labels(T, Y.shape[:-1], Y.shape[-1], describe(self), self.ignore_label)
+        return labels.reshape(-1)
 
 
 # --------------------------------------------------------------------------- mean squared error

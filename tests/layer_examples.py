@@ -234,6 +234,36 @@ LAYER_EXAMPLES.update({
     jn.Embedding: LayerExample(make=make_embedding, reference=lambda layer: (reference.Embedding, (layer.table,), {})),
 })
 
+# --------------------------------------------------------------------------- sequences
+def attention(rng: np.random.Generator, dtype: Any, causal: bool, n: int = 2, T: int = 4, dim: int = 6, heads: int = 2) -> tuple[jn.Layer, np.ndarray]:
+    """Self-attention on (n, T, dim) sequences with random weights of the scale of PyTorch's
+    initialization and non-zero biases: scores of order one, so that the softmax is neither
+    uniform nor saturated."""
+    scale = 1 / np.sqrt(dim)
+    layer = jn.MultiHeadAttention(
+        in_proj_weight=(rng.normal(size=(3 * dim, dim)) * 1.5 * scale).astype(dtype), in_proj_bias=(0.3 * rng.normal(size=3 * dim)).astype(dtype),
+        out_proj_weight=(rng.normal(size=(dim, dim)) * scale).astype(dtype), out_proj_bias=(0.3 * rng.normal(size=dim)).astype(dtype),
+        num_heads=heads, causal=causal,
+    )
+    return layer, away_from_zero(rng, (n, T, dim), dtype)
+
+
+LAYER_EXAMPLES.update({
+    # causal here (the mask is the harder path); tests/test_attention.py checks the non-causal layer too
+    jn.MultiHeadAttention: LayerExample(
+        make=lambda dtype, rng: attention(rng, dtype, causal=True),
+        reference=lambda layer: (
+            reference.MultiHeadAttention,
+            (layer.in_proj_weight, layer.in_proj_bias, layer.out_proj_weight, layer.out_proj_bias),
+            {"num_heads": layer.num_heads, "causal": layer.causal},
+        ),
+    ),
+    jn.PositionalEmbedding: LayerExample(  # a table longer than the sequences: rows beyond get zero gradients
+        make=lambda dtype, rng: (jn.PositionalEmbedding(table=rng.normal(size=(6, 3)).astype(dtype)), away_from_zero(rng, (2, 4, 3), dtype)),
+        reference=lambda layer: (reference.PositionalEmbedding, (layer.table,), {}),
+    ),
+})
+
 LAYER_IDS = [cls.__name__ for cls in LAYER_EXAMPLES]
 
 

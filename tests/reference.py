@@ -337,6 +337,84 @@ class Embedding:
         return (grad,)
 
 
+class PositionalEmbedding:
+    """``X (n, T, dim) + table[:T]``; the table's gradient sums ``dY`` over the batch (rows
+    beyond ``T`` get zeros)."""
+
+    @staticmethod
+    def forward(X, table):
+        X = _f64(X)
+        return X + _f64(table)[: X.shape[1]]
+
+    @staticmethod
+    def grad_input(X, dY, table):
+        return _f64(dY).copy()
+
+    @staticmethod
+    def grad_params(X, dY, table):
+        grad = np.zeros(np.shape(table))
+        grad[: np.shape(X)[1]] = _f64(dY).sum(axis=0)
+        return (grad,)
+
+
+class MultiHeadAttention:
+    """Self-attention as ``torch.nn.MultiheadAttention(batch_first=True)`` with query = key =
+    value = ``X (n, T, d)``: ``[Q K V] = X Wi^T + bi`` split into ``num_heads`` heads of ``h =
+    d / num_heads`` features, ``P = softmax(Q K^T / sqrt(h))`` over the keys (with
+    ``causal``, keys ``j > i`` masked out), ``C = P V`` with the heads side by side, ``Y = C
+    Wo^T + bo``. The gradients by the chain rule, written out with NumPy's products."""
+
+    @staticmethod
+    def parts(X, Wi, bi, Wo, bo, num_heads, causal):
+        """Every intermediate: Q, K, V (n, H, T, h), the scaled scores Z and P (n, H, T, T)
+        (``-inf`` and 0 at masked keys), C (n, T, d) and Y."""
+        X, Wi, bi, Wo, bo = _f64(X, Wi, bi, Wo, bo)
+        n, T, d = X.shape
+        h = d // num_heads
+        qkv = X @ Wi.T + bi
+        heads = lambda a: a.reshape(n, T, num_heads, h).transpose(0, 2, 1, 3)
+        Q, K, V = (heads(qkv[..., k * d : (k + 1) * d]) for k in range(3))
+        Z = (Q @ K.transpose(0, 1, 3, 2)) / np.sqrt(h)
+        if causal:
+            Z = np.where(np.triu(np.ones((T, T), bool), 1), -np.inf, Z)
+        E = np.exp(Z - Z.max(axis=-1, keepdims=True))
+        P = E / E.sum(axis=-1, keepdims=True)
+        C = (P @ V).transpose(0, 2, 1, 3).reshape(n, T, d)
+        return Q, K, V, Z, P, C, C @ Wo.T + bo
+
+    @classmethod
+    def forward(cls, X, Wi, bi, Wo, bo, num_heads, causal):
+        return cls.parts(X, Wi, bi, Wo, bo, num_heads, causal)[-1]
+
+    @classmethod
+    def _backward(cls, X, dY, Wi, bi, Wo, bo, num_heads, causal):
+        Q, K, V, _, P, C, _ = cls.parts(X, Wi, bi, Wo, bo, num_heads, causal)
+        X, dY, Wi, Wo = _f64(X, dY, Wi, Wo)
+        n, T, d = X.shape
+        h = d // num_heads
+        dC = (dY @ Wo).reshape(n, T, num_heads, h).transpose(0, 2, 1, 3)
+        dP = dC @ V.transpose(0, 1, 3, 2)
+        dV = P.transpose(0, 1, 3, 2) @ dC
+        dZ = P * (dP - (dP * P).sum(axis=-1, keepdims=True)) / np.sqrt(h)
+        dQ, dK = dZ @ K, dZ.transpose(0, 1, 3, 2) @ Q
+        rows = lambda a: a.transpose(0, 2, 1, 3).reshape(n, T, d)
+        dqkv = np.concatenate([rows(dQ), rows(dK), rows(dV)], axis=-1)
+        return dqkv, C
+
+    @classmethod
+    def grad_input(cls, X, dY, Wi, bi, Wo, bo, num_heads, causal):
+        dqkv, _ = cls._backward(X, dY, Wi, bi, Wo, bo, num_heads, causal)
+        return dqkv @ _f64(Wi)
+
+    @classmethod
+    def grad_params(cls, X, dY, Wi, bi, Wo, bo, num_heads, causal):
+        dqkv, C = cls._backward(X, dY, Wi, bi, Wo, bo, num_heads, causal)
+        X, dY = _f64(X, dY)
+        d = X.shape[-1]
+        flat = lambda a: a.reshape(-1, a.shape[-1])
+        return flat(dqkv).T @ flat(X), flat(dqkv).sum(axis=0), flat(dY).T @ flat(C).reshape(-1, d), flat(dY).sum(axis=0)
+
+
 # --------------------------------------------------------------------------- losses
 def _logsumexp(Y):
     top = Y.max(axis=-1, keepdims=True)
@@ -344,21 +422,37 @@ def _logsumexp(Y):
 
 
 class SoftmaxCrossEntropy:
-    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - Y[i, T[i]]``."""
+    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - Y[i, T[i]]``;
+    or ``Y (n, ..., k)`` with ``T (n, ...)``: the mean over every position. With
+    ``ignore_label``, positions of that label are left out of the mean (0 and a zero
+    gradient where all are)."""
 
     @staticmethod
-    def value(Y, T):
+    def _rows(Y, T, ignore_label):
         Y, T = _f64(Y), np.asarray(T).astype(np.int64)
-        rows = np.arange(Y.shape[0])
-        return float(np.mean(_logsumexp(Y) - Y[rows, T]))
+        Y, T = Y.reshape(-1, Y.shape[-1]), T.reshape(-1)
+        counted = np.ones(T.shape, bool) if ignore_label is None else T != ignore_label
+        return Y, T, counted
 
-    @staticmethod
-    def grad(Y, T):
-        Y, T = _f64(Y), np.asarray(T).astype(np.int64)
-        n, k = Y.shape
-        onehot = np.zeros((n, k))
-        onehot[np.arange(n), T] = 1.0
-        return (Softmax.forward(Y) - onehot) / n
+    @classmethod
+    def value(cls, Y, T, ignore_label=None):
+        Y, T, counted = cls._rows(Y, T, ignore_label)
+        if not counted.any():
+            return 0.0
+        rows = np.flatnonzero(counted)
+        return float(np.mean(_logsumexp(Y[rows]) - Y[rows, T[rows]]))
+
+    @classmethod
+    def grad(cls, Y, T, ignore_label=None):
+        shape = np.shape(Y)
+        Y, T, counted = cls._rows(Y, T, ignore_label)
+        rows = np.flatnonzero(counted)
+        grad = np.zeros(Y.shape)
+        if rows.size:
+            onehot = np.zeros((rows.size, Y.shape[1]))
+            onehot[np.arange(rows.size), T[rows]] = 1.0
+            grad[rows] = (Softmax.forward(Y[rows]) - onehot) / rows.size
+        return grad.reshape(shape)
 
 
 class MeanSquaredError:

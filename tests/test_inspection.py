@@ -183,6 +183,8 @@ def builtin_cases() -> list[tuple[jn.Layer, tuple[int, ...], str, tuple[int, ...
         (jn.LayerNorm.init(None, 4), (3, 4), "LayerNorm(4)", (3, 4)),
         (jn.BatchNorm.init(None, 3), (3, 2, 2), "BatchNorm(3)", (3, 2, 2)),
         (jn.Embedding.init(k[2], 50, 6), (7,), "Embedding(50 -> 6)", (7, 6)),
+        (jn.PositionalEmbedding.init(k[4], 16, 6), (7, 6), "PositionalEmbedding(16 x 6)", (7, 6)),
+        (jn.MultiHeadAttention.init(k[5], 6, 3, causal=True), (7, 6), "MultiHeadAttention(6, 3 heads, causal)", (7, 6)),
         (jn.pipe(jn.Identity()), (4,), "Identity", (4,)),
         (jn.Residual(jn.Tanh()), (4,), "Residual", (4,)),
         (jn.Concatenate([jn.Identity(), jn.Dense.init(k[3], 4, 2)], axis=-1), (4,), "Concatenate(axis -1)", (6,)),

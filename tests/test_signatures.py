@@ -130,6 +130,14 @@ EXERCISE = textwrap.dedent(
                 loss.grad(y, T)
                 loss.value_and_grad(y, T)
 
+        # ---- sequence scores (n, T, k) with labels (n, T): the loss's kernels see (n T, k) rows
+        labels_seq = rng.integers(0, 3, size=(2, 3))
+        for y in variants(rng.normal(size=(2, 3, 3)), dtype):
+            for loss in (jn.SoftmaxCrossEntropy(), jn.SoftmaxCrossEntropy(ignore_label=-100)):
+                loss.value(y, labels_seq.astype(np.int32))
+                loss.grad(y, labels_seq)
+                loss.value_and_grad(y, labels_seq.astype(np.uint16))
+
         grads, _ = jn.backward(model, jn.forward(model, X)[1], rng.normal(size=(6, 3)))
         schedule = jn.optim.exponential_decay(1.0, 0.5, 10)
         transforms = [jn.optim.check_finite(), jn.optim.clip_by_global_norm(1e-3), jn.optim.clip_by_value(0.1),
@@ -181,6 +189,20 @@ EXERCISE = textwrap.dedent(
             for variant in variants(x, dtype)[:2]:
                 m, m_state, _ = step(m, m_state, variant, labels, key=jn.random.key(2))
         jn.fit(classifier, jn.MeanSquaredError(), opt, X, rng.normal(size=(6, 3)), key=jn.random.key(3), batch_size=4)
+        # ---- a sequence model: tokens, positions, causal attention, scores per position
+        seq_model = jn.pipe(
+            jn.Embedding.init(jn.random.key(0), 5, 4, dtype=dtype), jn.PositionalEmbedding.init(jn.random.key(1), 6, 4, dtype=dtype),
+            jn.Residual(jn.MultiHeadAttention.init(jn.random.key(2), 4, 2, causal=True, dtype=dtype)), jn.Dense.init(jn.random.key(3), 4, 5, dtype=dtype),
+        )
+        tokens = rng.integers(0, 5, size=(3, 6))
+        seq_targets = np.where(rng.random(tokens.shape) < 0.3, -100, tokens)
+        seq_loss = jn.SoftmaxCrossEntropy(ignore_label=-100)
+        step = jn.compile_step(seq_model, seq_loss, jn.optim.adam())
+        m, m_state = seq_model, jn.optim.adam().init(seq_model)
+        for variant in index_variants(tokens)[:2]:
+            m, m_state, _ = step(m, m_state, variant, seq_targets, key=jn.random.key(4))
+            jn.value_and_grad(seq_model, seq_loss, variant, seq_targets)
+        jn.fit(seq_model, seq_loss, opt, tokens, seq_targets, key=jn.random.key(5), batch_size=2)
 
     # the kernels of everything exercised above, which must all have been compiled
     from jitnn.optim import transforms

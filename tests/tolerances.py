@@ -820,6 +820,126 @@ class _Embedding:
 _rule(jn.Embedding)(_Embedding)
 
 
+class _PositionalEmbedding:
+    """``y = x + table[t]``: one rounding; ``dx = dy`` (a copy, exact); a row of the table's
+    gradient sums the batch's ``n`` rows of ``dy`` at its position, ``gamma(n)``."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        Y = reference.PositionalEmbedding.forward(X, layer.table)
+        return Y, eX + unit_roundoff(dtype) * np.abs(Y), None
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        n, T = dY.shape[:2]
+        grad, egrad = np.zeros(layer.table.shape), np.zeros(layer.table.shape)
+        grad[:T] = dY.sum(axis=0)
+        egrad[:T] = edY.sum(axis=0) + gamma(n, dtype) * np.abs(dY).sum(axis=0)
+        return Gradients(dY.copy(), edY.copy(), [grad], [egrad])
+
+
+_rule(jn.PositionalEmbedding)(_PositionalEmbedding)
+
+
+class _MultiHeadAttention:
+    """Per example ``X (T, d)``, ``H`` heads of ``h = d / H`` features, ``L = LIBRARY``; each
+    product's bound is that of a dot product of its length (errors in both factors carried
+    through, ``e_a |b| + |a| e_b``):
+
+    - the projection ``[Q K V] = X Wi^T + bi``: ``gamma(d + 1)`` (a product of length ``d``,
+      then the bias), as :class:`_Dense`;
+    - the scores ``S = Q K^T``: ``gamma(h)``; ``z = S / sqrt(h)``, the product by the scale
+      (itself a square root and a division): three roundings of ``|z|``;
+    - the probabilities ``P``: the softmax of ``z`` over the keys a row reads (``j <= i``
+      with ``causal``: ``k`` keys), as :class:`_Softmax` (relative ``u (|z - max| + L)``,
+      the sum's ``gamma(k)``, the division), and an input error ``e`` moves ``P`` by at most
+      ``P (e + sum(P e))``; masked keys are exact zeros;
+    - the context ``C = P V``: ``gamma(T)`` (a product over every key, the masked ones
+      adding exact zeros); ``Y = C Wo^T + bo``: ``gamma(d + 1)``.
+
+    Backwards: ``dC = dY Wo`` ``gamma(d)``; ``dP = dC V^T`` ``gamma(h)``; ``dV = P^T dC``
+    ``gamma(T)``; the scores' gradient ``dS = P (dP - sum(dP P)) / sqrt(h)``: the inner sum
+    ``gamma(k)`` of ``|dP| P`` with the errors of ``dP`` and ``P``, the difference one
+    rounding, then the products by ``P`` and by the scale and the scale itself: five
+    roundings of ``|dS|``; ``dQ = dS K`` and ``dK = dS^T Q`` ``gamma(T)``; ``dX = dqkv Wi``
+    ``gamma(3 d)``; the parameters' gradients sum over the batch's ``n T`` positions,
+    ``gamma(n T)``."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        u, L = unit_roundoff(dtype), LIBRARY
+        H, causal = layer.num_heads, layer.causal
+        Wi, bi, Wo, bo = (_f64(p) for p in layer.params)
+        n, T, d = X.shape
+        h = d // H
+        Q, K, V, Z, P, C, Y = reference.MultiHeadAttention.parts(X, Wi, bi, Wo, bo, H, causal)
+        heads = lambda a: a.reshape(n, T, H, h).transpose(0, 2, 1, 3)
+        tr = lambda a: a.transpose(0, 1, 3, 2)
+        row = lambda a: a.sum(axis=-1, keepdims=True)
+        aX, aWi, aWo = absolute(X, Wi, Wo)
+        e_qkv = eX @ aWi.T + gamma(d + 1, dtype) * (aX @ aWi.T + np.abs(bi))
+        eQ, eK, eV = (heads(e_qkv[..., k * d : (k + 1) * d]) for k in range(3))
+        aQ, aK, aV = absolute(Q, K, V)
+        allowed = ~np.triu(np.ones((T, T), bool), 1) if causal else np.ones((T, T), bool)
+        keys = allowed.sum(axis=-1, keepdims=True)
+        z = np.where(allowed, Z, 0.0)
+        e_z = np.where(allowed, (eQ @ tr(aK) + aQ @ tr(eK) + gamma(h, dtype) * (aQ @ tr(aK))) / np.sqrt(h) + 3 * u * np.abs(z), 0.0)
+        spread = np.where(allowed, Z.max(axis=-1, keepdims=True) - z, 0.0)
+        r = u * (spread + L) + row(P * u * (spread + L)) + gamma(keys, dtype) + u
+        eP = P * (e_z + row(P * e_z)) + P * r
+        rows = lambda a: a.transpose(0, 2, 1, 3).reshape(n, T, d)
+        eC = rows(eP @ aV + P @ eV + gamma(T, dtype) * (P @ aV))
+        eY = eC @ aWo.T + gamma(d + 1, dtype) * (np.abs(C) @ aWo.T + np.abs(bo))
+        return Y, eY, (Q, K, V, P, C, eQ, eK, eV, eP, eC, keys)
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        u = unit_roundoff(dtype)
+        X, eX = saved.X, saved.eX
+        Q, K, V, P, C, eQ, eK, eV, eP, eC, keys = saved.own
+        Wi, _, Wo, _ = (_f64(p) for p in layer.params)
+        n, T, d = X.shape
+        H = layer.num_heads
+        h = d // H
+        heads = lambda a: a.reshape(n, T, H, h).transpose(0, 2, 1, 3)
+        rows = lambda a: a.transpose(0, 2, 1, 3).reshape(n, T, d)
+        tr = lambda a: a.transpose(0, 1, 3, 2)
+        row = lambda a: a.sum(axis=-1, keepdims=True)
+        flat = lambda a: a.reshape(-1, a.shape[-1])
+        aX, aWi, aWo, adY, aC = absolute(X, Wi, Wo, dY, C)
+        aQ, aK, aV = absolute(Q, K, V)
+        dC, e_dC = heads(dY @ Wo), heads(edY @ aWo + gamma(d, dtype) * (adY @ aWo))
+        adC = np.abs(dC)
+        dP = dC @ tr(V)
+        e_dP = e_dC @ tr(aV) + adC @ tr(eV) + gamma(h, dtype) * (adC @ tr(aV))
+        dV = tr(P) @ dC
+        e_dV = tr(eP) @ adC + tr(P) @ e_dC + gamma(T, dtype) * (tr(P) @ adC)
+        inner = row(dP * P)
+        e_inner = row(e_dP * P + np.abs(dP) * eP) + gamma(keys, dtype) * row(np.abs(dP) * P)
+        q = dP - inner
+        e_q = e_dP + e_inner + u * np.abs(q)
+        dS = P * q / np.sqrt(h)
+        e_dS = (np.abs(q) * eP + P * e_q) / np.sqrt(h) + 5 * u * np.abs(dS)
+        adS = np.abs(dS)
+        dQ, e_dQ = dS @ K, e_dS @ aK + adS @ eK + gamma(T, dtype) * (adS @ aK)
+        dK, e_dK = tr(dS) @ Q, tr(e_dS) @ aQ + tr(adS) @ eQ + gamma(T, dtype) * (tr(adS) @ aQ)
+        dqkv = np.concatenate([rows(dQ), rows(dK), rows(dV)], axis=-1)
+        e_dqkv = np.concatenate([rows(e_dQ), rows(e_dK), rows(e_dV)], axis=-1)
+        adqkv = np.abs(dqkv)
+        dX, edX = dqkv @ Wi, e_dqkv @ aWi + gamma(3 * d, dtype) * (adqkv @ aWi)
+        m = n * T
+        dWi = flat(dqkv).T @ flat(X)
+        e_dWi = flat(e_dqkv).T @ flat(aX) + flat(adqkv).T @ flat(eX) + gamma(m, dtype) * (flat(adqkv).T @ flat(aX))
+        dbi, e_dbi = flat(dqkv).sum(axis=0), flat(e_dqkv).sum(axis=0) + gamma(m, dtype) * flat(adqkv).sum(axis=0)
+        dWo = flat(dY).T @ flat(C)
+        e_dWo = flat(adY).T @ flat(eC) + flat(edY).T @ flat(aC) + gamma(m, dtype) * (flat(adY).T @ flat(aC))
+        dbo, e_dbo = flat(dY).sum(axis=0), flat(edY).sum(axis=0) + gamma(m, dtype) * flat(adY).sum(axis=0)
+        return Gradients(dX, edX, [dWi, dbi, dWo, dbo], [e_dWi, e_dbi, e_dWo, e_dbo])
+
+
+_rule(jn.MultiHeadAttention)(_MultiHeadAttention)
+
+
 # --------------------------------------------------------------------------- losses
 class LossBound(NamedTuple):
     """A loss's exact value and gradient with bounds on jitnn's errors in computing them."""
@@ -840,7 +960,9 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
       |y_t|``, then the mean ``gamma(n)``; an input error moves a row by at most ``sum(s e) +
       e_t``. The gradient ``(s - onehot) / n``: ``s``'s error (as :class:`_Softmax`, with the
       division by ``n``), and for the target ``u |s_t - 1|`` twice; an input error ``s (e +
-      sum(s e)) / n``.
+      sum(s e)) / n``. Predictions ``(n, ..., k)`` are their rows (positions); with
+      ``ignore_label``, ``n`` counts the rows whose label is not ignored, and the others'
+      gradient is an exact 0.
     - targets of a float dtype are converted to the predictions' dtype first: that conversion's
       change ``e_t`` is an input error like ``e``;
     - MeanSquaredError: ``(y - t)**2`` three roundings, the sum and the division ``gamma(N + 1)``:
@@ -855,7 +977,16 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
     Y = _f64(Y)
     eY = _like(eY, Y)
     if isinstance(loss, jn.SoftmaxCrossEntropy):
-        T = np.asarray(T).astype(np.int64)
+        # the positions of a sequence are rows; an ignored row adds nothing (its gradient is
+        # an exact zero), and the mean is over the n rows that count
+        shape = Y.shape
+        T = np.asarray(T).astype(np.int64).reshape(-1)
+        Y, eY = Y.reshape(-1, shape[-1]), eY.reshape(-1, shape[-1])
+        counted = np.ones(T.shape, bool) if loss.ignore_label is None else T != loss.ignore_label
+        if not counted.any():
+            return LossBound(0.0, 0.0, np.zeros(shape), np.zeros(shape))
+        kept = np.flatnonzero(counted)
+        Y, eY, T = Y[kept], eY[kept], T[kept]
         n, k = Y.shape
         rows = np.arange(n)
         top = Y.max(axis=1)
@@ -875,7 +1006,9 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         dY = (s - onehot) / n
         r = u * (spread + L) + rho[:, None] + 2 * u
         edY = s * r / n + 2 * u * onehot * np.abs(s - 1) / n + s * (eY + (s * eY).sum(axis=1, keepdims=True)) / n
-        return LossBound(value, e_value, dY, edY)
+        all_dY, all_edY = np.zeros((counted.size, k)), np.zeros((counted.size, k))
+        all_dY[kept], all_edY[kept] = dY, edY
+        return LossBound(value, e_value, all_dY.reshape(shape), all_edY.reshape(shape))
     T = _f64(T)
     eT = np.abs(T - T.astype(dtype))  # the kernel's targets are converted to the predictions' dtype
     N = Y.size
