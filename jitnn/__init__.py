@@ -11,8 +11,8 @@ from jitnn.chain import Chain, compose, pipe
 from jitnn.data import batches
 from jitnn.combinators import Add, Concatenate, Parallel, Residual
 from jitnn.layers import (
-    GELU, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Embedding, Flatten, Identity, LayerNorm, LeakyReLU, MaxPool2D, ReLU,
-    Reshape, Sigmoid, Softmax, Tanh,
+    GELU, GRU, LSTM, RNN, AvgPool2D, BatchNorm, Bidirectional, Conv2D, Dense, Dropout, Embedding, Flatten, Identity, LayerNorm,
+    LeakyReLU, MaxPool2D, ReLU, Reshape, Sigmoid, Softmax, Tanh,
 )
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
@@ -32,6 +32,7 @@ __all__ = [
     # layers and composition
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Reshape", "Dropout", "LayerNorm", "BatchNorm", "Embedding",
+    "RNN", "GRU", "LSTM", "Bidirectional",
     "Chain", "pipe", "compose", "Residual", "Concatenate", "Parallel", "Add",
     # passes
     "forward", "backward", "value_and_grad", "value_grad_and_update", "Trace",
