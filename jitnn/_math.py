@@ -158,7 +158,7 @@ def tanh(x):
     denominator = q[0]
     for coefficient in q[1:]:
         denominator = denominator * z + coefficient
-    near = x + x * (z * numerator / denominator)  # odd: keeps the sign (of -0 too)
+    near = a + a * (z * numerator / denominator)
     e = exp_nonpositive(-two * a)
-    far = math.copysign((one - e) / (one + e), x)
-    return near if a < small else far  # NaN: far, which is NaN
+    far = (one - e) / (one + e)
+    return math.copysign(near if a < small else far, x)  # the sign of -0 too; NaN: far, which is NaN
