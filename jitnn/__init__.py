@@ -11,8 +11,9 @@ from jitnn.chain import Chain, compose, pipe
 from jitnn.data import batches
 from jitnn.combinators import Add, Concatenate, Parallel, Residual
 from jitnn.layers import (
-    GELU, AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten, GlobalAvgPool, Identity, LayerNorm,
-    LeakyReLU, MaxPool1D, MaxPool2D, MultiHeadAttention, PositionalEmbedding, ReLU, Reshape, Sigmoid, Softmax, Tanh,
+    GELU, GRU, LSTM, RNN, AvgPool1D, AvgPool2D, BatchNorm, Bidirectional, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
+    GlobalAvgPool, Identity, LayerNorm, LeakyReLU, MaxPool1D, MaxPool2D, MultiHeadAttention, PositionalEmbedding, ReLU, Reshape,
+    Sigmoid, Softmax, Tanh,
 )
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
@@ -34,6 +35,7 @@ __all__ = [
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "Dropout",
     "LayerNorm", "BatchNorm", "Embedding",
     "PositionalEmbedding", "MultiHeadAttention",
+    "RNN", "GRU", "LSTM", "Bidirectional",
     "Chain", "pipe", "compose", "Residual", "Concatenate", "Parallel", "Add",
     # passes
     "forward", "backward", "value_and_grad", "value_grad_and_update", "Trace",

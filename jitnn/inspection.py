@@ -32,6 +32,7 @@ from jitnn import validate
 from jitnn._checks import describe
 from jitnn.chain import Chain
 from jitnn.combinators import Residual, _Branches
+from jitnn.layers.recurrent import Bidirectional
 from jitnn.passes import _check_model
 from jitnn.protocol import Composite, Layer
 
@@ -172,10 +173,10 @@ def _walk_members(composite: Composite, shape: Shape | None, where: str, depth: 
     rows and, for a ``Chain``, the shape its last member gives.
 
     A ``Chain`` hands each member the previous member's output; ``Residual``,
-    ``Concatenate`` and ``Add`` hand every member their own input; the members of any other
-    composite get no shape (jitnn cannot know how it routes its input)."""
+    ``Concatenate``, ``Add`` and ``Bidirectional`` hand every member their own input; the
+    members of any other composite get no shape (jitnn cannot know how it routes its input)."""
     sequential = isinstance(composite, Chain)
-    member_shape = shape if sequential or isinstance(composite, (Residual, _Branches)) else None
+    member_shape = shape if sequential or isinstance(composite, (Residual, _Branches, Bidirectional)) else None
     own_rows = []
     for suffix, member in composite.named_members():
         row = _walk(member, member_shape, where + suffix, depth, rows)

@@ -264,6 +264,43 @@ LAYER_EXAMPLES.update({
     ),
 })
 
+# --------------------------------------------------------------------------- recurrent layers
+# n=3 sequences of T=4 steps, 2 features, hidden 3; the directions and outputs mixed across them
+def recurrent(cls: type, rng: np.random.Generator, dtype: Any, reverse: bool, return_sequences: bool) -> jn.Layer:
+    """A recurrent layer (input 2, hidden 3) with weights of PyTorch's initial scale or so."""
+    width = cls.gates * 3
+    arrays = [0.6 * rng.normal(size=shape) for shape in ((width, 2), (width, 3), (width,), (width,))]
+    return cls(*(a.astype(dtype) for a in arrays), reverse=reverse, return_sequences=return_sequences)
+
+
+def recurrent_example(cls: type, reverse: bool, return_sequences: bool) -> LayerExample:
+    return LayerExample(
+        make=lambda dtype, rng: (recurrent(cls, rng, dtype, reverse, return_sequences), rng.normal(size=(3, 4, 2)).astype(dtype)),
+        reference=lambda layer: (
+            getattr(reference, type(layer).__name__), layer.params, {"reverse": layer.reverse, "return_sequences": layer.return_sequences},
+        ),
+    )
+
+
+def make_bidirectional(dtype: Any, rng: np.random.Generator) -> tuple[jn.Layer, np.ndarray]:
+    """A bidirectional GRU whose output is the two last states."""
+    layer = jn.Bidirectional(recurrent(jn.GRU, rng, dtype, False, False), recurrent(jn.GRU, rng, dtype, True, False))
+    return layer, rng.normal(size=(3, 4, 2)).astype(dtype)
+
+
+LAYER_EXAMPLES.update({
+    jn.RNN: recurrent_example(jn.RNN, reverse=False, return_sequences=False),
+    jn.GRU: recurrent_example(jn.GRU, reverse=True, return_sequences=True),
+    jn.LSTM: recurrent_example(jn.LSTM, reverse=True, return_sequences=False),
+    jn.Bidirectional: LayerExample(
+        make=make_bidirectional,
+        reference=lambda layer: (  # the two directions' outputs side by side: the last per-example axis
+            reference.Concatenate, (), {"branches": [reference_for(layer.forward_layer), reference_for(layer.reverse_layer)],
+                                        "axis": 1 if layer.return_sequences else 0},
+        ),
+    ),
+})
+
 LAYER_IDS = [cls.__name__ for cls in LAYER_EXAMPLES]
 
 

@@ -415,6 +415,144 @@ class MultiHeadAttention:
         return flat(dqkv).T @ flat(X), flat(dqkv).sum(axis=0), flat(dY).T @ flat(C).reshape(-1, d), flat(dY).sum(axis=0)
 
 
+# --------------------------------------------------------------------------- recurrent layers
+class _Recurrent:
+    """One direction of PyTorch's one-layer RNN, GRU or LSTM over ``X (n, T, input)``, the
+    state zero at the start, read from ``t = T - 1`` down with ``reverse``: a loop over the
+    steps, one ``cell`` each, and backpropagation through time by hand, one ``cell_backward``
+    per step in the opposite order. Parameters as PyTorch's ``weight_ih_l0`` and so on; the
+    gate blocks are the rows of the weights. The output: the state ``h`` after each time
+    ``(n, T, hidden)``, or after the last step ``(n, hidden)``."""
+
+    @staticmethod
+    def initial(n, hidden):
+        return (np.zeros((n, hidden)),)
+
+    @staticmethod
+    def _steps(T, reverse):
+        return list(range(T - 1, -1, -1)) if reverse else list(range(T))
+
+    @classmethod
+    def _run(cls, X, W_ih, W_hh, b_ih, b_hh, reverse):
+        X, W_ih, W_hh, b_ih, b_hh = _f64(X, W_ih, W_hh, b_ih, b_hh)
+        n, T, _ = X.shape
+        hidden = W_hh.shape[1]
+        state, outputs, caches = cls.initial(n, hidden), np.zeros((n, T, hidden)), {}
+        for t in cls._steps(T, reverse):
+            state, caches[t] = cls.cell(X[:, t], state, W_ih, W_hh, b_ih, b_hh)
+            outputs[:, t] = state[0]
+        return outputs, state[0], caches
+
+    @classmethod
+    def forward(cls, X, W_ih, W_hh, b_ih, b_hh, reverse=False, return_sequences=True):
+        outputs, last, _ = cls._run(X, W_ih, W_hh, b_ih, b_hh, reverse)
+        return outputs if return_sequences else last
+
+    @classmethod
+    def _backward(cls, X, dY, W_ih, W_hh, b_ih, b_hh, reverse, return_sequences):
+        _, _, caches = cls._run(X, W_ih, W_hh, b_ih, b_hh, reverse)
+        X, dY, W_ih, W_hh = _f64(X, dY, W_ih, W_hh)
+        n, T, _ = X.shape
+        dX = np.zeros(X.shape)
+        grads = [np.zeros(np.shape(p)) for p in (W_ih, W_hh, b_ih, b_hh)]
+        dstate = cls.initial(n, W_hh.shape[1])  # what the later step hands back
+        steps = cls._steps(T, reverse)
+        for position in range(T - 1, -1, -1):
+            t = steps[position]
+            if return_sequences:
+                dstate = (dstate[0] + dY[:, t],) + dstate[1:]
+            elif position == T - 1:
+                dstate = (dstate[0] + dY,) + dstate[1:]
+            dX[:, t], dstate, step_grads = cls.cell_backward(dstate, caches[t], W_ih, W_hh)
+            for total, g in zip(grads, step_grads):
+                total += g
+        return dX, tuple(grads)
+
+    @classmethod
+    def grad_input(cls, X, dY, W_ih, W_hh, b_ih, b_hh, reverse=False, return_sequences=True):
+        return cls._backward(X, dY, W_ih, W_hh, b_ih, b_hh, reverse, return_sequences)[0]
+
+    @classmethod
+    def grad_params(cls, X, dY, W_ih, W_hh, b_ih, b_hh, reverse=False, return_sequences=True):
+        return cls._backward(X, dY, W_ih, W_hh, b_ih, b_hh, reverse, return_sequences)[1]
+
+    @staticmethod
+    def _gradients(da_input, da_hidden, x, h, W_ih, W_hh):
+        """dx, dh and the step's parameter gradients from the pre-activations' gradients
+        (of ``x W_ih.T + b_ih`` and of ``h W_hh.T + b_hh``)."""
+        grads = (da_input.T @ x, da_hidden.T @ h, da_input.sum(axis=0), da_hidden.sum(axis=0))
+        return da_input @ W_ih, da_hidden @ W_hh, grads
+
+
+class RNN(_Recurrent):
+    """``h' = tanh(x W_ih.T + b_ih + h W_hh.T + b_hh)``."""
+
+    @staticmethod
+    def cell(x, state, W_ih, W_hh, b_ih, b_hh):
+        (h,) = state
+        h_new = np.tanh(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+        return (h_new,), (x, h, h_new)
+
+    @classmethod
+    def cell_backward(cls, dstate, cache, W_ih, W_hh):
+        (dh_new,) = dstate
+        x, h, h_new = cache
+        da = dh_new * (1.0 - h_new**2)
+        dx, dh, grads = cls._gradients(da, da, x, h, W_ih, W_hh)
+        return dx, (dh,), grads
+
+
+class GRU(_Recurrent):
+    """Gates r, z, n: ``n = tanh(a_n + r (h W_hn.T + b_hn))``, ``h' = (1 - z) n + z h``."""
+
+    @staticmethod
+    def cell(x, state, W_ih, W_hh, b_ih, b_hh):
+        (h,) = state
+        a_r, a_z, a_n = np.split(x @ W_ih.T + b_ih, 3, axis=1)
+        g_r, g_z, g_n = np.split(h @ W_hh.T + b_hh, 3, axis=1)
+        r, z = Sigmoid.value(a_r + g_r), Sigmoid.value(a_z + g_z)
+        n = np.tanh(a_n + r * g_n)
+        return ((1.0 - z) * n + z * h,), (x, h, r, z, n, g_n)
+
+    @classmethod
+    def cell_backward(cls, dstate, cache, W_ih, W_hh):
+        (dh_new,) = dstate
+        x, h, r, z, n, g_n = cache
+        dn_pre = dh_new * (1.0 - z) * (1.0 - n**2)
+        dr_pre = dn_pre * g_n * r * (1.0 - r)
+        dz_pre = dh_new * (h - n) * z * (1.0 - z)
+        da_input = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+        da_hidden = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+        dx, dh, grads = cls._gradients(da_input, da_hidden, x, h, W_ih, W_hh)
+        return dx, (dh + dh_new * z,), grads
+
+
+class LSTM(_Recurrent):
+    """Gates i, f, g, o: ``c' = f c + i g``, ``h' = o tanh(c')``; the state is ``(h, c)``."""
+
+    @staticmethod
+    def initial(n, hidden):
+        return (np.zeros((n, hidden)), np.zeros((n, hidden)))
+
+    @staticmethod
+    def cell(x, state, W_ih, W_hh, b_ih, b_hh):
+        h, c = state
+        a_i, a_f, a_g, a_o = np.split(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh, 4, axis=1)
+        i, f, g, o = Sigmoid.value(a_i), Sigmoid.value(a_f), np.tanh(a_g), Sigmoid.value(a_o)
+        c_new = f * c + i * g
+        return (o * np.tanh(c_new), c_new), (x, h, c, i, f, g, o, c_new)
+
+    @classmethod
+    def cell_backward(cls, dstate, cache, W_ih, W_hh):
+        dh_new, dc_new = dstate
+        x, h, c, i, f, g, o, c_new = cache
+        tc = np.tanh(c_new)
+        dc = dc_new + dh_new * o * (1.0 - tc**2)
+        da = np.concatenate([dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - g**2), dh_new * tc * o * (1.0 - o)], axis=1)
+        dx, dh, grads = cls._gradients(da, da, x, h, W_ih, W_hh)
+        return dx, (dh, dc * f), grads
+
+
 # --------------------------------------------------------------------------- losses
 def _logsumexp(Y):
     top = Y.max(axis=-1, keepdims=True)

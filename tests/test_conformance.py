@@ -34,13 +34,15 @@ DTYPES = [np.float32, np.float64]
 
 
 def products_depend_on_the_batch(layer: jn.Layer) -> bool:
-    """Whether the layer holds a Dense layer (or attention): a batch's product is one matrix product (gemm),
-    a single row's a matrix-vector product (gemv), which may sum in another order. Every other
+    """Whether the layer holds a Dense, an attention or a recurrent layer: a batch's product is
+    one matrix product (gemm), a single row's a matrix-vector product (gemv), which may sum in
+    another order (attention projects all n T positions in one product; a recurrent layer
+    multiplies the whole batch's states at each step). Every other
     layer computes each example with the same code whatever the batch (Conv2D: one product of
     the same shape per example)."""
     if isinstance(layer, jn.Composite):
         return any(products_depend_on_the_batch(member) for member in layer.members)
-    return isinstance(layer, (jn.Dense, jn.MultiHeadAttention))  # attention projects all n T positions in one product
+    return isinstance(layer, (jn.Dense, jn.MultiHeadAttention, jn.RNN, jn.GRU, jn.LSTM))
 
 
 # --------------------------------------------------------------------------- the layer table (tests/layer_examples.py)

@@ -189,6 +189,10 @@ def builtin_cases() -> list[tuple[jn.Layer, tuple[int, ...], str, tuple[int, ...
         (jn.Residual(jn.Tanh()), (4,), "Residual", (4,)),
         (jn.Concatenate([jn.Identity(), jn.Dense.init(k[3], 4, 2)], axis=-1), (4,), "Concatenate(axis -1)", (6,)),
         (jn.Add([jn.Identity(), jn.ReLU()]), (4,), "Add", (4,)),
+        (jn.RNN.init(k[4], 3, 2), (5, 3), "RNN(3 -> 2)", (5, 2)),
+        (jn.GRU.init(k[4], 3, 2, return_sequences=False), (5, 3), "GRU(3 -> 2, last state)", (2,)),
+        (attrs.evolve(jn.LSTM.init(k[5], 1, 4), reverse=True), (6, 1), "LSTM(1 -> 4, reverse)", (6, 4)),
+        (jn.GRU.init(k[5], 2, 3, bidirectional=True), (4, 2), "Bidirectional(GRU, 2 -> 2 x 3)", (4, 6)),
     ]
 
 

@@ -246,9 +246,11 @@ def test_a_softmax_output_handed_to_the_caller_is_their_own() -> None:
     np.testing.assert_array_equal(jn.backward(jn.Softmax(), trace, dY)[1], expected)
 
 
-def test_no_kernel_takes_more_than_eight_arguments() -> None:
+def test_no_kernel_takes_more_than_nine_arguments() -> None:
     """Buffers travel apart from configuration and residual kernels take R instead of the
-    buffers, so that no kernel's argument list grows past eight."""
+    buffers, so that no kernel's argument list grows past nine: the recurrent layers'
+    residual gradient kernels (``X, dY, R``, four parameters, ``reverse`` and
+    ``return_sequences``) take nine, every other kernel at most eight."""
     import inspect
 
     from jitnn._jit import KERNELS
@@ -259,4 +261,5 @@ def test_no_kernel_takes_more_than_eight_arguments() -> None:
         for f in functions
         if (f.__module__ or "").startswith("jitnn.")  # not the generated steps (whole models) nor kernels made by exec
     }
-    assert counts and not {name: n for name, n in counts.items() if n > 8}
+    assert counts and not {name: n for name, n in counts.items() if n > 9}
+    assert not {name: n for name, n in counts.items() if n > 8 and not name.startswith("jitnn.layers.recurrent.")}

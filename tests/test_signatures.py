@@ -32,6 +32,7 @@ EXERCISE = textwrap.dedent(
     """
     import json
     import sys
+    import attrs
     import numpy as np
     import numba
     import jitnn as jn
@@ -76,17 +77,20 @@ EXERCISE = textwrap.dedent(
         # ---- every built-in layer, as the shared table makes it (each in its usual place: a
         #      kernel is compiled again for arrays of another rank), in evaluation and training mode
         for cls, entry in LAYER_EXAMPLES.items():
-            layer, inputs = entry.make(dtype, np.random.default_rng(1))
-            dY = rng.normal(size=(inputs.shape[0], *layer.output_shape(inputs.shape[1:])))
-            batches = index_variants(inputs) if inputs.dtype.kind in "iu" else variants(inputs, dtype)
-            for x, dy in zip(batches, variants(dY, dtype)):
-                layer.forward(x)
-                layer(x)
-                layer.grad_input(x, dy)
-                layer.grad_params(x, dy)
-                for training in (False, True):
-                    Y, trace = jn.forward(layer, x, training=training, key=jn.random.key(0))
-                    jn.backward(layer, trace, dy)
+            example, inputs = entry.make(dtype, np.random.default_rng(1))
+            # a recurrent layer has a set of kernels per output rank (kernel_sets): both are driven
+            flipped = [attrs.evolve(example, return_sequences=not example.return_sequences)] if hasattr(cls, "kernel_sets") else []
+            for layer in [example, *flipped]:
+                dY = rng.normal(size=(inputs.shape[0], *layer.output_shape(inputs.shape[1:])))
+                batches = index_variants(inputs) if inputs.dtype.kind in "iu" else variants(inputs, dtype)
+                for x, dy in zip(batches, variants(dY, dtype)):
+                    layer.forward(x)
+                    layer(x)
+                    layer.grad_input(x, dy)
+                    layer.grad_params(x, dy)
+                    for training in (False, True):
+                        Y, trace = jn.forward(layer, x, training=training, key=jn.random.key(0))
+                        jn.backward(layer, trace, dy)
 
         d1 = jn.Dense(W=rng.normal(size=(4, 5)).astype(dtype), b=rng.normal(size=5).astype(dtype))
         d2 = jn.Dense(W=rng.normal(size=(5, 3)).astype(dtype), b=rng.normal(size=3).astype(dtype))
@@ -211,7 +215,7 @@ EXERCISE = textwrap.dedent(
     exercised = [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in optimizer_kernels + transform_kernels]
     losses = [cls for cls in jn.registered_losses() if cls.__module__.startswith("jitnn.")]
     for cls in [*LAYER_EXAMPLES, *losses]:  # composite layers have no kernels of their own
-        exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in kernel_functions(cls.kernels or ())]
+        exercised += [f"{k.py_func.__module__}.{k.py_func.__qualname__}" for k in kernel_functions(getattr(cls, "kernel_sets", None) or cls.kernels or ())]
 
     report = []
     for dispatcher in KERNELS:

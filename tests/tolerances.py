@@ -940,6 +940,200 @@ class _MultiHeadAttention:
 _rule(jn.MultiHeadAttention)(_MultiHeadAttention)
 
 
+class _Recurrent:
+    """RNN, GRU and LSTM, step by step in the order the layer reads the times (running error
+    analysis through the recurrence, to first order). Every value carries a bound on its
+    error, from the input's error, the state's from the earlier step and the roundings of the
+    step. The counts hold for each formula as jitnn's kernels and PyTorch's cells write it
+    (``n + z (h - n)``, ``(h - n) z + n`` or ``(1 - z) n + z h``; ``grad (1 - z)`` or ``grad -
+    grad z``), each rounding taken against the magnitudes of the terms it adds (``L`` =
+    LIBRARY, ``s(1 - s)`` and ``1 - t**2`` the derivatives of sigmoid and tanh at their
+    outputs):
+
+    - ``a = W_ih x + b_ih`` ``gamma(input + 1)``, ``hb = W_hh h + b_hh`` ``gamma(hidden + 1)``
+      (with the state's error through ``|W_hh|``), the pre-activation ``a + hb`` one more;
+      GRU's ``n`` gate ``tanh(a_n + r hb_n)``: two more roundings;
+    - a sigmoid or tanh: ``L u`` of its value, and its argument's error times its derivative;
+    - GRU ``h' = n + z (h - n)``: ``3 u (|h| + |n|) + u |h'|``; LSTM ``c' = f c + i g`` three
+      roundings, ``h' = o tanh(c')`` one;
+    - backwards, the state's gradient sums the output's, the one through ``W_hh`` (a product
+      of length ``G hidden``) and GRU's ``z grad``: a rounding per term; each gate's
+      pre-activation gradient is a product of three or four factors (a rounding each, and
+      those inside ``1 - z``, ``s (1 - s)``, ``1 - t**2``), each factor with its own error;
+    - ``dX = dA @ W_ih`` ``gamma(G hidden)``, and the parameters' gradients sum over the ``T n``
+      (example, time) pairs: ``gamma(T n)`` (also when summed per step first, ``gamma(n) +
+      gamma(T)``), with the errors of ``dA`` and of the input or the states.
+    """
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        u, L = unit_roundoff(dtype), LIBRARY
+        W_ih, W_hh, b_ih, b_hh = (_f64(p) for p in layer.params)
+        n, T, features = X.shape
+        hidden = W_hh.shape[1]
+        times = list(range(T - 1, -1, -1)) if layer.reverse else list(range(T))
+        zeros = np.zeros((n, hidden))
+        h, eh, c, ec = zeros, zeros, zeros, zeros
+        Y, eY, steps = np.zeros((n, T, hidden)), np.zeros((n, T, hidden)), []
+        for t in times:
+            x, ex = X[:, t], eX[:, t]
+            a = x @ W_ih.T + b_ih
+            ea = ex @ np.abs(W_ih).T + gamma(features + 1, dtype) * (np.abs(x) @ np.abs(W_ih).T + np.abs(b_ih))
+            hb = h @ W_hh.T + b_hh
+            ehb = eh @ np.abs(W_hh).T + gamma(hidden + 1, dtype) * (np.abs(h) @ np.abs(W_hh).T + np.abs(b_hh))
+            step = {"h": h, "eh": eh, "c": c, "ec": ec}
+            if isinstance(layer, jn.RNN):
+                pre = a + hb
+                h = np.tanh(pre)
+                eh = (1 - h * h) * (ea + ehb + u * np.abs(pre)) + L * u * np.abs(h)
+                step.update(new=h, e_new=eh)
+            elif isinstance(layer, jn.GRU):
+                (a_r, a_z, a_n), (hb_r, hb_z, hb_n) = np.split(a, 3, axis=1), np.split(hb, 3, axis=1)
+                (ea_r, ea_z, ea_n), (ehb_r, ehb_z, ehb_n) = np.split(ea, 3, axis=1), np.split(ehb, 3, axis=1)
+                r, z = reference.Sigmoid.value(a_r + hb_r), reference.Sigmoid.value(a_z + hb_z)
+                er = r * (1 - r) * (ea_r + ehb_r + u * np.abs(a_r + hb_r)) + L * u * r
+                ez = z * (1 - z) * (ea_z + ehb_z + u * np.abs(a_z + hb_z)) + L * u * z
+                argument = a_n + r * hb_n
+                e_argument = ea_n + np.abs(hb_n) * er + r * ehb_n + u * np.abs(r * hb_n) + u * np.abs(argument)
+                g = np.tanh(argument)
+                eg = (1 - g * g) * e_argument + L * u * np.abs(g)
+                new = g + z * (h - g)
+                e_new = np.abs(1 - z) * eg + np.abs(h - g) * ez + z * eh + 3 * u * (np.abs(h) + np.abs(g)) + u * np.abs(new)
+                step.update(r=r, er=er, z=z, ez=ez, g=g, eg=eg, hb_n=hb_n, ehb_n=ehb_n)
+                h, eh = new, e_new
+            else:  # LSTM
+                pre, e_pre = a + hb, ea + ehb + u * np.abs(a + hb)
+                (p_i, p_f, p_g, p_o), (e_i, e_f, e_g, e_o) = np.split(pre, 4, axis=1), np.split(e_pre, 4, axis=1)
+                i, f, o = (reference.Sigmoid.value(v) for v in (p_i, p_f, p_o))
+                g = np.tanh(p_g)
+                ei, ef, eo = (s * (1 - s) * e + L * u * s for s, e in ((i, e_i), (f, e_f), (o, e_o)))
+                eg = (1 - g * g) * e_g + L * u * np.abs(g)
+                cell = f * c + i * g
+                e_cell = np.abs(c) * ef + f * ec + np.abs(g) * ei + i * eg + u * (np.abs(f * c) + np.abs(i * g)) + u * np.abs(cell)
+                tc = np.tanh(cell)
+                etc = (1 - tc * tc) * e_cell + L * u * np.abs(tc)
+                step.update(i=i, ei=ei, f=f, ef=ef, g=g, eg=eg, o=o, eo=eo, tc=tc, etc=etc)
+                h, eh, c, ec = o * tc, np.abs(tc) * eo + o * etc + u * np.abs(o * tc), cell, e_cell
+            steps.append(step)
+            Y[:, t], eY[:, t] = h, eh
+        if not layer.return_sequences:
+            return h, eh, (times, steps)
+        return Y, eY, (times, steps)
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        u = unit_roundoff(dtype)
+        X, eX = saved.X, saved.eX
+        times, steps = saved.own
+        W_ih, W_hh, b_ih, b_hh = (_f64(p) for p in layer.params)
+        n, T, features = X.shape
+        hidden, width = W_hh.shape[1], W_ih.shape[0]
+        zeros = np.zeros((n, hidden))
+        rec, erec, carried, e_carried = zeros, zeros, zeros, zeros  # through W_hh; GRU's z grad or LSTM's cell gradient
+        dA, edA, dB, edB = (np.zeros((n, T, width)) for _ in range(4))
+        for position in range(T - 1, -1, -1):
+            t, s = times[position], steps[position]
+            if layer.return_sequences:
+                out, e_out = dY[:, t], edY[:, t]
+            else:
+                out, e_out = (dY, edY) if position == T - 1 else (zeros, zeros)
+            if isinstance(layer, jn.GRU):
+                grad = rec + carried + out
+                e_grad = erec + e_carried + e_out + 2 * u * (np.abs(rec) + np.abs(carried) + np.abs(out))
+            else:
+                grad, e_grad = rec + out, erec + e_out + u * (np.abs(rec) + np.abs(out))
+            if isinstance(layer, jn.RNN):
+                new, e_new = s["new"], s["e_new"]
+                q, eq = 1 - new * new, 2 * np.abs(new) * e_new + u * new * new + u * np.abs(1 - new * new)
+                da = grad * q
+                e_da = np.abs(q) * e_grad + np.abs(grad) * eq + u * np.abs(da)
+                a_in, e_in, a_h, e_h = da, e_da, da, e_da
+            elif isinstance(layer, jn.GRU):
+                r, er, z, ez, g, eg, hb_n, ehb_n, h, eh = (s[k] for k in ("r", "er", "z", "ez", "g", "eg", "hb_n", "ehb_n", "h", "eh"))
+                dn = grad * (1 - z)
+                e_dn = np.abs(1 - z) * e_grad + np.abs(grad) * ez + 2 * u * np.abs(grad) * (1 + z)
+                q, eq = 1 - g * g, 2 * np.abs(g) * eg + u * g * g + u * np.abs(1 - g * g)
+                d_n = dn * q
+                e_d_n = np.abs(q) * e_dn + np.abs(dn) * eq + u * np.abs(d_n)
+                d_r, e_d_r = _Recurrent._through_sigmoid(d_n * hb_n, np.abs(hb_n) * e_d_n + np.abs(d_n) * ehb_n + u * np.abs(d_n * hb_n), r, er, u)
+                difference, e_difference = h - g, eh + eg + u * (np.abs(h) + np.abs(g))
+                dz = grad * difference
+                d_z, e_d_z = _Recurrent._through_sigmoid(dz, np.abs(difference) * e_grad + np.abs(grad) * e_difference + u * np.abs(dz), z, ez, u)
+                d_nr, e_d_nr = d_n * r, r * e_d_n + np.abs(d_n) * er + u * np.abs(d_n * r)
+                a_in, e_in = np.concatenate([d_r, d_z, d_n], axis=1), np.concatenate([e_d_r, e_d_z, e_d_n], axis=1)
+                a_h, e_h = np.concatenate([d_r, d_z, d_nr], axis=1), np.concatenate([e_d_r, e_d_z, e_d_nr], axis=1)
+                carried, e_carried = grad * z, z * e_grad + np.abs(grad) * ez + u * np.abs(grad * z)
+            else:  # LSTM
+                i, ei, f, ef, g, eg, o, eo, tc, etc, c, ec = (s[k] for k in ("i", "ei", "f", "ef", "g", "eg", "o", "eo", "tc", "etc", "c", "ec"))
+                q, eq = 1 - tc * tc, 2 * np.abs(tc) * etc + u * tc * tc + u * np.abs(1 - tc * tc)
+                m = grad * o * q
+                e_m = np.abs(o * q) * e_grad + np.abs(grad * q) * eo + np.abs(grad * o) * eq + 2 * u * np.abs(m)
+                dc, e_dc = carried + m, e_carried + e_m + u * np.abs(carried + m)
+                d_o, e_d_o = _Recurrent._through_sigmoid(grad * tc, np.abs(tc) * e_grad + np.abs(grad) * etc + u * np.abs(grad * tc), o, eo, u)
+                d_i, e_d_i = _Recurrent._through_sigmoid(dc * g, np.abs(g) * e_dc + np.abs(dc) * eg + u * np.abs(dc * g), i, ei, u)
+                d_f, e_d_f = _Recurrent._through_sigmoid(dc * c, np.abs(c) * e_dc + np.abs(dc) * ec + u * np.abs(dc * c), f, ef, u)
+                qg, eqg = 1 - g * g, 2 * np.abs(g) * eg + u * g * g + u * np.abs(1 - g * g)
+                d_g = dc * i * qg
+                e_d_g = np.abs(i * qg) * e_dc + np.abs(dc * qg) * ei + np.abs(dc * i) * eqg + 2 * u * np.abs(d_g)
+                a_in, e_in = np.concatenate([d_i, d_f, d_g, d_o], axis=1), np.concatenate([e_d_i, e_d_f, e_d_g, e_d_o], axis=1)
+                a_h, e_h = a_in, e_in
+                carried, e_carried = dc * f, f * e_dc + np.abs(dc) * ef + u * np.abs(dc * f)
+            dA[:, t], edA[:, t], dB[:, t], edB[:, t] = a_in, e_in, a_h, e_h
+            rec = a_h @ W_hh
+            erec = e_h @ np.abs(W_hh) + gamma(width, dtype) * (np.abs(a_h) @ np.abs(W_hh))
+        dX = dA @ W_ih
+        edX = edA @ np.abs(W_ih) + gamma(width, dtype) * (np.abs(dA) @ np.abs(W_ih))
+        states = np.zeros((n, T, hidden))
+        e_states = np.zeros((n, T, hidden))
+        for t, s in zip(times, steps):
+            states[:, t], e_states[:, t] = s["h"], s["eh"]
+        rows = lambda v: v.reshape(n * T, -1)  # noqa: E731
+        count = gamma(n * T, dtype)
+        grads, egrads = [], []
+        for d, e_d, inputs, e_inputs in ((dA, edA, X, eX), (dB, edB, states, e_states)):
+            d, e_d, inputs, e_inputs = rows(d), rows(e_d), rows(inputs), rows(e_inputs)
+            grads.append(d.T @ inputs)
+            egrads.append(e_d.T @ np.abs(inputs) + np.abs(d).T @ e_inputs + count * (np.abs(d).T @ np.abs(inputs)))
+        for d, e_d in ((dA, edA), (dB, edB)):
+            d, e_d = rows(d), rows(e_d)
+            grads.append(d.sum(axis=0))
+            egrads.append(e_d.sum(axis=0) + count * np.abs(d).sum(axis=0))
+        return Gradients(dX, edX, grads, egrads)
+
+    @staticmethod
+    def _through_sigmoid(d, e_d, s, es, u):
+        """``d s (1 - s)`` and its bound: ``d``'s error, ``s``'s through ``s (1 - s)``
+        (derivative ``1 - 2 s``), the two roundings of ``s (1 - s)`` and the product's."""
+        factor = s * (1 - s)
+        e_factor = np.abs(1 - 2 * s) * es + 2 * u * factor
+        value = d * factor
+        return value, factor * e_d + np.abs(d) * e_factor + u * np.abs(value)
+
+
+_rule(jn.RNN, jn.GRU, jn.LSTM)(_Recurrent)
+
+
+class _Bidirectional:
+    """The two layers' rules; their outputs joined along the features (exact); the input's
+    gradient sums the two layers' (one rounding)."""
+
+    @staticmethod
+    def forward(layer, X, eX, dtype, masks, training):
+        parts = [forward_bound(member, X, dtype, eX) for member in (layer.forward_layer, layer.reverse_layer)]
+        return np.concatenate([p[0] for p in parts], axis=-1), np.concatenate([p[1] for p in parts], axis=-1), [p[2] for p in parts]
+
+    @staticmethod
+    def backward(layer, saved, dY, edY, dtype):
+        width = layer.forward_layer.hidden_size
+        members = (layer.forward_layer, layer.reverse_layer)
+        gs = [backward_bound(m, kept, d, dtype, e) for m, kept, d, e in zip(members, saved.own, np.split(dY, [width], axis=-1), np.split(edY, [width], axis=-1))]
+        dX = gs[0].dX + gs[1].dX
+        return Gradients(dX, gs[0].edX + gs[1].edX + unit_roundoff(dtype) * np.abs(dX), gs[0].grads + gs[1].grads, gs[0].egrads + gs[1].egrads)
+
+
+_rule(jn.Bidirectional)(_Bidirectional)
+
+
 # --------------------------------------------------------------------------- losses
 class LossBound(NamedTuple):
     """A loss's exact value and gradient with bounds on jitnn's errors in computing them."""
