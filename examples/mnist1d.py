@@ -1,6 +1,6 @@
 """MNIST-1D's four reference models, trained as in the paper, beside the paper's test accuracies.
 
-    python examples/mnist1d.py [--steps 6000] [--models logistic,mlp,cnn,gru] [--seed 0]
+    python examples/mnist1d.py [--steps 6000] [--models logistic,mlp,cnn,gru] [--seeds 3]
 
 MNIST-1D (Greydanus, "Scaling down deep learning", 2020) draws 4,000 training and 1,000
 test series of length 40 from ten one-dimensional digit templates, with shifts, scaling,
@@ -11,7 +11,10 @@ paper's default arguments and seed.
 The models and training are the paper's reference ones (``mnist1d/models.py``,
 ``mnist1d/train.py``): Adam with learning rate 1e-2, batches of 100 taken in order
 (``x[(step * 100) % 4000:][:100]``), 6,000 steps, softmax cross-entropy, test accuracy at
-the end. The CNN is written with ``Conv1D`` and the GRU is bidirectional, as PyTorch's
+the end. Each model is trained from ``--seeds`` initializations (seeds 0, 1, ...) and the
+table gives their mean test accuracy and its range: one run's accuracy moves by about a
+percentage point from one initialization to the next (the CNN's from 0.916 to 0.939 over
+seeds 0 to 5). The CNN is written with ``Conv1D`` and the GRU is bidirectional, as PyTorch's
 ``nn.GRU(1, 6, bidirectional=True, batch_first=True)``, every step's output flattened into
 ``Dense(480, 10)``. Every layer starts from PyTorch's default initialization, as the paper's
 did (the GRU's is jitnn's default too). Each model trains through one compiled step
@@ -132,23 +135,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--models", default=",".join(MODELS), help="a comma-separated subset of " + ", ".join(MODELS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="initializations per model (seeds 0, 1, ...)")
     args = parser.parse_args()
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in names if name not in MODELS]
     if unknown or not names:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
-    if args.steps < 1:
-        parser.error("--steps must be positive")
+    if args.steps < 1 or args.seeds < 1:
+        parser.error("--steps and --seeds must be positive")
 
     data = load_mnist1d()
     print(f"MNIST-1D: {len(data[0])} training and {len(data[2])} test series of length {data[0].shape[1]}; "
-          f"Adam 1e-2, batch 100 in order, {args.steps} steps")
-    print(f"{'model':<10} {'test accuracy':>13} {'paper':>6} {'first step':>11} {'per step':>9} {'final loss':>10}")
+          f"Adam 1e-2, batch 100 in order, {args.steps} steps; {args.seeds} initialization(s) per model")
+    print(f"{'model':<10} {'test accuracy':>13} {'range':>13} {'paper':>6} {'first step':>11} {'per step':>9}")
+    lines = []
     for name in names:
-        r = train(name, data, args.steps, args.seed)
-        print(f"{name:<10} {r['accuracy']:>13.3f} {PAPER[name]:>6.2f} {r['first']:>10.2f}s {1e3 * r['per_step']:>7.3f}ms {r['loss']:>10.4f}")
-        print(f"{name} test accuracy {r['accuracy']:.4f}", flush=True)
+        runs = [train(name, data, args.steps, seed) for seed in range(args.seeds)]
+        accuracies = [r["accuracy"] for r in runs]
+        mean = float(np.mean(accuracies))
+        spread = f"{min(accuracies):.3f}-{max(accuracies):.3f}"
+        per_step = float(np.median([r["per_step"] for r in runs]))
+        print(f"{name:<10} {mean:>13.3f} {spread:>13} {PAPER[name]:>6.2f} {runs[0]['first']:>10.2f}s {1e3 * per_step:>7.3f}ms", flush=True)
+        lines.append(f"{name} test accuracy {mean:.4f}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
