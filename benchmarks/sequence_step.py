@@ -227,7 +227,7 @@ def torch_step(torch: Any, net: Any, name: str, X: np.ndarray, T: np.ndarray) ->
         value = criterion(net(x), target)
         value.backward()
         optimizer.step()
-        return float(value)
+        return value.item()
 
     return run
 
