@@ -891,6 +891,8 @@ class Bidirectional(Composite):
 
     def label(self) -> str:
         """The class name with the short configuration that :func:`jitnn.summary` shows."""
-        ahead = self.forward_layer
+        ahead, back = self.forward_layer, self.reverse_layer
+        kind = type(ahead).__name__ if type(back) is type(ahead) else f"{type(ahead).__name__} + {type(back).__name__}"
+        width = f"2 x {ahead.hidden_size}" if back.hidden_size == ahead.hidden_size else f"{ahead.hidden_size} + {back.hidden_size}"
         options = "" if ahead.return_sequences else ", last state"
-        return f"{type(self).__name__}({type(ahead).__name__}, {ahead.input_size} -> 2 x {ahead.hidden_size}{options})"
+        return f"{type(self).__name__}({kind}, {ahead.input_size} -> {width}{options})"
