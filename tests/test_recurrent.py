@@ -11,6 +11,7 @@ not in the shared table through ``jn.testing.check_layer``.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import attrs
@@ -70,6 +71,7 @@ def test_elementary_functions_are_within_four_units_in_the_last_place(which: int
     assert float(errors.max()) <= 4, f"{float(errors.max())} ulp at {x[np.argmax(errors)]!r}"
 
 
+@np.errstate(over="ignore", invalid="ignore")  # under NUMBA_DISABLE_JIT=1, NumPy's scalars warn on inf
 def test_elementary_functions_keep_nan_and_limits() -> None:
     for dtype in (np.float32, np.float64):
         x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], dtype)
@@ -213,6 +215,8 @@ def test_bidirectional_has_pytorch_names() -> None:
         layer.weight_ih = layer.weight_hh  # type: ignore[misc]
     copied = attrs.evolve(layer)
     assert copied == layer and copied.weight_hh_reverse is layer.reverse_layer.weight_hh
+    unpickled = pickle.loads(pickle.dumps(layer))
+    assert unpickled == layer and not unpickled.weight_ih_reverse.flags.writeable
 
 
 def test_labels() -> None:
@@ -221,6 +225,8 @@ def test_labels() -> None:
     assert attrs.evolve(jn.GRU.init(key, 1, 6), reverse=True).label() == "GRU(1 -> 6, reverse)"
     assert jn.LSTM.init(key, 3, 2, return_sequences=False).label() == "LSTM(3 -> 2, last state)"
     assert jn.RNN.init(key, 4, 5, bidirectional=True).label() == "Bidirectional(RNN, 4 -> 2 x 5)"
+    mixed = jn.Bidirectional(jn.GRU.init(key, 4, 5), attrs.evolve(jn.LSTM.init(key, 4, 2), reverse=True))
+    assert mixed.label() == "Bidirectional(GRU + LSTM, 4 -> 5 + 2)" and mixed.output_shape((3, 4)) == (3, 7)
 
 
 # --------------------------------------------------------------------------- errors name the layer

@@ -121,6 +121,15 @@ def _output_gradient_by_time(dY, T, reverse, sequences):
 
 
 @jit(inline="always")
+def _states_over_ones(X, hidden, slots):
+    """P (hidden + 1, slots, n): rows for the states before each step (filled by the loop), over
+    a row of ones (the bias's, in the product with the hidden side's gradients)."""
+    P = np.empty((hidden + 1, slots, X.shape[0]), X.dtype)
+    P[hidden] = 1
+    return P
+
+
+@jit(inline="always")
 def _write_output(Y, h, t, sequences):
     """Y[:, t] (or Y[:, 0], the last state) = h.T;  h (hidden, n)."""
     out = t if sequences else 0
@@ -165,7 +174,7 @@ def _rnn_run(X, W_ih, W_hh, b_ih, b_hh, reverse, sequences, keep):
     A = _input_projection(X, W_ih, b_ih)
     slots = T if keep else 1
     after = np.empty((hidden, slots, n), X.dtype)
-    P = np.ones((hidden + 1, slots, n), X.dtype)
+    P = _states_over_ones(X, hidden, slots)
     Y = np.empty((n, T if sequences else 1, hidden), X.dtype)
     h, h_next = np.zeros((hidden, n), X.dtype), np.empty((hidden, n), X.dtype)
     B = np.empty((hidden, n), X.dtype)
@@ -294,7 +303,7 @@ def _gru_run(X, W_ih, W_hh, b_ih, b_hh, reverse, sequences, keep):
     slots = T if keep else 1
     gates = np.empty((3 * hidden, slots, n), X.dtype)
     Bn = np.empty((hidden, slots, n), X.dtype)
-    P = np.ones((hidden + 1, slots, n), X.dtype)
+    P = _states_over_ones(X, hidden, slots)
     Y = np.empty((n, T if sequences else 1, hidden), X.dtype)
     h, h_next = np.zeros((hidden, n), X.dtype), np.empty((hidden, n), X.dtype)
     B = np.empty((3 * hidden, n), X.dtype)
@@ -453,7 +462,7 @@ def _lstm_run(X, W_ih, W_hh, b_ih, b_hh, reverse, sequences, keep):
     gates = np.empty((4 * hidden, slots, n), X.dtype)
     Cp = np.empty((hidden, slots, n), X.dtype)
     Tc = np.empty((hidden, slots, n), X.dtype)
-    P = np.ones((hidden + 1, slots, n), X.dtype)
+    P = _states_over_ones(X, hidden, slots)
     Y = np.empty((n, T if sequences else 1, hidden), X.dtype)
     h, h_next = np.zeros((hidden, n), X.dtype), np.empty((hidden, n), X.dtype)
     cell, cell_next = np.zeros((hidden, n), X.dtype), np.empty((hidden, n), X.dtype)
@@ -882,6 +891,8 @@ class Bidirectional(Composite):
 
     def label(self) -> str:
         """The class name with the short configuration that :func:`jitnn.summary` shows."""
-        ahead = self.forward_layer
+        ahead, back = self.forward_layer, self.reverse_layer
+        kind = type(ahead).__name__ if type(back) is type(ahead) else f"{type(ahead).__name__} + {type(back).__name__}"
+        width = f"2 x {ahead.hidden_size}" if back.hidden_size == ahead.hidden_size else f"{ahead.hidden_size} + {back.hidden_size}"
         options = "" if ahead.return_sequences else ", last state"
-        return f"{type(self).__name__}({type(ahead).__name__}, {ahead.input_size} -> 2 x {ahead.hidden_size}{options})"
+        return f"{type(self).__name__}({kind}, {ahead.input_size} -> {width}{options})"
