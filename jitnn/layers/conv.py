@@ -79,14 +79,26 @@ def _conv2d_row_window(r, kernel, stride, padding, dilation, image_size, output_
 
 
 @jit(inline="always")
-def _conv2d_example_columns(image, kernel, stride, padding, dilation, columns):
-    """columns[(c, a, b), (y, x)] = image[c, y sh + a dh - ph, x sw + b dw - pw] (padding: as is);  image (C, H, W), columns (C kh kw, Ho Wo)."""
+def _conv2d_windows(channels, kernel, stride, padding, dilation, image_size, output_size):
+    """Every row's window, once per call (the same for every example; the integer divisions
+    that find it cost more than copying a short row): ``windows[r] = (c, h_offset, w_offset,
+    y_lo, y_hi, x_lo, x_hi)`` for the rows ``r = (c, a, b)`` of the columns, (C kh kw, 7) int64."""
+    windows = np.empty((channels * kernel[0] * kernel[1], 7), np.int64)
+    for r in range(windows.shape[0]):
+        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = _conv2d_row_window(r, kernel, stride, padding, dilation, image_size, output_size)
+        windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3] = c, h_offset, w_offset, y_lo
+        windows[r, 4], windows[r, 5], windows[r, 6] = y_hi, x_lo, x_hi
+    return windows
+
+
+@jit(inline="always")
+def _conv2d_example_columns(image, windows, stride, output_size, columns):
+    """columns[(c, a, b), (y, x)] = image[c, y sh + a dh - ph, x sw + b dw - pw] (padding: as is);  image (C, H, W), columns (C kh kw, Ho Wo), windows from :func:`_conv2d_windows`."""
     C, H, W = image.shape
-    Ho = _conv2d_output_size(H, kernel[0], stride[0], padding[0], dilation[0])
-    Wo = _conv2d_output_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    Ho, Wo = output_size
     pixels, entries = image.reshape(C * H * W), columns.reshape(columns.size)
     for r in range(columns.shape[0]):
-        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = _conv2d_row_window(r, kernel, stride, padding, dilation, (H, W), (Ho, Wo))
+        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4], windows[r, 5], windows[r, 6]
         for y in range(y_lo, y_hi):  # one output row: x_hi - x_lo entries, read stride[1] pixels apart
             row = entries[(r * Ho + y) * Wo + x_lo :]
             read = pixels[(c * H + y * stride[0] + h_offset) * W + x_lo * stride[1] + w_offset :]
@@ -99,14 +111,13 @@ def _conv2d_example_columns(image, kernel, stride, padding, dilation, columns):
 
 
 @jit(inline="always")
-def _conv2d_example_col2im(dcolumns, kernel, stride, padding, dilation, image_grad):
-    """image_grad[c, y sh + a dh - ph, x sw + b dw - pw] += dcolumns[(c, a, b), (y, x)] (padding entries dropped);  dcolumns (C kh kw, Ho Wo)."""
+def _conv2d_example_col2im(dcolumns, windows, stride, output_size, image_grad):
+    """image_grad[c, y sh + a dh - ph, x sw + b dw - pw] += dcolumns[(c, a, b), (y, x)] (padding entries dropped);  dcolumns (C kh kw, Ho Wo), windows from :func:`_conv2d_windows`."""
     C, H, W = image_grad.shape
-    Ho = _conv2d_output_size(H, kernel[0], stride[0], padding[0], dilation[0])
-    Wo = _conv2d_output_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    Ho, Wo = output_size
     pixels, entries = image_grad.reshape(C * H * W), dcolumns.reshape(dcolumns.size)
     for r in range(dcolumns.shape[0]):
-        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = _conv2d_row_window(r, kernel, stride, padding, dilation, (H, W), (Ho, Wo))
+        c, h_offset, w_offset, y_lo, y_hi, x_lo, x_hi = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4], windows[r, 5], windows[r, 6]
         for y in range(y_lo, y_hi):  # one output row: x_hi - x_lo entries, added stride[1] pixels apart
             row = entries[(r * Ho + y) * Wo + x_lo :]
             written = pixels[(c * H + y * stride[0] + h_offset) * W + x_lo * stride[1] + w_offset :]
@@ -146,9 +157,10 @@ def _conv2d_forward(X, W, b, stride, padding, dilation):
     rows = W.size // out
     weights = _conv2d_weight_matrix(X, W, b)
     columns = _conv2d_column_buffer(X, rows, Ho * Wo)
+    windows = _conv2d_windows(X.shape[1], kernel, stride, padding, dilation, (X.shape[2], X.shape[3]), (Ho, Wo))
     Y = np.empty((n, out, Ho * Wo), X.dtype)
     for i in range(n):
-        _conv2d_example_columns(X[i], kernel, stride, padding, dilation, columns[:rows])
+        _conv2d_example_columns(X[i], windows, stride, (Ho, Wo), columns[:rows])
         matmul_into(weights, columns, Y[i])
     return Y.reshape((n, out, Ho, Wo))
 
@@ -161,9 +173,10 @@ def _conv2d_grad_input(X, dY, W, b, stride, padding, dilation):
     gradient = dY.reshape((n, out, Ho * Wo))
     dcolumns = np.empty((W_matrix_T.shape[0], Ho * Wo), X.dtype)  # reused for every example
     dX = np.zeros(X.shape, X.dtype)
+    windows = _conv2d_windows(X.shape[1], (W.shape[2], W.shape[3]), stride, padding, dilation, (X.shape[2], X.shape[3]), (Ho, Wo))
     for i in range(n):
         matmul_into(W_matrix_T, gradient[i], dcolumns)
-        _conv2d_example_col2im(dcolumns, (W.shape[2], W.shape[3]), stride, padding, dilation, dX[i])
+        _conv2d_example_col2im(dcolumns, windows, stride, (Ho, Wo), dX[i])
     return dX
 
 
@@ -175,8 +188,9 @@ def _conv2d_grad_params(X, dY, W, b, stride, padding, dilation):
     gradient = dY.reshape((n, out, Ho * Wo))
     columns = _conv2d_column_buffer(X, rows, Ho * Wo)
     sums = np.zeros((out, rows + 1), X.dtype)
+    windows = _conv2d_windows(X.shape[1], (W.shape[2], W.shape[3]), stride, padding, dilation, (X.shape[2], X.shape[3]), (Ho, Wo))
     for i in range(n):
-        _conv2d_example_columns(X[i], (W.shape[2], W.shape[3]), stride, padding, dilation, columns[:rows])
+        _conv2d_example_columns(X[i], windows, stride, (Ho, Wo), columns[:rows])
         matmul_into(gradient[i], columns.T, sums, True)
     return sums[:, :rows].copy().reshape(W.shape), sums[:, rows].copy()
 
@@ -192,9 +206,10 @@ def _conv2d_forward_residuals(X, W, b, stride, padding, dilation):
     weights = _conv2d_weight_matrix(X, W, b)
     columns = np.zeros((n, rows + 1, Ho * Wo), X.dtype)
     Y = np.empty((n, out, Ho * Wo), X.dtype)
+    windows = _conv2d_windows(X.shape[1], kernel, stride, padding, dilation, (X.shape[2], X.shape[3]), (Ho, Wo))
     for i in range(n):
         columns[i, rows] = 1
-        _conv2d_example_columns(X[i], kernel, stride, padding, dilation, columns[i, :rows])
+        _conv2d_example_columns(X[i], windows, stride, (Ho, Wo), columns[i, :rows])
         matmul_into(weights, columns[i], Y[i])
     return Y.reshape((n, out, Ho, Wo)), (as_readonly(columns),)
 
