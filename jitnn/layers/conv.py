@@ -22,7 +22,10 @@ Wo)`` (a view: the output gradient's own layout, no axes swapped),
   entries read from the padding are dropped.
 
 A kernel fills one columns buffer (``C kh kw + 1`` rows, ``Ho Wo`` columns) for every example in
-turn, so no temporary grows with the batch and each product works in cache.
+turn, so no temporary grows with the batch and each product works in cache. Which part of the
+image each row reads (its window) is the same for every example: a kernel finds the windows
+once per call (:func:`_conv2d_windows`), since the integer divisions that find them cost more
+than copying a short row (small images and sequences: the MNIST-1D CNN's step 2.65 -> 1.78 ms).
 
 ``Conv1D`` is the same layer on sequences ``(n, C, L)``, as PyTorch's ``Conv1d``: its kernels
 are thin wrappers that view ``X (n, C, L)`` as ``(n, C, 1, L)`` and ``W (out, C, k)`` as
