@@ -134,8 +134,8 @@ def variant(X: np.ndarray, how: str, draw_dtype: Any = None) -> np.ndarray | Any
         return X[:0].copy()
     if how == "scalar":
         return float(X.flat[0]) if X.dtype.kind == "f" else int(X.flat[0])
-    if how == "extra_axis":
-        return X[..., None].copy()
+    if how == "extra_axis":  # a trailing axis of another size than the last one: no layer's rule takes it
+        return np.repeat(X[..., None], X.shape[-1] + 1, axis=-1)  # (Dense takes (n, ..., n_in): X[..., None] is valid for n_in = 1)
     if how == "drop_axis":
         return X[0].copy() if X.ndim > 1 else np.float64(X[0])
     if how == "bad_dtype":
