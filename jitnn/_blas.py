@@ -35,6 +35,7 @@ from numba import types
 from numba.extending import overload
 
 from jitnn import validate
+from jitnn._jit import jit
 
 __all__ = [
     "matmul", "matmul_into", "library", "available", "get_threads", "set_threads", "use_threads", "threads",
@@ -278,6 +279,21 @@ def matmul_into(A: np.ndarray, B: np.ndarray, out: np.ndarray, accumulate: bool 
         out += A @ B
     else:
         out[...] = A @ B
+
+
+@jit(inline="always")
+def beside_bias(W: np.ndarray, b: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``[W b]`` (rows, columns + 1) in ``like``'s dtype: a weight matrix with its bias as one
+    more column, for one product with ``[X; ones]``. For use inside kernels. Written as loops
+    rather than slice assignments, which would compile Numba's formatted shape-mismatch
+    error (a few seconds of a cold first run, for a check that cannot fail here)."""
+    rows, columns = W.shape
+    weights = np.empty((rows, columns + 1), like.dtype)
+    for r in range(rows):
+        for c in range(columns):
+            weights[r, c] = W[r, c]
+        weights[r, columns] = b[r]
+    return weights
 
 
 def _direct(*arrays: Any) -> Any:

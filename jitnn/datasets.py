@@ -32,6 +32,7 @@ after reading what the file actually holds, without allocating what the header c
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import os
 import struct
@@ -195,17 +196,33 @@ def load_digits(*, images: bool = False, dtype: Any = np.float32) -> tuple[np.nd
     who = "load_digits"
     images = validate.flag(images, who, "images")
     dtype = check_float_dtype(dtype, who)
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
+    pixels, digits = _bundled_digits(who)
+    X = freeze((pixels / 16.0).astype(dtype))
+    T = freeze(digits.astype(np.int64))
+    return (X.reshape(-1, 1, 8, 8) if images else X), T
+
+
+def _bundled_digits(who: str) -> tuple[np.ndarray, np.ndarray]:
+    """The digits' pixels (float64) and labels, read from the file scikit-learn bundles
+    (``sklearn/datasets/data/digits.csv.gz``, 64 pixels and the label per line) without
+    importing scikit-learn, whose import takes longer than the rest of a small first run;
+    where that file is not found, from ``sklearn.datasets.load_digits``."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
         raise ImportError(
             f"{who}: the 8x8 digits are bundled with scikit-learn, which is not installed; "
             "install it with `pip install scikit-learn`"
-        ) from None
+        )
+    for folder in spec.submodule_search_locations or ():
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as lines:
+                table = np.loadtxt(lines, delimiter=",")
+            return table[:, :-1], table[:, -1]
+    from sklearn.datasets import load_digits as sklearn_digits
+
     digits = sklearn_digits()
-    X = freeze((digits.data / 16.0).astype(dtype))
-    T = freeze(digits.target.astype(np.int64))
-    return (X.reshape(-1, 1, 8, 8) if images else X), T
+    return digits.data, digits.target
 
 
 def _check_path(path: Any, who: str) -> str:

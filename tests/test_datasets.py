@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import importlib.machinery
 import re
 import struct
+import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
@@ -283,3 +285,20 @@ def test_load_digits_without_scikit_learn_says_how_to_install_it(monkeypatch: py
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with raises(ImportError, "load_digits", "scikit-learn", "pip install scikit-learn"):
         datasets.load_digits()
+
+
+def test_load_digits_reads_the_bundled_file_without_importing_scikit_learn(sklearn_digits) -> None:
+    code = "import sys, jitnn; jitnn.datasets.load_digits(); print('sklearn' in sys.modules)"
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "False"
+
+
+def test_load_digits_falls_back_to_scikit_learn_where_the_file_is_elsewhere(
+    sklearn_digits, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    elsewhere = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    elsewhere.submodule_search_locations = [str(tmp_path)]  # no datasets/data/digits.csv.gz there
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: elsewhere)
+    X, T = datasets.load_digits(dtype=np.float64)
+    np.testing.assert_array_equal(X, sklearn_digits.data / 16.0)
+    np.testing.assert_array_equal(T, sklearn_digits.target)

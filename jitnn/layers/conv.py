@@ -45,7 +45,7 @@ import numpy as np
 
 from jitnn import init as initializers
 from jitnn import random, validate
-from jitnn._blas import matmul_into
+from jitnn._blas import beside_bias, matmul_into
 from jitnn._checks import check_float_dtype
 from jitnn._jit import as_readonly, jit
 from jitnn.protocol import Array, Kernels, Layer, Residuals, layer, param
@@ -144,11 +144,7 @@ def _conv2d_column_buffer(X, rows, count):
 def _conv2d_weight_matrix(X, W, b):
     """[W_matrix b] (out, C kh kw + 1) in X's dtype: the weights beside the bias, for the product with [columns; ones]."""
     out = W.shape[0]
-    rows = W.size // out
-    weights = np.empty((out, rows + 1), X.dtype)
-    weights[:, :rows] = W.reshape((out, rows))
-    weights[:, rows] = b
-    return weights
+    return beside_bias(W.reshape((out, W.size // out)), b, X)
 
 
 @jit

@@ -64,7 +64,7 @@ import attrs
 import numpy as np
 
 from jitnn import random, validate
-from jitnn._blas import matmul, matmul_into
+from jitnn._blas import beside_bias, matmul, matmul_into
 from jitnn._checks import check_float_dtype
 from jitnn._jit import as_readonly, jit
 from jitnn._math import sigmoid, tanh
@@ -99,10 +99,7 @@ def _input_projection(X, W_ih, b_ih):
     """A = [W_ih b_ih] @ [X, 1].T, every step's input part in one product;  -> (G hidden, T, n)."""
     n, T, features = X.shape
     width = W_ih.shape[0]
-    weights = np.empty((width, features + 1), X.dtype)
-    weights[:, :features] = W_ih
-    weights[:, features] = b_ih
-    return matmul(weights, _time_major_input(X).T).reshape((width, T, n))
+    return matmul(beside_bias(W_ih, b_ih, X), _time_major_input(X).T).reshape((width, T, n))
 
 
 @jit(inline="always")
