@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Benchmark: a new user's first run, from ``import`` to the end of the first epoch.
+
+    python benchmarks/first_run.py [--base REV] [--repeats N] [--models mlp,cnn]
+
+Each run is a new Python process (``python -c ...``) that imports NumPy and jitnn, loads
+scikit-learn's 8x8 digits with ``jn.datasets.load_digits``, builds the model of
+``examples/digits_mlp.py`` or ``examples/digits_cnn.py`` (the CNN: Conv2D, BatchNorm, ReLU,
+MaxPool2D, Flatten, Dropout, Dense, AdamW with a warm-up cosine schedule) and trains it for
+one epoch with ``jn.fit`` (batch 32, so 57 compiled steps). A cold run gets a new, empty
+``NUMBA_CACHE_DIR``; the warm run right after it reuses the folder the cold run filled.
+
+The child splits its time into phases with ``time.perf_counter`` (imports, the data, the
+model, ``fit``), and splits the compilation inside ``fit`` with Numba's compile events
+(``numba.core.event``, each compilation's time less the compilations nested in it):
+
+* "step": the generated training step's own compilation, which in Numba includes linking
+  in and optimizing again the machine code of every kernel it calls;
+* "kernels": jitnn's ``@jit`` kernels;
+* "Numba library": the implementations of NumPy functions and builtins that Numba compiles
+  for the kernels (``np.empty``, ``np.take``, string formatting for error messages, ...);
+* "rest of fit": everything else in ``fit``: Numba's one-time set-up in a process, loading
+  machine code from the cache, and the 57 steps themselves.
+
+``--base REV`` runs the same children, in the same run, against a git revision of this
+repository (extracted with ``git archive`` into a temporary folder), alternating base and
+head, so the table compares the two side by side. Every child prints its last loss; the
+report says whether the two revisions and the cold and warm runs agree to the bit.
+
+Run it with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (``env -u ...``), on an
+otherwise idle machine: compilation is single-threaded and any other load lands in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, describe_machine, load_average, markdown_table, stderr, thread_settings
+
+#: The targets of the first run, in seconds from the child's first statement to the end of
+#: the first epoch: (cold cache, warm cache) per model.
+TARGETS = {"cnn": (5.0, 1.5), "mlp": (2.5, 1.5)}
+CHILD_TIMEOUT_SECONDS = 900
+
+CHILD_CODE = r"""
+import time
+started = time.perf_counter()
+import sys
+sys.path.insert(0, sys.argv[1])
+which = sys.argv[2]
+import numpy as np
+numpy_done = time.perf_counter()
+import jitnn as jn
+jitnn_done = time.perf_counter()
+from numba.core import event
+recorder = event.RecordingListener()
+event.register("numba:compile", recorder)
+X, T = jn.datasets.load_digits(images=which == "cnn")
+data_done = time.perf_counter()
+key = jn.random.key(0)
+k1, k2, k3, train_key = jn.random.split(key, 4)
+if which == "cnn":
+    model = jn.pipe(jn.Conv2D.init(k1, 1, 16, 3, padding=1), jn.BatchNorm.init(None, 16), jn.ReLU(),
+                    jn.MaxPool2D(2), jn.Flatten(), jn.Dropout(0.2), jn.Dense.init(k2, 256, 10))
+    steps = jn.data.n_batches(len(X), 32)
+    optimizer = jn.optim.adamw(jn.optim.warmup_cosine_decay(3e-3, warmup_steps=steps // 10, decay_steps=steps))
+else:
+    model = jn.pipe(jn.Dense.init(k1, 64, 128, weight_init=jn.init.he_normal), jn.ReLU(),
+                    jn.Dense.init(k2, 128, 64, weight_init=jn.init.he_normal), jn.ReLU(), jn.Dense.init(k3, 64, 10))
+    optimizer = jn.optim.sgd(0.1)
+model_done = time.perf_counter()
+result = jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, key=train_key, epochs=1, batch_size=32)
+fit_done = time.perf_counter()
+
+own = {"step": 0.0, "kernels": 0.0, "library": 0.0}
+stack = []
+for stamp, record in recorder.buffer:
+    if record.is_start:
+        stack.append([record.data["dispatcher"], stamp, 0.0])
+        continue
+    dispatcher, begun, nested = stack.pop()
+    spent = stamp - begun
+    if stack:
+        stack[-1][2] += spent
+    module = getattr(dispatcher.py_func, "__module__", "") or ""
+    kind = "step" if module.startswith("jitnn_step_") else "kernels" if module.startswith("jitnn") else "library"
+    own[kind] += spent - nested
+import json
+print(json.dumps({
+    "numpy": numpy_done - started, "jitnn": jitnn_done - numpy_done, "data": data_done - jitnn_done,
+    "model": model_done - data_done, "fit": fit_done - model_done, "total": fit_done - started,
+    "step": own["step"], "kernels": own["kernels"], "library": own["library"],
+    "sklearn_imported": "sklearn" in sys.modules, "file": jn.__file__, "loss": float(result.history[-1]).hex(),
+}))
+"""
+
+COLUMNS = [("numpy", "import NumPy"), ("jitnn", "import jitnn"), ("data", "load digits"), ("model", "build model"),
+           ("step", "compile: step"), ("kernels", "compile: kernels"), ("library", "compile: Numba library"),
+           ("rest", "rest of fit"), ("total", "total")]
+
+
+def run_child(tree: Path, which: str, cache: str) -> dict[str, Any]:
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["NUMBA_CACHE_DIR"] = cache
+    finished = subprocess.run([sys.executable, "-c", CHILD_CODE, str(tree), which], env=environment,
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS, cwd=tempfile.gettempdir())
+    lines = [line for line in finished.stdout.splitlines() if line.startswith("{")]
+    if finished.returncode != 0 or not lines:
+        raise RuntimeError(f"the {which} child of {tree} failed ({finished.returncode}):\n{finished.stdout}{finished.stderr}")
+    report = json.loads(lines[-1])
+    if not Path(report["file"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the child imported jitnn from {report['file']}, not from {tree}")
+    report["rest"] = report["fit"] - report["step"] - report["kernels"] - report["library"]
+    return report
+
+
+def extract(revision: str, into: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "jitnn"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+
+
+def prime(tree: Path) -> None:
+    """One untimed import, so that Python's bytecode caches exist and the libraries were read once."""
+    cache = tempfile.mkdtemp(prefix="jitnn-first-run-prime-")
+    try:
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); import numpy, jitnn"],
+                       env={**os.environ, "NUMBA_CACHE_DIR": cache}, check=True, capture_output=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="a git revision to run side by side with this working tree")
+    parser.add_argument("--repeats", type=int, default=1, help="cold+warm pairs per model and tree (default 1)")
+    parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp (default both)")
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if not models or any(m not in TARGETS for m in models) or args.repeats < 1:
+        parser.error("--models takes cnn and/or mlp, --repeats at least 1")
+
+    scratch = Path(tempfile.mkdtemp(prefix="jitnn-first-run-"))
+    trees = {"head": ROOT}
+    try:
+        if args.base:
+            (scratch / "base").mkdir()
+            extract(args.base, scratch / "base")
+            trees = {"base": scratch / "base", "head": ROOT}
+        for tree in trees.values():
+            prime(tree)
+        load_before = load_average()
+        results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for repeat in range(args.repeats):
+            for which in models:
+                for side, tree in trees.items():
+                    cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
+                    for state in ("cold", "warm"):
+                        stderr(f"run {repeat + 1}/{args.repeats}: {which}, {side}, {state} cache ...")
+                        report = run_child(tree, which, cache)
+                        results.setdefault((which, side, state), []).append(report)
+                        stderr(f"  {report['total']:.2f} s")
+                    shutil.rmtree(cache, ignore_errors=True)
+        load_after = load_average()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print("## The first run: import to the end of the first epoch on the digits, a new process")
+    print()
+    for line in describe_machine(["numpy", "numba", "llvmlite", "scikit-learn"]):
+        print(line + "  ")
+    print(f"Threads: {thread_settings()}; 1-minute load average {load_before} before, {load_after} after.")
+    print()
+    headers = ["model", "tree", "cache"] + [title + " (s)" for _, title in COLUMNS] + ["target (s)"]
+    rows = []
+    for (which, side, state), reports in results.items():
+        medians = [statistics.median(r[key] for r in reports) for key, _ in COLUMNS]
+        target = TARGETS[which][state == "warm"]
+        rows.append([which, side if args.base else "this tree", state] + [f"{v:.2f}" for v in medians]
+                    + [f"{target:g} ({'met' if medians[-1] <= target else 'not met'})"])
+    print(markdown_table(headers, rows, right_align_from=3))
+    print()
+    print(f"{'Medians over ' + str(args.repeats) + ' runs' if args.repeats > 1 else 'One run'} per row. "
+          "\"compile: ...\" is each compilation's own time (less the compilations nested in it); "
+          "\"rest of fit\" is Numba's set-up, loading from the cache and the 57 steps.")
+    losses = {r["loss"] for reports in results.values() for r in reports}
+    per_model = {which: {r["loss"] for (w, _, _), reports in results.items() if w == which for r in reports}
+                 for which in models}
+    agree = all(len(v) == 1 for v in per_model.values())
+    print(f"Last losses {'agree to the bit' if agree else 'DIFFER'} between every run of a model "
+          f"({len(losses)} distinct values over {len(models)} models). scikit-learn imported: "
+          f"{sorted({r['sklearn_imported'] for reports in results.values() for r in reports})}.")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    status = main()
+    stderr(f"done in {time.perf_counter() - started:.0f} s")
+    sys.exit(status)
