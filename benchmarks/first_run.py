@@ -83,6 +83,7 @@ result = jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, key=train_key,
 fit_done = time.perf_counter()
 
 own = {"step": 0.0, "kernels": 0.0, "library": 0.0}
+each = {}
 stack = []
 for stamp, record in recorder.buffer:
     if record.is_start:
@@ -95,11 +96,14 @@ for stamp, record in recorder.buffer:
     module = getattr(dispatcher.py_func, "__module__", "") or ""
     kind = "step" if module.startswith("jitnn_step_") else "kernels" if module.startswith("jitnn") else "library"
     own[kind] += spent - nested
+    name = module.split(".")[-1] + "." + dispatcher.py_func.__qualname__
+    each[name] = each.get(name, 0.0) + spent - nested
 import json
 print(json.dumps({
     "numpy": numpy_done - started, "jitnn": jitnn_done - numpy_done, "data": data_done - jitnn_done,
     "model": model_done - data_done, "fit": fit_done - model_done, "total": fit_done - started,
     "step": own["step"], "kernels": own["kernels"], "library": own["library"],
+    "slowest": sorted(each.items(), key=lambda item: -item[1])[:8],
     "sklearn_imported": "sklearn" in sys.modules, "file": jn.__file__, "loss": float(result.history[-1]).hex(),
 }))
 """
@@ -192,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'Medians over ' + str(args.repeats) + ' runs' if args.repeats > 1 else 'One run'} per row. "
           "\"compile: ...\" is each compilation's own time (less the compilations nested in it); "
           "\"rest of fit\" is Numba's set-up, loading from the cache and the 57 steps.")
+    print()
+    print("Slowest compilations of the cold runs (each function's own time, signatures summed, first run):")
+    print()
+    for (which, side, state), reports in results.items():
+        if state == "cold":
+            listed = ", ".join(f"`{name}` {seconds:.2f}" for name, seconds in reports[0]["slowest"])
+            print(f"- {which}, {side if args.base else 'this tree'}: {listed}")
+    print()
     losses = {r["loss"] for reports in results.values() for r in reports}
     per_model = {which: {r["loss"] for (w, _, _), reports in results.items() if w == which for r in reports}
                  for which in models}

@@ -97,7 +97,7 @@ def _time_major_input(X):
 @jit(inline="always")
 def _input_projection(X, W_ih, b_ih):
     """A = [W_ih b_ih] @ [X, 1].T, every step's input part in one product;  -> (G hidden, T, n)."""
-    n, T, features = X.shape
+    n, T = X.shape[0], X.shape[1]
     width = W_ih.shape[0]
     return matmul(beside_bias(W_ih, b_ih, X), _time_major_input(X).T).reshape((width, T, n))
 
