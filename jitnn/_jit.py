@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import types
 from numba.core.imputils import impl_ret_borrowed
+from numba.core.runtime import rtsys
 from numba.extending import intrinsic
 
 __all__ = ["jit", "KERNELS", "as_readonly"]
@@ -65,14 +66,21 @@ def _guard_cache(dispatcher: Any) -> None:
     memory.
     """
     cache = getattr(dispatcher, "_cache", None)
-    load, save = getattr(cache, "load_overload", None), getattr(cache, "save_overload", None)
-    if load is None or save is None:
+    load, save = getattr(cache, "_load_overload", None), getattr(cache, "save_overload", None)
+    guard = getattr(cache, "_guard_against_spurious_io_errors", None)
+    if load is None or save is None or guard is None:
         return
     name = dispatcher.py_func.__qualname__
 
     def load_overload(signature: Any, target_context: Any) -> Any:
+        # Numba's own load_overload refreshes the target context first, which imports
+        # every typing and lowering registry (and SciPy's BLAS): about 0.8 s that loading
+        # machine code does not need, beyond the runtime (NRT) it initializes. Any
+        # compilation refreshes the context itself.
         try:
-            return load(signature, target_context)
+            rtsys.initialize(target_context)
+            with guard():
+                return load(signature, target_context)
         except Exception as error:
             warnings.warn(f"jitnn: cannot load {name} from the disk cache ({type(error).__name__}: {error}); compiling it again", RuntimeWarning, stacklevel=2)
             try:

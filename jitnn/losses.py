@@ -18,6 +18,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly
+from jitnn._math import row_max
 from jitnn._jit import jit
 from jitnn.protocol import Array
 
@@ -126,7 +127,7 @@ def _softmax_cross_entropy_value_and_grad(Y, T, ignore):
             for j in range(k):
                 dY[i, j] = 0.0
             continue
-        top = Y[i].max()
+        top = row_max(Y, i)
         s = 0.0
         for j in range(k):
             exps[j] = math.exp(Y[i, j] - top)

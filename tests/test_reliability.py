@@ -340,6 +340,29 @@ def test_a_cache_folder_that_does_not_exist_yet_is_created(tmp_path: Path, expec
     assert misses > 0 and hits == 0  # compiled, and saved
 
 
+WARM_CHILD = TRAINING + textwrap.dedent("""
+    import sys
+    train("mlp", True)
+    train("cnn", True)
+    print("counts", *cache_counts())
+    print("imported", "none", *(name for name in ("numba.np.arraymath", "scipy.linalg") if name in sys.modules))
+""")
+
+
+@needs_jit
+def test_a_process_that_loads_every_kernel_from_the_cache_imports_none_of_numbas_compiler_registries(tmp_path: Path) -> None:
+    """Loading machine code needs Numba's runtime, not its typing and lowering registries
+    (``numba.np.arraymath`` pulls SciPy's BLAS in: about 0.5 s of a warm first run), and no
+    kernel the compiled steps of an MLP and a CNN call may need them back through its
+    environment (``ndarray.max`` would)."""
+    cache = tmp_path / "cache"
+    finished(run_child(WARM_CHILD, cache))
+    stdout = finished(run_child(WARM_CHILD, cache))
+    hits, misses = map(int, fields(stdout, "counts"))
+    assert misses == 0 and hits > 0
+    assert fields(stdout, "imported") == ["none"]
+
+
 @needs_jit
 def test_two_processes_filling_one_cache_folder_at_once(tmp_path: Path, expected_mlp: str) -> None:
     """Both compile and write the same entries at the same time; both succeed with the right

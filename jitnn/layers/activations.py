@@ -15,6 +15,7 @@ import attrs
 import numpy as np
 
 from jitnn import validate
+from jitnn._math import row_max
 from jitnn._jit import as_readonly, jit
 from jitnn.protocol import Kernels, Layer, Residuals, layer
 
@@ -147,7 +148,7 @@ def _softmax_rows(X):
     """Y[i] = exp(X[i] - max X[i]) / sum(...) for each row;  X (m, k) -> Y (m, k)."""
     Y = np.empty(X.shape, X.dtype)
     for i in range(X.shape[0]):
-        top = X[i].max()
+        top = row_max(X, i)
         total = 0.0
         for j in range(X.shape[1]):
             Y[i, j] = math.exp(X[i, j] - top)
