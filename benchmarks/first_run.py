@@ -8,7 +8,10 @@ scikit-learn's 8x8 digits with ``jn.datasets.load_digits``, builds the model of
 ``examples/digits_mlp.py`` or ``examples/digits_cnn.py`` (the CNN: Conv2D, BatchNorm, ReLU,
 MaxPool2D, Flatten, Dropout, Dense, AdamW with a warm-up cosine schedule) and trains it for
 one epoch with ``jn.fit`` (batch 32, so 57 compiled steps). A cold run gets a new, empty
-``NUMBA_CACHE_DIR``; the warm run right after it reuses the folder the cold run filled.
+``NUMBA_CACHE_DIR``; the warm run right after it reuses the folder the cold run filled. An
+"after warmup" run gets another empty folder, filled first by ``python -m jitnn warmup
+--dtype float32`` (timed on its own): the first run of a new architecture on a machine where
+the built-in kernels were compiled ahead of time, so that only the model's own step compiles.
 
 The child splits its time into phases with ``time.perf_counter`` (imports, the data, the
 model, ``fit``), and splits the compilation inside ``fit`` with Numba's compile events
@@ -48,8 +51,10 @@ from typing import Any
 from _common import ROOT, describe_machine, load_average, markdown_table, stderr, thread_settings
 
 #: The targets of the first run, in seconds from the child's first statement to the end of
-#: the first epoch: (cold cache, warm cache) per model.
+#: the first epoch: (cold cache, warm cache) per model; a run after the warmup is held to the
+#: cold target (its model's step is new).
 TARGETS = {"cnn": (5.0, 1.5), "mlp": (2.5, 1.5)}
+STATES = ("cold", "warm", "after warmup")
 CHILD_TIMEOUT_SECONDS = 900
 
 CHILD_CODE = r"""
@@ -128,6 +133,16 @@ def run_child(tree: Path, which: str, cache: str) -> dict[str, Any]:
     return report
 
 
+def run_warmup(tree: Path, cache: str) -> float:
+    """``python -m jitnn warmup --dtype float32`` into ``cache``; its wall time in seconds."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(NUMBA_CACHE_DIR=cache, PYTHONPATH=str(tree))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jitnn", "warmup", "--dtype", "float32", "--quiet"], env=environment, check=True,
+                   capture_output=True, timeout=CHILD_TIMEOUT_SECONDS, cwd=tempfile.gettempdir())
+    return time.perf_counter() - started
+
+
 def extract(revision: str, into: Path) -> None:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "jitnn"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
@@ -146,7 +161,7 @@ def prime(tree: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="a git revision to run side by side with this working tree")
-    parser.add_argument("--repeats", type=int, default=1, help="cold+warm pairs per model and tree (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="cold, warm and after-warmup runs per model and tree (default 1)")
     parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp (default both)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -164,11 +179,19 @@ def main(argv: list[str] | None = None) -> int:
             prime(tree)
         load_before = load_average()
         results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        warmups: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
             for which in models:
                 for side, tree in trees.items():
                     cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
-                    for state in ("cold", "warm"):
+                    for state in STATES:
+                        if state == "after warmup":
+                            if not (tree / "jitnn" / "warmup.py").exists():
+                                continue  # a revision without the warmup command
+                            shutil.rmtree(cache, ignore_errors=True)
+                            cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
+                            stderr(f"run {repeat + 1}/{args.repeats}: {side}, python -m jitnn warmup ...")
+                            warmups.setdefault(side, []).append(run_warmup(tree, cache))
                         stderr(f"run {repeat + 1}/{args.repeats}: {which}, {side}, {state} cache ...")
                         report = run_child(tree, which, cache)
                         results.setdefault((which, side, state), []).append(report)
@@ -193,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                     + [f"{target:g} ({'met' if medians[-1] <= target else 'not met'})"])
     print(markdown_table(headers, rows, right_align_from=3))
     print()
+    for side, seconds in warmups.items():
+        print(f"`python -m jitnn warmup --dtype float32` into an empty cache ({side if args.base else 'this tree'}): "
+              f"median {statistics.median(seconds):.1f} s over {len(seconds)} run{'s' if len(seconds) > 1 else ''}, before each \"after warmup\" row's run.")
+        print()
     print(f"{'Medians over ' + str(args.repeats) + ' runs' if args.repeats > 1 else 'One run'} per row. "
           "\"compile: ...\" is each compilation's own time (less the compilations nested in it); "
           "\"rest of fit\" is Numba's set-up, loading from the cache and the 57 steps.")

@@ -114,6 +114,22 @@ def _nearest_float(dtype: np.dtype) -> np.dtype:
     return FLOAT_DTYPES[0] if dtype.itemsize <= 4 else FLOAT_DTYPES[1]
 
 
+#: What :func:`require_gradient_shape` raises; the compiled step's wrapper recognises it and
+#: names the layer.
+WRONG_GRADIENT_SHAPE = "a grad_params kernel returned a gradient of the wrong shape"
+
+
+@jit
+def require_gradient_shape(same):
+    """Raise ``ValueError(WRONG_GRADIENT_SHAPE)`` unless ``same``: the compiled step's check
+    that a parameter's gradient has the parameter's shape (the optimizer would read out of
+    bounds otherwise). One call per parameter rather than a ``raise`` written into the step:
+    Numba lowers each ``raise`` of a function body anew, and a step's own compilation time
+    grows with them; this one compiles once, for one signature."""
+    if not same:
+        raise ValueError(WRONG_GRADIENT_SHAPE)
+
+
 @jit
 def _bounds(values):
     """(min, max) of a non-empty int64 array (m,) in one pass: one kernel call instead of two

@@ -42,7 +42,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from jitnn._checks import describe
+from jitnn._checks import require_gradient_shape
 from jitnn.plan import Call, Plan, Sum
 
 __all__ = ["StepSource", "load_function"]
@@ -179,7 +179,7 @@ class StepSource:
             else:
                 self.lines.append(f"{grads} = {self.kernel(grad_params)}({head}{arguments})")
             for j in range(len(layer.param_names)):
-                self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", describe(layer, site.where))
+                self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", True)
         if input_gradient and not both:
             self.lines.append(f"{dx} = {self.kernel(grad_input)}({head}{arguments}){shape}")
         return dx
@@ -236,7 +236,7 @@ class StepSource:
         for k, pending in enumerate(self._pending):
             if pending:  # a parameter no gradient reached: its gradient is zero
                 self._pending[k] = 1
-                self._parameter_gradient(k, f"np.zeros_like(params[{k}])", "")
+                self._parameter_gradient(k, f"np.zeros_like(params[{k}])", False)
         buffers = _tuple(name for _, name in self.buffers)
         if self._update is None:
             self.lines.append(f"return value, {_tuple(f'ro({g})' for g in self._grads)}, {buffers}")
@@ -256,7 +256,7 @@ class StepSource:
             f"{body}\n"
         )
 
-    def _parameter_gradient(self, k: int, gradient: str, owner: str) -> None:
+    def _parameter_gradient(self, k: int, gradient: str, check: bool) -> None:
         """One more part of parameter ``k``'s gradient (a layer applied several times has
         several); once all have come, check its shape (a kernel that got it wrong would make
         the optimizer read out of bounds) and update the parameter."""
@@ -268,9 +268,8 @@ class StepSource:
         self._pending[k] -= 1
         if self._pending[k]:
             return
-        if owner:
-            self.lines.append(f"if {gradient}.shape != params[{k}].shape:")
-            self.lines.append(f"    raise ValueError('the grad_params kernel of {_quote(owner)} returned a gradient of the wrong shape')")
+        if check:
+            self.lines.append(f"{self.kernel(require_gradient_shape)}({gradient}.shape == params[{k}].shape)")
         if self._update is None:
             return
         out = self._variable("updated")
@@ -288,10 +287,6 @@ class StepSource:
 def _tuple(items: Any) -> str:
     items = list(items)
     return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 # --------------------------------------------------------------------------- modules on disk

@@ -32,8 +32,8 @@ import attrs
 import numba
 import numpy as np
 
-from jitnn import _blas, _memory, plan, random
-from jitnn._checks import describe, float_input, readonly
+from jitnn import _blas, _memory, passes, plan, random
+from jitnn._checks import WRONG_GRADIENT_SHAPE, describe, float_input, readonly
 from jitnn._codegen import StepSource, load_function
 from jitnn.losses import Loss
 from jitnn.optim._base import Optimizer, learning_rate_at, step_count
@@ -164,6 +164,10 @@ class CompiledStep:
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
             results = compiled.function(*arguments)
+        except ValueError as error:
+            if error.args == (WRONG_GRADIENT_SHAPE,):
+                self._name_wrong_gradient(model, X, T, key)
+            raise
         finally:
             if restore:
                 _blas.set_threads(restore)
@@ -178,6 +182,12 @@ class CompiledStep:
         self._remember(new_model, new_params, buffers, new_buffers)
         self._last_state = (new_state, new_moments)
         return new_model, new_state, float(value)
+
+    def _name_wrong_gradient(self, model: Layer, X: Array, T: Any, key: random.Key | None) -> None:
+        """A parameter's gradient had the wrong shape inside the step: the generic path on the
+        same batch names the layer and the shapes (it checks each gradient as it comes)."""
+        passes.value_and_grad(model, self.loss, X, T, key=key, training=True)
+        raise ValueError(f"step: {WRONG_GRADIENT_SHAPE} in {describe(model)} (the generic path, on the same batch, got the right shapes)")
 
     def _update_in_python(self, compiled: _Compiled, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:
         """For an optimizer without one kernel (a chain of transforms, a user's own): the

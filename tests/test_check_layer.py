@@ -184,6 +184,17 @@ def test_a_parameter_gradient_of_the_wrong_shape_fails_the_shape_check() -> None
     assert "raised the error reported by 'shapes and dtypes'" in dict(report.skipped)["batch invariance"]
 
 
+def test_the_compiled_step_names_the_layer_whose_parameter_gradient_has_the_wrong_shape() -> None:
+    """The step's own check (one call per parameter, before the optimizer reads the
+    gradient) is translated into the generic path's error, which names the layer."""
+    model = jn.pipe(ScaleShortParamGrad(s=S), jn.Dense.init(jn.random.key(0), S.size, 2, dtype=S.dtype))
+    optimizer = jn.optim.sgd(0.1)
+    step = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer)
+    X = np.ones((4, S.size), S.dtype)
+    with pytest.raises(ValueError, match=r"ScaleShortParamGrad at model.layers\[0\]: gradient of s has shape \(2,\), expected \(3,\)"):
+        step(model, optimizer.init(model), X, np.zeros(4, np.int64))
+
+
 @numba.njit(cache=True)
 def _scale_forward_float64(X, s):
     """Wrong on purpose: the output is float64 whatever the layer's dtype."""
