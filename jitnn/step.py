@@ -25,6 +25,10 @@ What the wrapper does per call, and why it keeps the functional contract:
 from __future__ import annotations
 
 import itertools
+import os
+import pickle
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -32,7 +36,7 @@ import attrs
 import numba
 import numpy as np
 
-from jitnn import _blas, _memory, passes, plan, random
+from jitnn import _blas, _memory, passes, plan, random, validate
 from jitnn._checks import WRONG_GRADIENT_SHAPE, describe, float_input, readonly
 from jitnn._codegen import StepSource, load_function
 from jitnn.losses import Loss
@@ -42,7 +46,7 @@ from jitnn.protocol import Array, Composite, Context, Layer
 __all__ = ["CompiledStep", "compile_step"]
 
 
-def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> CompiledStep:
+def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False) -> CompiledStep:
     """A training step compiled into one Numba function for ``model``'s architecture.
 
     Parameters
@@ -56,6 +60,14 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
     threads : BLAS threads for the step's matrix products: ``None`` chooses by batch size
         (one thread for small batches, all for large ones; see :mod:`jitnn._blas`), an
         integer fixes the count.
+    background : compile in another process instead of in this one. Until that process has
+        put the compiled function in the disk cache, each call runs the generic path
+        (:func:`jitnn.train_step`, under the same BLAS thread count), which gives the same
+        bits; the call after it finished loads the function and uses it from then on. A
+        function already in the cache is loaded at once. Where the step cannot be cached
+        (an unwritable cache folder, a kernel without a source file), with
+        ``NUMBA_DISABLE_JIT=1`` or with ``JITNN_BACKGROUND_COMPILE=0``, the step compiles in
+        this process as without ``background``. :func:`jitnn.fit` uses this by default.
 
     Returns
     -------
@@ -72,7 +84,7 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
         form (a layer whose ``updated`` is Python
         rather than a ``Kernels.update`` kernel): use :func:`jitnn.train_step` for those.
     """
-    return CompiledStep(model, loss, optimizer, threads=threads)
+    return CompiledStep(model, loss, optimizer, threads=threads, background=background)
 
 
 @attrs.define
@@ -89,6 +101,8 @@ class _Compiled:
     source: str
     cached: bool
     ready: bool = False
+    child: subprocess.Popen | None = None  # the process compiling it in the background
+    child_done: bool = False  # a background compilation ran (successfully or not): not again
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -105,7 +119,7 @@ class CompiledStep:
     optimizer runs inside the compiled function).
     """
 
-    def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None) -> None:
+    def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False) -> None:
         if not isinstance(model, Layer):
             raise TypeError(f"compile_step: model must be a jitnn layer (for example a Chain), got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -113,6 +127,8 @@ class CompiledStep:
         if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
             raise TypeError(f"compile_step: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
         self.threads = _blas.check_threads(threads, "compile_step")
+        self.background = validate.flag(background, "compile_step", "background") and os.environ.get("JITNN_BACKGROUND_COMPILE", "1") != "0"
+        self.generic_steps = 0  # calls that ran the generic path while the function compiled elsewhere
         _memory.keep_freed_memory()  # reuse the blocks the previous step freed (see _memory.py)
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.fused = isinstance(optimizer, Optimizer)
@@ -160,6 +176,9 @@ class CompiledStep:
             moments, hyper = (), ()
         arguments = (X, T, params, buffers, self._configs, extras, self._loss_config, moments, hyper)
         if not compiled.ready:
+            waiting = self._compiling_elsewhere(compiled, arguments)
+            if waiting:
+                return self._generic_step(model, state, X, T, key, n, start=compiled if waiting == "start" else None, arguments=arguments)
             self._compile(compiled, arguments)
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
@@ -182,6 +201,36 @@ class CompiledStep:
         self._remember(new_model, new_params, buffers, new_buffers)
         self._last_state = (new_state, new_moments)
         return new_model, new_state, float(value)
+
+    # ------------------------------------------------------------------ background compilation
+    def _compiling_elsewhere(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> str:
+        """``"start"`` (run the generic step, then start compiling in another process),
+        ``"running"`` (that process has not finished) or ``""`` (compile or load here)."""
+        if not (self.background and compiled.cached and hasattr(compiled.function, "compile")) or compiled.child_done:
+            return ""
+        if compiled.child is None:
+            return "" if _in_disk_cache(compiled.function, arguments) else "start"
+        if compiled.child.poll() is None:
+            return "running"
+        compiled.child, compiled.child_done = None, True  # its result is in the cache, or it failed: _compile either way
+        return ""
+
+    def _generic_step(self, model: Layer, state: Any, X: Array, T: Array, key: random.Key | None, n: int, *, start: _Compiled | None, arguments: tuple[Any, ...]) -> tuple[Layer, Any, float]:
+        """:func:`jitnn.train_step` under the thread count the compiled function would use;
+        with ``start``, then start compiling that function in another process (after this
+        step, so that it finds every kernel compiled and cached)."""
+        restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
+        try:
+            value, grads, model = passes.value_grad_and_update(model, self.loss, X, T, key=key, training=True)
+            model, state = self.optimizer.update(model, grads, state)
+        finally:
+            if restore:
+                _blas.set_threads(restore)
+        self.generic_steps += 1
+        if start is not None:
+            start.child = _start_compiling(start.function, arguments)
+            start.child_done = start.child is None
+        return model, state, value
 
     def _name_wrong_gradient(self, model: Layer, X: Array, T: Any, key: random.Key | None) -> None:
         """A parameter's gradient had the wrong shape inside the step: the generic path on the
@@ -288,6 +337,55 @@ class CompiledStep:
                 raise TypeError(f"compile_step: the generated step for {describe(self.model)} does not compile:\n{error}") from None
         compiled.ready = True
         self.compile_seconds += time.perf_counter() - started
+
+
+def _in_disk_cache(function: Any, arguments: tuple[Any, ...]) -> bool:
+    """Whether Numba's disk cache holds ``function`` compiled for the types of ``arguments``
+    (its index only: nothing is loaded)."""
+    try:
+        cache = function._cache
+        key = cache._index_key(tuple(numba.typeof(a) for a in arguments), function.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # no index yet, or one that cannot be read: compiling will tell
+        return False
+
+
+#: Run in the background process: import the generated module from its file, compile its
+#: step for the pickled argument types read from standard input (Numba saves it to the cache).
+_CHILD = (
+    "import importlib.util, pickle, sys\n"
+    "name, path = sys.argv[1], sys.argv[2]\n"
+    "spec = importlib.util.spec_from_file_location(name, path)\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[name] = module\n"
+    "spec.loader.exec_module(module)\n"
+    "module.step.compile(pickle.load(sys.stdin.buffer))\n"
+)
+
+
+#: The processes compiling a step, by module and argument types: a second step of the same
+#: architecture (another ``fit`` of the same model) waits for the same process.
+_COMPILING: dict[tuple[str, tuple[Any, ...]], subprocess.Popen] = {}
+
+
+def _start_compiling(function: Any, arguments: tuple[Any, ...]) -> subprocess.Popen | None:
+    """A process compiling ``function`` (a generated step) for the types of ``arguments``
+    into the disk cache, with this process's module path; ``None`` if it cannot start."""
+    module = sys.modules[function.py_func.__module__]
+    types = tuple(numba.typeof(a) for a in arguments)
+    running = _COMPILING.get((module.__name__, types))
+    if running is not None and running.poll() is None:
+        return running
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    try:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, module.__name__, module.__file__], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+        with child.stdin:
+            pickle.dump(types, child.stdin)
+    except Exception:  # cannot start, or the types do not pickle: compile here instead
+        return None
+    _COMPILING[module.__name__, types] = child
+    return child
 
 
 class _NoExtras(dict):

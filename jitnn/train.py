@@ -88,8 +88,11 @@ def fit(
     ``state`` continues an earlier run (default: ``optimizer.init(model)``).
 
     ``compiled``: ``None`` (default) runs :func:`jitnn.compile_step`'s step when the model
-    can be compiled and :func:`train_step` otherwise; ``True`` requires the compiled step
-    (``TypeError`` if the model cannot be compiled); ``False`` runs the generic path.
+    can be compiled and :func:`train_step` otherwise; a step not yet in the disk cache is
+    compiled in another process (``compile_step(background=True)``) while the first steps
+    run the generic path, which gives the same bits, so training starts at once. ``True``
+    requires the compiled step and compiles it here before the first step (``TypeError`` if
+    the model cannot be compiled); ``False`` runs the generic path.
     ``threads`` is handed to :func:`jitnn.compile_step` (BLAS threads; ``None`` chooses by
     batch size). With ``verbose`` the progress through each epoch and a line per epoch are
     printed to standard error; ``callback(epoch, model, mean_loss)`` is called after each
@@ -153,7 +156,7 @@ def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, t
     if compiled is False:
         return None
     try:
-        return compile_step(model, loss, optimizer, threads=threads)
+        return compile_step(model, loss, optimizer, threads=threads, background=compiled is None)
     except TypeError:
         if compiled:
             raise

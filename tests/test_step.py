@@ -473,6 +473,61 @@ def test_a_second_process_loads_the_step_from_the_disk_cache(tmp_path: Path) -> 
     assert len(list((tmp_path / "cache" / "jitnn_steps").glob("jitnn_step_*.py"))) == 1
 
 
+BACKGROUND_SCRIPT = textwrap.dedent("""
+    import time
+    import numpy as np
+    import jitnn as jn
+    from jitnn import _blas
+
+    rng = np.random.default_rng(3)
+    k1, k2 = jn.random.split(jn.random.key(0))
+    model = jn.pipe(jn.Dense.init(k1, 6, 8, dtype=np.float64), jn.ReLU(), jn.Dropout(0.2), jn.Dense.init(k2, 8, 4, dtype=np.float64))
+    X, T = rng.normal(size=(16, 6)), rng.integers(0, 4, 16)
+    loss, optimizer = jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
+    step = jn.compile_step(model, loss, optimizer, background=True)
+    compiled = lambda: all(c.ready for c in step._plans.values()) and bool(step._plans)
+    trained, state, values, started = model, optimizer.init(model), [], time.perf_counter()
+    while len(values) < 3 or not compiled() or len(values) < step.generic_steps + 3:
+        trained, state, value = step(trained, state, X, T, key=jn.random.fold_in(jn.random.key(1), len(values)))
+        values.append(value)
+        if not compiled():
+            assert time.perf_counter() - started < 600, "the background compilation did not finish"
+            time.sleep(0.05)
+    reference, reference_state = model, optimizer.init(model)
+    with _blas.threads(_blas.auto_threads(16)):
+        for i in range(len(values)):
+            reference, reference_state, value = jn.train_step(reference, reference_state, loss, optimizer, X, T, key=jn.random.fold_in(jn.random.key(1), i))
+            assert value == values[i], (i, value, values[i])
+    same = all(np.array_equal(a, b) for a, b in zip(jn.tree.leaves((trained, state)), jn.tree.leaves((reference, reference_state))))
+    print(step.generic_steps, len(values) - step.generic_steps, same, step.compile_seconds < 1.0)
+""")
+
+
+def test_a_step_compiled_in_another_process_takes_over_from_the_generic_path_with_the_same_bits(tmp_path: Path) -> None:
+    """``background=True``: the first calls run the generic path while a child process
+    compiles the function into the cache; a later call loads it (no compilation here) and
+    the rest run compiled. Every loss and the final model equal the generic path's."""
+    if numba.config.DISABLE_JIT:
+        pytest.skip("with NUMBA_DISABLE_JIT=1 nothing is compiled, in the background or not")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", BACKGROUND_SCRIPT], env=env, capture_output=True, check=False, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    generic, compiled, same, loaded = run.stdout.split()
+    assert int(generic) >= 1 and int(compiled) >= 3
+    assert same == "True"
+    assert loaded == "True"  # loading the function the child compiled, not compiling it here
+
+
+def test_background_compilation_can_be_turned_off() -> None:
+    model = mlp(np.float64)
+    assert jn.compile_step(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), background=True).background
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JITNN_BACKGROUND_COMPILE", "0")
+        assert not jn.compile_step(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), background=True).background
+    with pytest.raises(TypeError, match="compile_step: background"):
+        jn.compile_step(model, jn.MeanSquaredError(), jn.optim.sgd(0.1), background="yes")
+
+
 def test_the_module_name_changes_when_a_kernel_source_changes(tmp_path: Path) -> None:
     """Numba's cache checks only the generated file, so the environment fingerprint in the
     file (and so its name) must follow the kernels' source files."""
