@@ -115,8 +115,10 @@ class CompiledStep:
     Call it as ``model, state, value = step(model, state, X, T, key=None)``. Attributes:
     ``compile_seconds`` (generation, compilation or loading from the disk cache, for all
     input shapes so far), ``cached`` (whether the last compiled function is on disk),
-    ``source`` (the generated code of the last input shape) and ``fused`` (whether the
-    optimizer runs inside the compiled function).
+    ``source`` (the generated code of the last input shape), ``fused`` (whether the
+    optimizer runs inside the compiled function), ``background`` (whether a function not in
+    the disk cache compiles in another process) and ``generic_steps`` (the calls that ran
+    the generic path meanwhile).
     """
 
     def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False) -> None:
