@@ -166,6 +166,7 @@ class CompiledStep:
         X = readonly(self._input(X))
         compiled = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
         n = X.shape[0]
+        given_T = T  # the generic path takes the targets as given (the loss converts them again)
         T = readonly(self.loss.targets(self._stand_in((n, *compiled.output_shape), self._dtype(X.dtype)), T))
         extras = self._extras(compiled, n, X.dtype, key)
         if self.fused:
@@ -180,14 +181,14 @@ class CompiledStep:
         if not compiled.ready:
             waiting = self._compiling_elsewhere(compiled, arguments)
             if waiting:
-                return self._generic_step(model, state, X, T, key, n, start=compiled if waiting == "start" else None, arguments=arguments)
+                return self._generic_step(model, state, X, given_T, key, n, start=compiled if waiting == "start" else None, arguments=arguments)
             self._compile(compiled, arguments)
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
             results = compiled.function(*arguments)
         except ValueError as error:
             if error.args == (WRONG_GRADIENT_SHAPE,):
-                self._name_wrong_gradient(model, X, T, key)
+                self._name_wrong_gradient(model, X, given_T, key)
             raise
         finally:
             if restore:
@@ -217,7 +218,7 @@ class CompiledStep:
         compiled.child, compiled.child_done = None, True  # its result is in the cache, or it failed: _compile either way
         return ""
 
-    def _generic_step(self, model: Layer, state: Any, X: Array, T: Array, key: random.Key | None, n: int, *, start: _Compiled | None, arguments: tuple[Any, ...]) -> tuple[Layer, Any, float]:
+    def _generic_step(self, model: Layer, state: Any, X: Array, T: Any, key: random.Key | None, n: int, *, start: _Compiled | None, arguments: tuple[Any, ...]) -> tuple[Layer, Any, float]:
         """:func:`jitnn.train_step` under the thread count the compiled function would use;
         with ``start``, then start compiling that function in another process (after this
         step, so that it finds every kernel compiled and cached)."""

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 from layer_examples import attention
@@ -20,6 +21,7 @@ import jitnn as jn
 import reference
 import tolerances
 from jitnn import _blas
+from jitnn import step as step_module
 from jitnn._checks import readonly
 
 DTYPES = [np.float32, np.float64]
@@ -299,14 +301,31 @@ def test_a_small_transformer_passes_the_gradient_check() -> None:
     jn.testing.check_grads(model, tokens)
 
 
-def test_the_compiled_step_gives_the_generic_steps_bits_with_sequence_targets() -> None:
+class _Compiling:
+    """Stands for the process compiling a step in the background: still running when first
+    asked, finished when asked again."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        return None if self.polls == 1 else 0
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["compiled", "background"])
+def test_the_compiled_step_gives_the_generic_steps_bits_with_sequence_targets(background: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``background``, each input length's first two calls run the generic path inside
+    the step (as while another process compiles it), the next ones the compiled function."""
     model = block_model(jn.random.key(4), 7, 8, 2, 6, np.float64)
     rng = np.random.default_rng(16)
     loss, optimizer = jn.SoftmaxCrossEntropy(ignore_label=-100), jn.optim.adam(0.01)
-    step = jn.compile_step(model, loss, optimizer)
+    monkeypatch.setattr(step_module, "_in_disk_cache", lambda function, arguments: False)
+    monkeypatch.setattr(step_module, "_start_compiling", lambda function, arguments: _Compiling())
+    step = jn.compile_step(model, loss, optimizer, background=background)
     compiled = generic = model
     compiled_state = generic_state = optimizer.init(model)
-    for i in range(4):
+    for i in range(8):
         tokens = rng.integers(0, 7, size=(5, 6 - i % 2))  # two sequence lengths: one plan each
         targets = shifted(tokens)
         compiled, compiled_state, value = step(compiled, compiled_state, tokens, targets)
@@ -316,6 +335,7 @@ def test_the_compiled_step_gives_the_generic_steps_bits_with_sequence_targets() 
         for (path, a), (_, b) in zip(jn.tree.leaves_with_paths((compiled, compiled_state)), jn.tree.leaves_with_paths((generic, generic_state))):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"step {i}: {path}"
     assert "_attention_gradients" in step.source and "_softmax_cross_entropy_value_and_grad" in step.source
+    assert step.generic_steps == (4 if background and not numba.config.DISABLE_JIT else 0)
 
 
 def test_a_small_transformer_saves_and_loads(tmp_path: Path) -> None:
