@@ -376,8 +376,11 @@ def _start_compiling(function: Any, arguments: tuple[Any, ...]) -> subprocess.Po
     into the disk cache, with this process's module path; ``None`` if it cannot start."""
     module = sys.modules[function.py_func.__module__]
     types = tuple(numba.typeof(a) for a in arguments)
+    for key, process in list(_COMPILING.items()):  # reap the finished ones (no zombies are left)
+        if process.poll() is not None:
+            del _COMPILING[key]
     running = _COMPILING.get((module.__name__, types))
-    if running is not None and running.poll() is None:
+    if running is not None:
         return running
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
     try:
