@@ -24,7 +24,9 @@ __all__ = ["FitResult", "NonFiniteLossError", "fit", "train_step"]
 @attrs.frozen
 class FitResult:
     """What :func:`fit` returns: the trained model, the optimizer state, per epoch the mean
-    training loss over the epoch's batches, and whether the compiled step ran."""
+    training loss over the epoch's batches, and whether it trained with the compiled step
+    (:func:`jitnn.compile_step`'s, which runs the generic path while its function compiles
+    in another process: a short fit may have run no step compiled)."""
 
     model: Layer
     state: Any
