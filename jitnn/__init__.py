@@ -17,7 +17,8 @@ from jitnn.layers import (
 )
 from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
-from jitnn.protocol import Array, Composite, Context, Kernels, Layer, Residuals, buffer, layer, param, registered_layers, require_shape
+from jitnn._blas import outer_sum
+from jitnn.protocol import Array, Composite, Context, Factored, Kernels, Layer, Residuals, buffer, layer, param, registered_layers, require_shape
 from jitnn.io import load, save
 from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the protocol
-    "Layer", "Composite", "layer", "param", "buffer", "Kernels", "Residuals", "Array", "Context", "require_shape", "registered_layers",
+    "Layer", "Composite", "layer", "param", "buffer", "Kernels", "Residuals", "Factored", "outer_sum", "Array", "Context", "require_shape", "registered_layers",
     # layers and composition
     "Dense", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten", "Reshape", "Dropout",

@@ -38,7 +38,7 @@ from jitnn import validate
 from jitnn._jit import jit
 
 __all__ = [
-    "matmul", "matmul_into", "library", "available", "get_threads", "set_threads", "use_threads", "threads",
+    "matmul", "matmul_into", "outer_sum", "library", "available", "get_threads", "set_threads", "use_threads", "threads",
     "auto_threads", "check_threads", "SMALL_BATCH",
 ]
 
@@ -279,6 +279,27 @@ def matmul_into(A: np.ndarray, B: np.ndarray, out: np.ndarray, accumulate: bool 
         out += A @ B
     else:
         out[...] = A @ B
+
+
+@jit
+def outer_sum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A.T @ B`` (``A`` (k, m), ``B`` (k, n)): the sum of the rows' outer products, a new
+    C-ordered ``(m, n)`` array, as a weight gradient ``X.T @ dY``. For use inside kernels.
+
+    At one row (``k = 1``) it is the outer product itself, written as a loop: each element
+    is the one rounded product ``A[0, i] * B[0, j]``, the same expression that an optimizer
+    forms on the fly from the factors (``jitnn.optim._base.gradient_at``), so that a layer's
+    factored gradient and its stored one give the same bits (BLAS would add the product to
+    a zero, which turns a ``-0.0`` into ``0.0``). Otherwise one product through :func:`matmul`.
+    """
+    if A.shape[0] != 1 or B.shape[0] != 1:
+        return matmul(A.T, B)
+    out = np.empty((A.shape[1], B.shape[1]), A.dtype)
+    for i in range(A.shape[1]):
+        a = A[0, i]
+        for j in range(B.shape[1]):
+            out[i, j] = a * B[0, j]
+    return out
 
 
 @jit(inline="always")

@@ -42,6 +42,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from jitnn._blas import outer_sum
 from jitnn._checks import require_gradient_shape
 from jitnn.plan import Call, Plan, Sum
 
@@ -168,6 +169,8 @@ class StepSource:
             head, arguments = f"{x_in}, {dy_in}", self._arguments(call, False)
             grad_params, grad_input = kernels.grad_params, kernels.grad_input
         both = r is not None and kernels.residuals.gradients is not None and bool(layer.param_names) and input_gradient
+        # weight gradients as factors, for an optimizer that updates from them (see jitnn.Factored)
+        factored = kernels.factored if r is None and self._factored and site.calls == 1 else None
         dx = self._variable("dx") if input_gradient else None
         shape = self._restored(call)
         if layer.param_names:
@@ -177,24 +180,31 @@ class StepSource:
                 if shape:
                     self.lines.append(f"{dx} = {dx}{shape}")
             else:
-                self.lines.append(f"{grads} = {self.kernel(grad_params)}({head}{arguments})")
-            for j in range(len(layer.param_names)):
-                self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", True)
+                kernel = factored.grad_params if factored is not None else grad_params
+                self.lines.append(f"{grads} = {self.kernel(kernel)}({head}{arguments})")
+            for j, name in enumerate(layer.param_names):
+                if factored is not None and name in factored.params:
+                    self._factored_gradient(site.first_param + j, f"{grads}[{j}]")
+                else:
+                    self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", True)
         if input_gradient and not both:
             self.lines.append(f"{dx} = {self.kernel(grad_input)}({head}{arguments}){shape}")
         return dx
 
     # ------------------------------------------------------------------ the whole function
-    def function(self, loss: Any, optimizer_kernel: Any, n_moments: int) -> str:
+    def function(self, loss: Any, optimizer_kernel: Any, n_moments: int, factored: bool = False) -> str:
         """The source of the step. With ``optimizer_kernel`` ``None`` the step stops at the
         gradients: ``-> (value, grads, new buffers)``; otherwise it updates: ``-> (value,
-        new params, new moments, new buffers)``.
+        new params, new moments, new buffers)``. With ``factored`` the optimizer's kernel
+        takes a weight gradient's factors (``Optimizer.factored_gradients``), and the layers
+        that give them (``Kernels.factored``) hand it those.
 
         Each parameter is updated as soon as its gradient is complete, in the backward pass,
         while it is still in cache (the order changes no result: each update reads only its
         own parameter, gradient and moments)."""
         plan = self.plan
         self._update = self.kernel(optimizer_kernel) if optimizer_kernel is not None else None
+        self._factored = factored and self._update is not None
         self._n_moments = n_moments
         n_params = sum(len(site.layer.param_names) for site in plan.sites)
         self._grads: list[str | None] = [None] * n_params
@@ -273,8 +283,31 @@ class StepSource:
         if self._update is None:
             return
         out = self._variable("updated")
+        self.lines.append(f"{out} = {self._updated(k, f'ro({gradient}.reshape(-1))')}")
+        self._updates(k, out)
+
+    def _factored_gradient(self, k: int, pair: str) -> None:
+        """Parameter ``k``'s gradient as the factors ``(A, B)`` of ``A.T @ B`` (its only
+        part): the optimizer forms it element by element where ``A`` has one row, and gets
+        ``outer_sum(A, B)`` otherwise, the bits the stored gradient has either way."""
+        a, b, out = self._variable("a"), self._variable("b"), self._variable("updated")
+        self._grads[k] = pair
+        self._pending[k] -= 1
+        self.lines.append(f"{a}, {b} = {pair}")
+        self.lines.append(f"{self.kernel(require_gradient_shape)}(({a}.shape[1], {b}.shape[1]) == params[{k}].shape and {a}.shape[0] == {b}.shape[0])")
+        self.lines.append(f"if {a}.shape[0] == 1:")
+        self.lines.append(f"    {out} = {self._updated(k, f'({a}, {b})')}")
+        self.lines.append("else:")
+        self.lines.append(f"    {out} = {self._updated(k, f'ro({self.kernel(outer_sum)}({a}, {b}).reshape(-1))')}")
+        self._updates(k, out)
+
+    def _updated(self, k: int, gradient: str) -> str:
+        """The optimizer's kernel call for parameter ``k`` with ``gradient`` (flat, or factors)."""
         moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(self._n_moments))
-        self.lines.append(f"{out} = {self._update}(params[{k}].reshape(-1), ro({gradient}.reshape(-1)){moments}, *hyper)")
+        return f"{self._update}(params[{k}].reshape(-1), {gradient}{moments}, *hyper)"
+
+    def _updates(self, k: int, out: str) -> None:
+        """Take parameter ``k``'s new value and moments from the optimizer's results ``out``."""
         self._new_params[k] = f"ro({out}[0].reshape(params[{k}].shape))"
         for j in range(self._n_moments):
             self._new_moments[j][k] = f"ro({out}[{j + 1}].reshape(params[{k}].shape))"

@@ -58,7 +58,7 @@ from jitnn import random
 from jitnn._checks import FLOAT_DTYPES, describe, float_input, freeze, readonly
 
 __all__ = [
-    "Array", "Composite", "Context", "EVALUATION", "Kernels", "Layer", "Residuals", "buffer", "layer", "param", "registered_layers",
+    "Array", "Composite", "Context", "EVALUATION", "Factored", "Kernels", "Layer", "Residuals", "buffer", "layer", "param", "registered_layers",
     "require_shape",
 ]
 
@@ -96,6 +96,31 @@ class Residuals(NamedTuple):
     gradients: Callable[..., tuple[Array, tuple[Array, ...]]] | None = None
 
 
+class Factored(NamedTuple):
+    """A parameters' gradient kernel that gives some gradients as factors instead of arrays.
+
+    - ``grad_params(X, dY, *params, *buffers, *config, *extras)``: the arguments of
+      :attr:`Kernels.grad_params`, and one entry per parameter as it gives, except that the
+      entry of each parameter named in ``params`` is a pair ``(A, B)`` of 2-D arrays whose
+      product ``A.T @ B`` (``A`` (k, m), ``B`` (k, n)) is that parameter's ``(m, n)``
+      gradient: ``Dense``'s is ``(X, dY)``, its ``dW = X.T @ dY``.
+    - ``params``: the names of those parameters (2-D ones).
+
+    The compiled training step calls it instead of ``grad_params`` for a layer applied once,
+    where the call keeps no residuals and the optimizer takes factored gradients (every
+    built-in one does). Where ``A`` has one row, the optimizer forms each element
+    ``A[0, i] * B[0, j]`` as it updates it, so that the gradient is never stored (at batch 1
+    a ``784 x 256`` weight's gradient is written and read back otherwise); with more rows the
+    step forms :func:`jitnn.outer_sum` ``(A, B)`` first. The stored gradients (``grad_params``)
+    must be ``outer_sum`` of the factors, bit for bit (``jn.testing.check_layer`` checks it
+    at the checked batch and at one example), which they are when ``grad_params`` computes
+    them with ``outer_sum``.
+    """
+
+    grad_params: Callable[..., tuple[Any, ...]]
+    params: tuple[str, ...]
+
+
 class Kernels(NamedTuple):
     """The kernels of a layer (see the module's table for their arguments).
 
@@ -109,6 +134,9 @@ class Kernels(NamedTuple):
     ``grad_params`` (and ``update``) out: its plain answers then compute the residuals from
     ``X`` first. Where both are given, the plain kernels answer a plain call and the
     residual ones serve the passes; the two must agree bit for bit.
+
+    ``factored`` (:class:`Factored`) gives weight gradients as the factors of a product,
+    for the compiled step to update from without storing them.
     """
 
     forward: Callable[..., Array] | None
@@ -116,6 +144,7 @@ class Kernels(NamedTuple):
     grad_params: Callable[..., tuple[Array, ...]] | None = None
     update: Callable[..., tuple[Array, ...]] | None = None
     residuals: Residuals | None = None
+    factored: Factored | None = None
 
 
 def _to_param(value: Any) -> Array:
@@ -409,6 +438,13 @@ class Layer:
                 raise ValueError(f"{describe(self, where)}: grad_input kernel returned shape {dX.shape}, the input has {X.shape}")
         return grads, dX
 
+    def _factored_gradients(self, X: Array, dY: Array) -> tuple[Any, ...]:
+        """What the ``Kernels.factored`` kernel gives at ``X`` for ``dY`` in evaluation mode,
+        with the arguments of the plain ``grad_params`` kernel (for checks and the warmup)."""
+        extras = self._kernel_extras(self.call_args(X, EVALUATION, "") if self.needs_context else ())
+        x, d = readonly(self._kernel_view(X)), readonly(self._kernel_view(dY))
+        return self.kernels.factored.grad_params(x, d, *self.params, *self.buffers, *self.config(), *extras)
+
     def _updated(self: L, X: Array, R: Any, extras: tuple[Any, ...]) -> L:
         """The layer with the buffers its ``update`` kernel gives for this batch (the
         residual one, from ``R`` or residuals computed now, where there is one)."""
@@ -618,6 +654,15 @@ def _check_kernels(cls: type) -> None:
         raise TypeError(f"layer {cls.__name__} has no grad_input kernel")
     if cls.param_names and kernels.grad_params is None and (residuals is None or residuals.grad_params is None):
         raise TypeError(f"layer {cls.__name__} has parameters {cls.param_names} but no grad_params kernel")
+    factored = kernels.factored
+    if factored is not None:
+        if not isinstance(factored, Factored):
+            raise TypeError(f"layer {cls.__name__}: Kernels.factored must be a jitnn.Factored, got {type(factored).__name__}")
+        unknown = [name for name in factored.params if name not in cls.param_names]
+        if unknown or not factored.params:
+            raise TypeError(f"layer {cls.__name__}: Factored.params must name some of its parameters {cls.param_names}, got {factored.params}")
+        if kernels.grad_params is None:
+            raise TypeError(f"layer {cls.__name__}: Kernels.factored needs the plain grad_params kernel it stands for")
 
 
 def registered_layers() -> tuple[type, ...]:

@@ -320,7 +320,8 @@ class CompiledStep:
         lowered = plan.lower(self.model, X.shape[1:], X.shape[0])
         source = StepSource(lowered)
         kernel = self.optimizer.kernel if self.fused else None
-        text = source.function(self.loss, kernel, len(self._moment_names))
+        factored = self.fused and getattr(self.optimizer, "factored_gradients", False)
+        text = source.function(self.loss, kernel, len(self._moment_names), factored)
         function, cached = load_function(text, source.kernels)
         context = tuple(call for call in lowered.calls if lowered.sites[call.site].layer.needs_context)
         compiled = _Compiled(function, lowered, context, tuple(site for site, _ in source.buffers), text, cached)

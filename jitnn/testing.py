@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 
 from jitnn import passes, random, tree, validate
+from jitnn._blas import outer_sum
 from jitnn._checks import FLOAT_DTYPES, describe, float_input
 from jitnn.inspection import summary
 from jitnn.losses import Loss, MeanSquaredError
@@ -319,6 +320,9 @@ def check_layer(
         ``jn.backward`` of the loss's gradient gives. Both routes run the same kernels in
         the same order on the same arrays, so nothing but the bits is acceptable: a layer
         whose backward pass reuses what its forward pass computed must compute the same.
+        For a layer with a ``Kernels.factored`` kernel (:class:`jitnn.Factored`), its
+        gradients, each factor pair ``(A, B)`` as ``jitnn.outer_sum(A, B)``, are
+        ``layer.grad_params``'s bit for bit, at the checked batch and at its first example.
     ``same key, same bits``
         For a layer that uses the training context: two training passes with the same
         ``key`` give the same bits (output, updated model, gradients); skipped otherwise.
@@ -783,10 +787,36 @@ def _check_trace_route(checker: _Checker) -> None:
             checker.problem(f"in {d}: jn.value_and_grad gives the loss {value!r}, the loss of jn.forward's output is {expected_value!r}")
         pairs += [(f"the loss gradient {path}", a, b, "jn.value_and_grad", "jn.backward of the loss's dY")
                   for (path, a), (_, b) in zip(tree.leaves_with_paths(grads_loss), tree.leaves_with_paths(grads_expected))]
+        if not isinstance(v.layer, Composite) and v.layer.kernels.factored is not None:
+            pairs += _factored_pairs(checker, v, v.X, v.dY, "")
+            pairs += _factored_pairs(checker, v, v.X[:1], v.dY[:1], " at one example")
         for what, a, b, first, second in pairs:
             if not _same_bits(a, b):
                 difference = np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))) if np.shape(a) == np.shape(b) else "shapes differ"
                 checker.problem(f"in {d}: {what} of {first} is not bit for bit that of {second} (largest difference {difference})")
+
+
+def _factored_pairs(checker: _Checker, v: _Variant, X: np.ndarray, dY: np.ndarray, where: str) -> list[tuple[str, Any, Any, str, str]]:
+    """The gradients of a layer's ``Kernels.factored`` kernel (each factor pair ``(A, B)``
+    as ``outer_sum(A, B)``, the product the compiled step forms) beside ``layer.grad_params``'s,
+    to compare bit for bit."""
+    layer = v.layer
+    names = layer.kernels.factored.params
+    label = f"the Kernels.factored grad_params kernel{where}"
+
+    def formed() -> tuple[Any, ...]:  # the factors are the arrays handed over, by design: what is returned is their product
+        grads = layer._factored_gradients(X, dY)
+        if not isinstance(grads, tuple) or len(grads) != len(layer.param_names):
+            raise TypeError(f"{label} must return a tuple of {len(layer.param_names)} entries, one per parameter")
+        for name, grad in zip(layer.param_names, grads):
+            if name in names and not (isinstance(grad, tuple) and len(grad) == 2 and all(isinstance(f, np.ndarray) and f.ndim == 2 for f in grad)
+                                      and grad[0].shape[0] == grad[1].shape[0]):
+                raise TypeError(f"{label} must give {name}'s gradient as a pair (A, B) of 2-D arrays with as many rows")
+        return tuple(outer_sum(*grad) if name in names else grad for name, grad in zip(layer.param_names, grads))
+
+    expected = checker.call(v, f"layer.grad_params(X, dY){where}", layer.grad_params, X, dY)
+    grads = checker.call(v, label, formed)
+    return [(f"the gradient .{name}{where}", grad, getattr(expected, name), label, "layer.grad_params") for name, grad in zip(layer.param_names, grads)]
 
 
 def _check_same_key(checker: _Checker) -> str | None:

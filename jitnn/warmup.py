@@ -25,7 +25,7 @@ import numpy as np
 
 from jitnn import layers as L
 from jitnn import optim, random
-from jitnn._checks import require_gradient_shape
+from jitnn._checks import readonly, require_gradient_shape
 from jitnn._jit import KERNELS
 from jitnn.chain import pipe
 from jitnn.combinators import Add, Concatenate, Residual
@@ -135,6 +135,17 @@ def _run(model: Layer, X: np.ndarray, T: np.ndarray, loss: Loss, optimizers: Seq
         optimizer.update(model, grads, optimizer.init(model))
 
 
+def _factored(dtype: Any, optimizers: Sequence[Any]) -> None:
+    """The compiled step's route for a Dense weight at one example (``jitnn.Factored``):
+    Dense's factored kernel, and each optimizer's kernel handed the gradient's factors."""
+    dense = L.Dense.init(random.key(2), 3, 2, dtype=dtype)
+    (A, B), _ = dense._factored_gradients(np.ones((1, 3), dtype), np.ones((1, 2), dtype))
+    factors, param = (readonly(A), readonly(B)), readonly(np.zeros(6, dtype))
+    for optimizer in optimizers:
+        if getattr(optimizer, "factored_gradients", False):
+            type(optimizer).kernel(param, factors, *(param,) * len(optimizer.moment_names), *optimizer.kernel_config(1e-3, 1))
+
+
 def _counts() -> tuple[int, int]:
     """Signatures compiled and loaded so far, over every kernel made with ``jitnn._jit.jit``."""
     compiled = sum(sum(dispatcher.stats.cache_misses.values()) for dispatcher in KERNELS)
@@ -166,6 +177,7 @@ def warmup(dtypes: Sequence[Any] = (np.float32, np.float64), *, progress: Callab
     require_gradient_shape(True)  # the compiled step's one check
     optimizers = _optimizers()
     for name in names:
+        _factored(np.dtype(name), optimizers)
         for index, (model, X, T, loss) in enumerate(_workloads(np.dtype(name))):
             _run(model, X, T, loss, optimizers if index == 0 else ())  # their kernels see flat arrays: one model reaches them
             if progress is not None:

@@ -1143,6 +1143,31 @@ def test_layer_with_parameters_but_no_grad_params_kernel_is_refused():
             kernels = jn.Kernels(_scale_forward, _scale_grad_input)
 
 
+def test_a_factored_kernel_that_does_not_fit_the_layer_is_refused():
+    factors = jn.Factored(_scale_grad_params, ("s",))
+    with pytest.raises(TypeError, match=r"NotAFactored: Kernels.factored must be a jitnn.Factored, got tuple"):
+
+        @jn.layer
+        class NotAFactored:
+            s: np.ndarray = jn.param()
+            kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params, factored=(_scale_grad_params, ("s",)))
+
+    for names in [("t",), ()]:
+        with pytest.raises(TypeError, match=r"UnknownFactor: Factored.params must name some of its parameters \('s',\)"):
+
+            @jn.layer
+            class UnknownFactor:
+                s: np.ndarray = jn.param()
+                kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params, factored=jn.Factored(_scale_grad_params, names))
+
+    with pytest.raises(TypeError, match="OnlyFactored: Kernels.factored needs the plain grad_params kernel"):
+
+        @jn.layer
+        class OnlyFactored:
+            s: np.ndarray = jn.param()
+            kernels = jn.Kernels(_scale_forward, _scale_grad_input, residuals=jn.Residuals(_scale_forward, None, _scale_grad_params), factored=factors)
+
+
 def test_require_shape():
     jn.require_shape((3, 4), (3, 4))
     jn.require_shape([3], (3,))

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 from test_api import ScaleDoubledInputGrad, ScaleWrongParamGrad
 from user_layers import (
+    Linear,
     Scale,
     ScaleShape,
     _scale_forward,
     _scale_grad_input,
     _scale_grad_params,
+    _linear_forward,
+    _linear_grad_input,
+    _linear_grad_params,
 )
 
 import jitnn as jn
@@ -52,6 +56,47 @@ def test_a_user_layer_passes_every_check_that_applies() -> None:
     assert dict(report.skipped).keys() == CONTEXT_CHECKS
     assert not report.failed
     assert "all 6 checks passed" in str(report)
+
+
+W = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+
+
+def test_a_user_layer_with_factored_gradients_passes() -> None:
+    report = jn.testing.check_layer(Linear(W=W), X)
+    assert set(report.passed) == ALL - CONTEXT_CHECKS
+
+
+@numba.njit(cache=True)
+def _linear_grad_factors_doubled(X, dY, W):
+    """Wrong on purpose: factors of twice the gradient."""
+    return ((X, 2 * dY),)
+
+
+@numba.njit(cache=True)
+def _linear_grad_factors_unpaired(X, dY, W):
+    """Wrong on purpose: the gradient itself where its factors belong."""
+    return (X.T @ dY,)
+
+
+@jn.layer
+class LinearDoubledFactors(Linear):
+    kernels = jn.Kernels(_linear_forward, _linear_grad_input, _linear_grad_params, factored=jn.Factored(_linear_grad_factors_doubled, ("W",)))
+
+
+@jn.layer
+class LinearUnpairedFactors(Linear):
+    kernels = jn.Kernels(_linear_forward, _linear_grad_input, _linear_grad_params, factored=jn.Factored(_linear_grad_factors_unpaired, ("W",)))
+
+
+def test_factors_that_are_not_the_stored_gradient_fail_the_trace_route() -> None:
+    report = failed(LinearDoubledFactors(W=W), skip=("compiled step",))
+    assert failed_names(report) == {"trace route"}
+    message = dict(report.failed)["trace route"]
+    assert "the gradient .W of the Kernels.factored grad_params kernel is not bit for bit that of layer.grad_params" in message
+    assert "the gradient .W at one example of the Kernels.factored grad_params kernel at one example" in message
+    report = failed(LinearUnpairedFactors(W=W), skip=("compiled step",))
+    assert failed_names(report) == {"trace route"}
+    assert "must give W's gradient as a pair (A, B) of 2-D arrays with as many rows" in dict(report.failed)["trace route"]
 
 
 def test_a_model_holding_a_user_layer_passes() -> None:

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import pytest
 from layer_examples import LAYER_EXAMPLES, LAYER_IDS, OPTIMIZER_EXAMPLES, dense
-from user_layers import Scale
+from user_layers import Linear, Scale
 
 import jitnn as jn
 import tolerances
@@ -72,9 +72,9 @@ def mlp(dtype: Any, seed: int = 0) -> jn.Chain:
     return jn.pipe(dense(rng, 6, 8, dtype), jn.Tanh(), dense(rng, 8, 8, dtype), jn.ReLU(), dense(rng, 8, 4, dtype))
 
 
-def classification_batches(dtype: Any, steps: int = 5, n: int = 7, seed: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+def classification_batches(dtype: Any, sizes: tuple[int, ...] = (7,) * 5, seed: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return [(rng.normal(size=(n, 6)).astype(dtype), rng.integers(0, 4, n)) for _ in range(steps)]
+    return [(rng.normal(size=(n, 6)).astype(dtype), rng.integers(0, 4, n)) for n in sizes]
 
 
 #: Every named optimizer (the shared table), then variants that take other paths through the step.
@@ -89,8 +89,10 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_agrees_with_the_generic_step(name: str, dtype: Any) -> None:
+    """Batches of 7 and of 1 example: at one, a Dense weight's gradient reaches a built-in
+    optimizer as its factors (jitnn.Factored), formed element by element as it updates."""
     optimizer = OPTIMIZERS[name]()
-    run_both(mlp(dtype), jn.SoftmaxCrossEntropy(), optimizer, classification_batches(dtype), dtype)
+    run_both(mlp(dtype), jn.SoftmaxCrossEntropy(), optimizer, classification_batches(dtype, (7, 1, 7, 1, 1)), dtype)
 
 
 def test_every_named_optimizer_runs_inside_the_compiled_function() -> None:
@@ -190,7 +192,7 @@ def test_check_loss_grad_checks_a_fused_kernel_against_the_two() -> None:
 
 def test_softmax_cross_entropy_is_one_kernel_in_the_compiled_step() -> None:
     step = jn.compile_step(mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1))
-    X, T = classification_batches(np.float64, steps=1)[0]
+    X, T = classification_batches(np.float64, (7,))[0]
     step(mlp(np.float64), jn.optim.sgd(0.1).init(mlp(np.float64)), X, T)
     assert "_softmax_cross_entropy_value_and_grad" in step.source
     assert "_softmax_cross_entropy_grad" not in step.source
@@ -201,6 +203,19 @@ def test_a_user_layer_agrees_with_the_generic_step() -> None:
     rng = np.random.default_rng(5)
     model = jn.pipe(dense(rng, 6, 5, np.float64), Scale(s=rng.normal(size=5)), jn.Tanh(), dense(rng, 5, 4, np.float64))
     run_both(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.02), classification_batches(np.float64), np.float64)
+
+
+@pytest.mark.parametrize("optimizer", [jn.optim.sgd(0.1), jn.optim.adam(0.02)], ids=["sgd", "adam"])
+def test_a_user_layer_with_factored_gradients_agrees_with_the_generic_step(optimizer: Any) -> None:
+    """Linear's weight gradient reaches the optimizer as its factors: formed element by
+    element at one example, through jn.outer_sum at more."""
+    rng = np.random.default_rng(5)
+    model = jn.pipe(Linear(W=rng.normal(size=(6, 5))), jn.Tanh(), Linear(W=rng.normal(size=(5, 4))))
+    batches = classification_batches(np.float64, (1, 7, 1, 1))
+    run_both(model, jn.SoftmaxCrossEntropy(), optimizer, batches, np.float64)
+    step = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer)
+    step(model, optimizer.init(model), *batches[0])
+    assert step.fused and "_linear_grad_factors" in step.source and "_linear_grad_params" not in step.source
 
 
 def nested_model(dtype: Any) -> jn.Layer:
@@ -263,7 +278,7 @@ def test_nothing_given_is_written_and_everything_returned_is_fresh_and_read_only
     model, loss, optimizer = nested_model(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
     step = jn.compile_step(model, loss, optimizer)
     state = optimizer.init(model)
-    (X, T), = classification_batches(np.float64, steps=1)
+    (X, T), = classification_batches(np.float64, (7,))
     X.flags.writeable = True
     before = [a.copy() for a in jn.tree.leaves(model) + jn.tree.leaves(state)] + [X.copy(), T.copy()]
     new_model, new_state, _ = step(model, state, X, T, key=jn.random.key(0))
@@ -284,7 +299,7 @@ def test_the_same_arguments_give_the_same_result_whichever_model_came_before() -
     the architecture is checked and walked. Both give the same numbers."""
     model, loss, optimizer = mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
     step = jn.compile_step(model, loss, optimizer)
-    (X, T), = classification_batches(np.float64, steps=1)
+    (X, T), = classification_batches(np.float64, (7,))
     state = optimizer.init(model)
     first, first_state, v1 = step(model, state, X, T)
     second, _, v2 = step(first, first_state, X, T)  # the model it returned: fast path
@@ -563,7 +578,7 @@ def test_a_fixed_thread_count_gives_the_same_step() -> None:
     within twice those; SGD's ``p - lr g`` then differs by ``lr`` times the gradients' bound
     and a rounding of ``lr g`` and of the new parameter in each run."""
     model, loss, optimizer = mlp(np.float64), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.1)
-    (X, T), = classification_batches(np.float64, steps=1, n=80)
+    (X, T), = classification_batches(np.float64, (80,))
     results = {threads: jn.compile_step(model, loss, optimizer, threads=threads)(model, optimizer.init(model), X, T) for threads in (None, 1, 2)}
     chosen = _blas.auto_threads(len(X))
     if chosen in results:
@@ -660,7 +675,7 @@ def test_threads_sharing_one_step_get_the_results_of_running_alone() -> None:
 
     loss, optimizer = jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01)
     models = [mlp(np.float64, seed) for seed in range(4)]
-    data = classification_batches(np.float64, steps=15, n=5)
+    data = classification_batches(np.float64, (5,) * 15)
     step = jn.compile_step(models[0], loss, optimizer)
 
     def train(model: jn.Layer) -> jn.Layer:

@@ -10,7 +10,7 @@ import numpy as np
 
 import jitnn as jn
 
-__all__ = ["Scale", "ScaleShape", "_scale_forward", "_scale_grad_input", "_scale_grad_params"]
+__all__ = ["Linear", "Scale", "ScaleShape", "_scale_forward", "_scale_grad_input", "_scale_grad_params"]
 
 
 @numba.njit(cache=True)
@@ -50,3 +50,45 @@ class Scale(ScaleShape):
 
     s: np.ndarray = jn.param()
     kernels = jn.Kernels(_scale_forward, _scale_grad_input, _scale_grad_params)
+
+
+@numba.njit(cache=True)
+def _linear_forward(X, W):
+    """Y = X @ W;  X (n, k), W (k, m) -> Y (n, m)."""
+    return X @ W
+
+
+@numba.njit(cache=True)
+def _linear_grad_input(X, dY, W):
+    """dX = dY @ W.T."""
+    return dY @ W.T
+
+
+@numba.njit(cache=True)
+def _linear_grad_params(X, dY, W):
+    """dW = X.T @ dY, as jn.outer_sum forms it (what its factored kernel stands for)."""
+    return (jn.outer_sum(X, dY),)
+
+
+@numba.njit(cache=True)
+def _linear_grad_factors(X, dY, W):
+    """dW as its factors (X, dY)."""
+    return ((X, dY),)
+
+
+@jn.layer
+class Linear:
+    """Y = X @ W, a dense layer without a bias, whose weight gradient reaches the
+    compiled step's optimizer as its factors (jn.Factored)."""
+
+    W: np.ndarray = jn.param()
+    kernels = jn.Kernels(_linear_forward, _linear_grad_input, _linear_grad_params, factored=jn.Factored(_linear_grad_factors, ("W",)))
+    rows = True
+
+    @property
+    def input_shape(self):
+        return self.W.shape[:1]
+
+    def output_shape(self, input_shape):
+        jn.require_shape(input_shape, self.input_shape)
+        return self.W.shape[1:]

@@ -8,10 +8,10 @@ import numpy as np
 
 from jitnn import init as initializers
 from jitnn import random, validate
-from jitnn._blas import matmul
+from jitnn._blas import matmul, outer_sum
 from jitnn._checks import check_float_dtype
 from jitnn._jit import jit
-from jitnn.protocol import Array, Kernels, Layer, layer, param
+from jitnn.protocol import Array, Factored, Kernels, Layer, layer, param
 
 __all__ = ["Dense"]
 
@@ -32,14 +32,26 @@ def _dense_grad_input(X, dY, W, b):
     return matmul(dY, W.T)
 
 
-@jit
-def _dense_grad_params(X, dY, W, b):
-    """dW = X.T @ dY (n_in, n_out), db = dY summed over the batch (n_out,)."""
+@jit(inline="always")
+def _bias_gradient(dY):
+    """db = dY summed over the rows (n_out,), in row order."""
     db = np.zeros(dY.shape[1], dtype=dY.dtype)
     for i in range(dY.shape[0]):
         for j in range(dY.shape[1]):
             db[j] += dY[i, j]
-    return matmul(X.T, dY), db
+    return db
+
+
+@jit
+def _dense_grad_params(X, dY, W, b):
+    """dW = X.T @ dY (n_in, n_out), db = dY summed over the batch (n_out,)."""
+    return outer_sum(X, dY), _bias_gradient(dY)
+
+
+@jit
+def _dense_grad_factors(X, dY, W, b):
+    """((X, dY), db): dW as its factors (dW = X.T @ dY), db as in _dense_grad_params."""
+    return (X, dY), _bias_gradient(dY)
 
 
 @layer
@@ -60,7 +72,7 @@ class Dense(Layer):
     W: Array = param()
     b: Array = param()
 
-    kernels = Kernels(_dense_forward, _dense_grad_input, _dense_grad_params)
+    kernels = Kernels(_dense_forward, _dense_grad_input, _dense_grad_params, factored=Factored(_dense_grad_factors, ("W",)))
     rows = True
 
     @classmethod

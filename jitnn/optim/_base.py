@@ -14,13 +14,15 @@ from typing import Any, Callable, ClassVar
 
 import attrs
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from jitnn import tree, validate
 from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
 from jitnn.protocol import Layer
 
-__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at"]
+__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at", "gradient_grid", "gradient_at"]
 
 LearningRate = float | Schedule | Callable[[int], float]
 
@@ -40,6 +42,48 @@ def learning_rate_at(learning_rate: LearningRate, count: int, who: str) -> float
     if isinstance(learning_rate, float):
         return learning_rate
     return validate.non_negative_real(learning_rate(count), who, f"the learning rate the schedule gave at step {count}")
+
+
+# --------------------------------------------------------------------------- kernels' gradients
+# An optimizer kernel reads its gradient through these two, so that one kernel takes both
+# forms: a 1-D array (the flat gradient), or, from the compiled step, the factors (A, B) of
+# a weight gradient A.T @ B with A of one row (jitnn.Factored), whose element (r, c) it forms
+# as it updates it. Loop over the grid; element i = r * columns + c of the flat parameter:
+#
+#     rows, columns = gradient_grid(grad)
+#     for r in range(rows):
+#         for c in range(columns):
+#             i = r * columns + c
+#             g = np.float64(gradient_at(grad, i, r, c))
+
+
+def gradient_grid(grad: Any) -> tuple[int, int]:
+    """``(1, size)`` for a flat gradient; ``(m, n)`` for the factors of an ``(m, n)`` one."""
+    if isinstance(grad, tuple):
+        return grad[0].shape[1], grad[1].shape[1]
+    return 1, grad.size
+
+
+def gradient_at(grad: Any, i: int, r: int, c: int) -> Any:
+    """Element ``i`` of a flat gradient; element ``(r, c)`` of factors with one row, the one
+    rounded product ``A[0, r] * B[0, c]`` that ``jitnn._blas.outer_sum`` stores."""
+    if isinstance(grad, tuple):
+        return grad[0][0, r] * grad[1][0, c]
+    return grad[i]
+
+
+@overload(gradient_grid, inline="always")
+def _gradient_grid(grad):  # type: ignore[no-untyped-def]
+    if isinstance(grad, types.BaseTuple):
+        return lambda grad: (grad[0].shape[1], grad[1].shape[1])
+    return lambda grad: (1, grad.size)
+
+
+@overload(gradient_at, inline="always")
+def _gradient_at(grad, i, r, c):  # type: ignore[no-untyped-def]
+    if isinstance(grad, types.BaseTuple):
+        return lambda grad, i, r, c: grad[0][0, r] * grad[1][0, c]
+    return lambda grad, i, r, c: grad[i]
 
 
 def count_field() -> Any:
@@ -134,7 +178,9 @@ class Optimizer:
     schedule) and hyperparameters, and states
 
     * ``kernel``: ``(param, grad, *moments, *config) -> (new_param, *new_moments)``, all
-      arrays 1-D;
+      arrays 1-D; ``grad`` is read through :func:`gradient_grid` and :func:`gradient_at`
+      when ``factored_gradients`` is true (every built-in optimizer), so that the compiled
+      step can hand it a weight gradient's factors instead of the stored gradient;
     * ``state_class``: a frozen record whose fields are ``count`` then the moments, each
       moment a tree of the parameters' structure;
     * :meth:`kernel_config`: the scalars handed to the kernel for one update.
@@ -143,6 +189,9 @@ class Optimizer:
     __slots__ = ()
     kernel: ClassVar[Callable[..., tuple]]
     state_class: ClassVar[type]
+    #: Whether ``kernel`` takes a gradient's factors as well as a flat gradient (see
+    #: :func:`gradient_at`); a subclass whose kernel indexes ``grad`` itself leaves it false.
+    factored_gradients: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from jitnn import tree, validate
 from jitnn._checks import freeze
 from jitnn._jit import jit
-from jitnn.optim._base import check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, step_count
+from jitnn.optim._base import gradient_at, gradient_grid, check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, step_count
 
 __all__ = ["Adagrad", "AdagradState", "adagrad"]
 
@@ -20,11 +20,14 @@ __all__ = ["Adagrad", "AdagradState", "adagrad"]
 def _adagrad_update(param, grad, sum_of_squares, learning_rate, eps):
     """s <- s + g**2;  p <- p - lr g / (sqrt(s) + eps);  all (m,)."""
     new_param, new_sum = np.empty_like(param), np.empty_like(sum_of_squares)
-    for i in range(param.size):
-        g = np.float64(grad[i])
-        s = np.float64(sum_of_squares[i]) + g * g
-        new_sum[i] = s
-        new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(s) + eps)
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            g = np.float64(gradient_at(grad, i, r, c))
+            s = np.float64(sum_of_squares[i]) + g * g
+            new_sum[i] = s
+            new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(s) + eps)
     return new_param, new_sum
 
 
@@ -46,6 +49,7 @@ class Adagrad(Optimizer):
     initial_accumulator: float = attrs.field(default=0.0, converter=validate.converter(validate.non_negative_real, "adagrad", "initial_accumulator"))
     kernel = staticmethod(_adagrad_update)
     state_class = AdagradState
+    factored_gradients = True
 
     def init(self, params: Any) -> AdagradState:
         check_params_tree(params, "adagrad.init")

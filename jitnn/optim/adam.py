@@ -10,7 +10,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["Adam", "AdamW", "AdamState", "adam", "adamw"]
 
@@ -24,13 +24,16 @@ def _adam_update(param, grad, mu, nu, hyper):
     """
     learning_rate, b1, b2, eps, step_size, inverse_root_correction2, decay = hyper
     new_param, new_mu, new_nu = np.empty_like(param), np.empty_like(mu), np.empty_like(nu)
-    for i in range(param.size):
-        g = np.float64(grad[i])
-        m = b1 * np.float64(mu[i]) + (1.0 - b1) * g
-        v = b2 * np.float64(nu[i]) + (1.0 - b2) * g * g
-        new_mu[i], new_nu[i] = m, v
-        denominator = math.sqrt(v) * inverse_root_correction2 + eps
-        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * decay) - step_size * m / denominator
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            g = np.float64(gradient_at(grad, i, r, c))
+            m = b1 * np.float64(mu[i]) + (1.0 - b1) * g
+            v = b2 * np.float64(nu[i]) + (1.0 - b2) * g * g
+            new_mu[i], new_nu[i] = m, v
+            denominator = math.sqrt(v) * inverse_root_correction2 + eps
+            new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * decay) - step_size * m / denominator
     return new_param, new_mu, new_nu
 
 
@@ -53,6 +56,7 @@ class Adam(Optimizer):
     eps: float = attrs.field(default=1e-8, converter=validate.converter(validate.non_negative_real, "adam", "eps"))
     kernel = staticmethod(_adam_update)
     state_class = AdamState
+    factored_gradients = True
 
     def decoupled_decay(self) -> float:
         """The decoupled weight decay (none for Adam)."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["Lion", "LionState", "lion"]
 
@@ -18,11 +18,14 @@ __all__ = ["Lion", "LionState", "lion"]
 def _lion_update(param, grad, mu, learning_rate, b1, b2, weight_decay):
     """p <- p (1 - lr wd) - lr sign(b1 mu + (1 - b1) g);  mu <- b2 mu + (1 - b2) g;  all (m,)."""
     new_param, new_mu = np.empty_like(param), np.empty_like(mu)
-    for i in range(param.size):
-        g, m = np.float64(grad[i]), np.float64(mu[i])
-        direction = np.sign(b1 * m + (1.0 - b1) * g)
-        new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * weight_decay) - learning_rate * direction
-        new_mu[i] = b2 * m + (1.0 - b2) * g
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            g, m = np.float64(gradient_at(grad, i, r, c)), np.float64(mu[i])
+            direction = np.sign(b1 * m + (1.0 - b1) * g)
+            new_param[i] = np.float64(param[i]) * (1.0 - learning_rate * weight_decay) - learning_rate * direction
+            new_mu[i] = b2 * m + (1.0 - b2) * g
     return new_param, new_mu
 
 
@@ -46,6 +49,7 @@ class Lion(Optimizer):
     weight_decay: float = attrs.field(default=0.0, converter=validate.converter(validate.non_negative_real, "lion", "weight_decay"))
     kernel = staticmethod(_lion_update)
     state_class = LionState
+    factored_gradients = True
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         return (learning_rate, self.b1, self.b2, self.weight_decay)

@@ -10,7 +10,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["RMSprop", "RMSpropState", "rmsprop"]
 
@@ -19,11 +19,14 @@ __all__ = ["RMSprop", "RMSpropState", "rmsprop"]
 def _rmsprop_update(param, grad, nu, learning_rate, decay, eps):
     """nu <- decay nu + (1 - decay) g**2;  p <- p - lr g / (sqrt(nu) + eps);  all (m,)."""
     new_param, new_nu = np.empty_like(param), np.empty_like(nu)
-    for i in range(param.size):
-        g = np.float64(grad[i])
-        v = decay * np.float64(nu[i]) + (1.0 - decay) * g * g
-        new_nu[i] = v
-        new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(v) + eps)
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            g = np.float64(gradient_at(grad, i, r, c))
+            v = decay * np.float64(nu[i]) + (1.0 - decay) * g * g
+            new_nu[i] = v
+            new_param[i] = np.float64(param[i]) - learning_rate * g / (math.sqrt(v) + eps)
     return new_param, new_nu
 
 
@@ -45,6 +48,7 @@ class RMSprop(Optimizer):
     eps: float = attrs.field(default=1e-8, converter=validate.converter(validate.non_negative_real, "rmsprop", "eps"))
     kernel = staticmethod(_rmsprop_update)
     state_class = RMSpropState
+    factored_gradients = True
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         return (learning_rate, self.decay, self.eps)

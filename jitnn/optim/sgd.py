@@ -9,7 +9,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
@@ -18,8 +18,11 @@ __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 def _sgd_update(param, grad, learning_rate):
     """p - lr g (in float64, rounded once);  param, grad (m,) -> (new param,)."""
     out = np.empty_like(param)
-    for i in range(param.size):
-        out[i] = np.float64(param[i]) - learning_rate * np.float64(grad[i])
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            out[i] = np.float64(param[i]) - learning_rate * np.float64(gradient_at(grad, i, r, c))
     return (out,)
 
 
@@ -37,6 +40,7 @@ class SGD(Optimizer):
     learning_rate: LearningRate = attrs.field(converter=lambda v: as_learning_rate(v, "sgd"))
     kernel = staticmethod(_sgd_update)
     state_class = SGDState
+    factored_gradients = True
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         return (learning_rate,)
@@ -51,11 +55,14 @@ def sgd(learning_rate: LearningRate) -> SGD:
 def _momentum_update(param, grad, velocity, learning_rate, beta, nesterov):
     """v <- beta v + g;  p <- p - lr (g + beta v if nesterov else v);  all (m,)."""
     new_param, new_velocity = np.empty_like(param), np.empty_like(velocity)
-    for i in range(param.size):
-        g = np.float64(grad[i])
-        v = beta * np.float64(velocity[i]) + g
-        new_velocity[i] = v
-        new_param[i] = np.float64(param[i]) - learning_rate * (g + beta * v if nesterov else v)
+    rows, columns = gradient_grid(grad)
+    for r in range(rows):
+        for c in range(columns):
+            i = r * columns + c
+            g = np.float64(gradient_at(grad, i, r, c))
+            v = beta * np.float64(velocity[i]) + g
+            new_velocity[i] = v
+            new_param[i] = np.float64(param[i]) - learning_rate * (g + beta * v if nesterov else v)
     return new_param, new_velocity
 
 
@@ -78,6 +85,7 @@ class Momentum(Optimizer):
     nesterov: bool = attrs.field(default=False, converter=validate.converter(validate.flag, "momentum", "nesterov"))
     kernel = staticmethod(_momentum_update)
     state_class = MomentumState
+    factored_gradients = True
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         return (learning_rate, self.beta, self.nesterov)
