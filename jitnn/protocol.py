@@ -441,6 +441,7 @@ class Layer:
     def _factored_gradients(self, X: Array, dY: Array) -> tuple[Any, ...]:
         """What the ``Kernels.factored`` kernel gives at ``X`` for ``dY`` in evaluation mode,
         with the arguments of the plain ``grad_params`` kernel (for checks and the warmup)."""
+        X, dY = self._boundary(X, dY)
         extras = self._kernel_extras(self.call_args(X, EVALUATION, "") if self.needs_context else ())
         x, d = readonly(self._kernel_view(X)), readonly(self._kernel_view(dY))
         return self.kernels.factored.grad_params(x, d, *self.params, *self.buffers, *self.config(), *extras)
