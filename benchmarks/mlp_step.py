@@ -21,6 +21,10 @@ backward pass and a plain SGD update with learning rate 0.01. It is timed for
   ``W - lr * outer(x, d)`` so that ``dW`` is never stored; fresh arrays are returned, as the
   compiled step's contract asks. It is the limit a compiled step of this MLP can be measured
   against (the compiled step's target at batch 1: within ``LIMIT_TARGET``);
+* ``limit64``: the same hand-fused step with jitnn's update arithmetic: each new weight is
+  ``p - lr g`` computed in float64 and rounded once to float32 (``g`` the float32 gradient,
+  at batch 1 the rounded product ``x_i d_j``), as jitnn's SGD kernel computes it, where
+  ``limit`` computes in float32. The two limits differ by what that arithmetic costs;
 * ``floor``: the step's matrix products alone (3 forward, 5 backward) through NumPy's BLAS
   (``np.dot``) into preallocated outputs, a lower bound for any implementation of the step.
 
@@ -82,9 +86,9 @@ from _common import (
 SIZES = (784, 256, 128, 10)
 LEARNING_RATE = 0.01
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256, 1024)
-IMPLEMENTATIONS = ("compiled", "jitnn", "numpy", "torch", "jax", "limit", "floor")
+IMPLEMENTATIONS = ("compiled", "jitnn", "numpy", "torch", "jax", "limit", "limit64", "floor")
 LABELS = {"compiled": "jitnn compiled", "jitnn": "jitnn generic", "numpy": "NumPy", "torch": "PyTorch", "jax": "JAX",
-          "limit": "limit", "floor": "floor"}
+          "limit": "limit", "limit64": "limit, f64 update", "floor": "floor"}
 PEERS = ("jitnn", "numpy", "torch", "jax")
 #: The targets for the compiled step: at least these times faster than JAX at these batch sizes.
 JAX_TARGETS = {1: 3.0, 16: 1.5}
@@ -286,8 +290,9 @@ def jax_factory(jax: Any) -> Callable[..., Runner]:
     return build
 
 
-def limit_factory(numba: Any) -> Callable[..., Runner]:
-    """The hand-fused step, compiled at its first call in each process (timed apart, as every first call)."""
+def limit_factory(numba: Any, wide: bool = False) -> Callable[..., Runner]:
+    """The hand-fused step, compiled at its first call in each process (timed apart, as every
+    first call); with ``wide``, each update computed in float64 and rounded once (``limit64``)."""
 
     @numba.njit(nogil=True, error_model="numpy")
     def updated(W, H, dZ, learning_rate):  # W - lr * H.T @ dZ, fresh; at batch 1 the outer product, fused
@@ -295,14 +300,32 @@ def limit_factory(numba: Any) -> Callable[..., Runner]:
         out = np.empty_like(W)
         if H.shape[0] == 1:
             for i in range(n_in):
-                scaled = learning_rate * H[0, i]
-                for j in range(n_out):
-                    out[i, j] = W[i, j] - scaled * dZ[0, j]
+                if wide:
+                    h = H[0, i]
+                    for j in range(n_out):
+                        out[i, j] = np.float64(W[i, j]) - learning_rate * np.float64(h * dZ[0, j])
+                else:
+                    scaled = learning_rate * H[0, i]
+                    for j in range(n_out):
+                        out[i, j] = W[i, j] - scaled * dZ[0, j]
         else:
             dW = np.dot(H.T, dZ)
             for i in range(n_in):
                 for j in range(n_out):
-                    out[i, j] = W[i, j] - learning_rate * dW[i, j]
+                    if wide:
+                        out[i, j] = np.float64(W[i, j]) - learning_rate * np.float64(dW[i, j])
+                    else:
+                        out[i, j] = W[i, j] - learning_rate * dW[i, j]
+        return out
+
+    @numba.njit(nogil=True, error_model="numpy")
+    def updated_bias(b, db, learning_rate):  # b - lr * db, fresh, in b's dtype
+        out = np.empty_like(b)
+        for j in range(b.shape[0]):
+            if wide:
+                out[j] = np.float64(b[j]) - learning_rate * np.float64(db[j])
+            else:
+                out[j] = b[j] - learning_rate * db[j]
         return out
 
     @numba.njit(nogil=True, error_model="numpy")
@@ -355,13 +378,13 @@ def limit_factory(numba: Any) -> Callable[..., Runner]:
                 db2[j] += dZ2[r, j]
             for j in range(dZ1.shape[1]):
                 db1[j] += dZ1[r, j]
-        return ((updated(W1, X, dZ1, learning_rate), b1 - learning_rate * db1),
-                (updated(W2, H1, dZ2, learning_rate), b2 - learning_rate * db2),
-                (updated(W3, H2, dY, learning_rate), b3 - learning_rate * db3), loss / n)
+        return ((updated(W1, X, dZ1, learning_rate), updated_bias(b1, db1, learning_rate)),
+                (updated(W2, H1, dZ2, learning_rate), updated_bias(b2, db2, learning_rate)),
+                (updated(W3, H2, dY, learning_rate), updated_bias(b3, db3, learning_rate)), loss / n)
 
     def build(model: Any, params: Any, X: np.ndarray, T: np.ndarray) -> Runner:
         current = {"params": [(W.copy(), b.copy()) for W, b in params]}
-        rate = np.float32(LEARNING_RATE)
+        rate = np.float64(LEARNING_RATE) if wide else np.float32(LEARNING_RATE)
 
         def step() -> float:
             (W1, b1), (W2, b2), (W3, b3) = current["params"]
@@ -405,8 +428,8 @@ def floor_factory(_: Any = None) -> Callable[..., Runner]:
 
 
 FACTORIES = {"compiled": compiled_factory, "jitnn": jitnn_factory, "numpy": numpy_factory, "torch": torch_factory, "jax": jax_factory,
-             "limit": limit_factory, "floor": floor_factory}
-MODULES = {"compiled": "jitnn", "jitnn": "jitnn", "torch": "torch", "jax": "jax", "limit": "numba"}
+             "limit": limit_factory, "limit64": lambda numba: limit_factory(numba, wide=True), "floor": floor_factory}
+MODULES = {"compiled": "jitnn", "jitnn": "jitnn", "torch": "torch", "jax": "jax", "limit": "numba", "limit64": "numba"}
 INSTALL_HINTS = {"torch": "a CPU build of `torch`", "jax": "`jax` (CPU)"}  # for the "not installed" note
 
 
@@ -463,6 +486,10 @@ def targets_report(batch_sizes: tuple[int, ...], median: Callable[[int, str], fl
     if batch in batch_sizes and compiled and fused:
         lines.append(f"batch {batch}: within {limit:g}x of the hand-fused limit: {compiled / fused:.2f}x, "
                      f"{'met' if compiled / fused <= limit else 'NOT met'}")
+    wide = median(batch, "limit64")
+    if batch in batch_sizes and compiled and wide:
+        lines.append(f"(beside it: {compiled / wide:.2f}x the hand-fused step with jitnn's float64 update arithmetic, "
+                     f"which takes {wide / fused:.2f}x the limit's time)" if fused else f"{compiled / wide:.2f}x the limit64 step")
     batch, limit = FLOOR_TARGET
     compiled, floor = median(batch, "compiled"), median(batch, "floor")
     if batch in batch_sizes and compiled and floor:
@@ -588,12 +615,13 @@ def run(args: argparse.Namespace, cold_cache: str | None) -> int:
         return medians.get((batch, name))
 
     headers = ["batch"] + [f"{LABELS[name]} (µs)" for name in IMPLEMENTATIONS] + \
-              [f"{'generic' if peer == 'jitnn' else peer}/compiled" for peer in PEERS] + ["compiled/limit", "compiled/floor"]
+              [f"{'generic' if peer == 'jitnn' else peer}/compiled" for peer in PEERS] + ["compiled/limit", "compiled/limit64", "compiled/floor"]
     rows = []
     for batch in args.batch_sizes:
         rows.append([str(batch)] + [cell(batch, name) for name in IMPLEMENTATIONS]
                     + [ratio(median(batch, peer), median(batch, "compiled")) for peer in PEERS]
                     + [ratio(median(batch, "compiled"), median(batch, "limit")),
+                       ratio(median(batch, "compiled"), median(batch, "limit64")),
                        ratio(median(batch, "compiled"), median(batch, "floor"))])
     print(markdown_table(headers, rows))
     print()

@@ -71,6 +71,10 @@ def float_input(X: Any, dtype: np.dtype | None, who: str, name: str = "input") -
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+#: Up to this many labels, :func:`integer_labels` finds their range in Python.
+_FEW_LABELS = 16
+
+
 def integer_labels(T: Any, shape: int | tuple[int, ...], n_classes: int, who: str, ignore: int | None = None) -> np.ndarray:
     """Check class labels: integers of any dtype, of ``shape`` (``(n,)`` for an int ``n``:
     one label per example; ``(n, length)`` for a sequence's positions), each in ``[0,
@@ -85,7 +89,11 @@ def integer_labels(T: Any, shape: int | tuple[int, ...], n_classes: int, who: st
         raise ValueError(f"{who}: label {int(labels.max())} is out of range for {n_classes} classes (labels must lie in [0, {n_classes}))")
     converted = np.ascontiguousarray(labels, dtype=np.int64)
     counted = converted.reshape(-1) if ignore is None else converted[converted != ignore]
-    low, high = _bounds(readonly(counted)) if counted.size else (0, 0)
+    if counted.size <= _FEW_LABELS:  # a few labels: Python's min and max cost less than a kernel call
+        values = counted.tolist()
+        low, high = (min(values), max(values)) if values else (0, 0)
+    else:
+        low, high = _bounds(readonly(counted))
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
         besides = "" if ignore is None else f", or be the ignored label {ignore}"
