@@ -22,6 +22,7 @@ from jitnn.protocol import Array, Composite, Context, Factored, Kernels, Layer, 
 from jitnn.io import load, save
 from jitnn.metrics import accuracy, confusion_matrix, top_k_accuracy
 from jitnn.step import CompiledStep, compile_step
+from jitnn.predict import CompiledPredict, compile_predict
 from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
 from jitnn import data, datasets, metrics, validate
@@ -44,6 +45,8 @@ __all__ = [
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
     "fit", "train_step", "FitResult", "NonFiniteLossError", "batches", "compile_step", "CompiledStep",
+    # prediction
+    "compile_predict", "CompiledPredict",
     # checkpoints
     "save", "load",
     # metrics and inspection

@@ -120,9 +120,9 @@ class StepSource:
             return f".reshape({x}.shape)" if value is None or keeps_shape else ""
         return f".reshape({x}.shape[:-1] + {value}.shape[-1:])" if self._merges_rows(call) else ""
 
-    def _forward_call(self, call: Call, keep: bool) -> tuple[str, str | None]:
-        """Emit the call's forward (and its buffers' update); return its output and
-        residual variables."""
+    def _forward_call(self, call: Call, keep: bool, training: bool = True) -> tuple[str, str | None]:
+        """Emit the call's forward (and, in training, its buffers' update); return its
+        output and residual variables."""
         layer = self.plan.sites[call.site].layer
         kernels = layer.kernels
         residuals = kernels.residuals if keep or kernels.forward is None else None
@@ -136,7 +136,7 @@ class StepSource:
             self.lines.append(f"{y} = {self.kernel(kernels.forward)}({x_in}{self._arguments(call, False)})")
             if self._restored(call, y):
                 self.lines.append(f"{y} = {y}{self._restored(call, y)}")
-        if layer.needs_context:
+        if layer.needs_context and training:
             update = kernels.residuals.update if kernels.residuals is not None else None
             new = self._variable("buffers")
             if update is not None:
@@ -212,15 +212,7 @@ class StepSource:
         self._new_params: dict[int, str] = {}
         self._new_moments: list[dict[int, str]] = [{} for _ in range(n_moments)]
         needed = plan.gradient_needed(False)
-        self.lines.append("s0 = X")
-        residuals: dict[int, str | None] = {}
-        for op in plan.ops:
-            if isinstance(op, Call):
-                _, residuals[op.call] = self._forward_call(op, plan.keeps_residuals(op, needed))
-            elif isinstance(op, Sum):
-                self.lines.append(f"s{op.y} = {' + '.join(f's{x}' for x in op.xs)}")
-            else:
-                self.lines.append(f"s{op.y} = np.concatenate(({', '.join(f's{x}' for x in op.xs)},), axis={op.axis + 1})")
+        residuals = self._forward(lambda op: plan.keeps_residuals(op, needed), True)
         y = f"s{plan.output}"
         # a loss that scores the last axis gets (rows, last axis) views, as Loss._kernel_view
         merged = getattr(loss, "rows", False) and len(plan.slots[plan.output]) > 1
@@ -254,6 +246,32 @@ class StepSource:
             new_params = [self._new_params[k] for k in range(n_params)]
             new_moments = (_tuple(moment[k] for k in range(n_params)) for moment in self._new_moments)
             self.lines.append(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
+        return self._module("step(X, T, params, buffers, configs, extras, loss_config, moments, hyper)")
+
+    def predict_function(self) -> str:
+        """The source of ``predict(X, params, buffers, configs, extras) -> Y``: the plan's
+        forward pass in evaluation mode (the plain forward kernels, no buffer updates), as
+        ``layer.forward`` runs it."""
+        self._forward(lambda op: False, False)
+        self.lines.append(f"return ro(s{self.plan.output})")
+        return self._module("predict(X, params, buffers, configs, extras)")
+
+    def _forward(self, keep: Any, training: bool) -> dict[int, str | None]:
+        """Emit the plan's forward operations; return each call's residual variable (where
+        ``keep(call)`` asks for residuals)."""
+        self.lines.append("s0 = X")
+        residuals: dict[int, str | None] = {}
+        for op in self.plan.ops:
+            if isinstance(op, Call):
+                _, residuals[op.call] = self._forward_call(op, keep(op), training)
+            elif isinstance(op, Sum):
+                self.lines.append(f"s{op.y} = {' + '.join(f's{x}' for x in op.xs)}")
+            else:
+                self.lines.append(f"s{op.y} = np.concatenate(({', '.join(f's{x}' for x in op.xs)},), axis={op.axis + 1})")
+        return residuals
+
+    def _module(self, signature: str) -> str:
+        """The module's text: the kernels' imports, then the function ``signature`` with the lines written."""
         imports = "\n".join(
             f"from {d.py_func.__module__ if hasattr(d, 'py_func') else d.__module__} import "
             f"{getattr(d, 'py_func', d).__name__} as {alias}"
@@ -262,7 +280,7 @@ class StepSource:
         body = "\n".join(f"    {line}" for line in self.lines)
         return (
             f"{imports}\nimport numpy as np\nfrom jitnn._jit import as_readonly as ro, jit\n\n\n"
-            "@jit\ndef step(X, T, params, buffers, configs, extras, loss_config, moments, hyper):\n"
+            f"@jit\ndef {signature}:\n"
             f"{body}\n"
         )
 
@@ -370,36 +388,37 @@ def cache_folder() -> Path:
     return Path(base) / "jitnn" / "steps"
 
 
-def load_function(source: str, kernels: list[Any]) -> tuple[Any, bool]:
-    """Import the ``step`` function of ``source`` from a module file named by its hash.
+def load_function(source: str, kernels: list[Any], name: str = "step") -> tuple[Any, bool]:
+    """Import the function ``name`` (``step`` or ``predict``) of ``source`` from a module
+    file named by its hash.
 
     Returns the compiled dispatcher and whether it is cached on disk. When the cache folder
     cannot be written (or a kernel has no source file), the module is written to a private
     temporary folder and compiled in memory, with a warning.
     """
     fingerprint = _fingerprint(kernels)
-    text = f"# generated by jitnn.compile_step; environment {fingerprint or 'uncacheable'}\n{source}"
-    name = f"jitnn_step_{hashlib.sha256(text.encode()).hexdigest()[:20]}"
-    if name in sys.modules:
-        return sys.modules[name].step, bool(fingerprint)
+    text = f"# generated by jitnn.compile_{name}; environment {fingerprint or 'uncacheable'}\n{source}"
+    module_name = f"jitnn_{name}_{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+    if module_name in sys.modules:
+        return getattr(sys.modules[module_name], name), bool(fingerprint)
     folder, cached = cache_folder(), bool(fingerprint)
     try:
         if not cached:
             raise OSError("a kernel has no readable source file")
-        path = _write_once(folder, f"{name}.py", text)
+        path = _write_once(folder, f"{module_name}.py", text)
     except OSError as error:
-        warnings.warn(f"jitnn: cannot cache the compiled step in {folder} ({error}); compiling it in memory", RuntimeWarning, stacklevel=3)
-        path, cached = Path(tempfile.mkdtemp(prefix="jitnn_step_")) / f"{name}.py", False
+        warnings.warn(f"jitnn: cannot cache the compiled {name} in {folder} ({error}); compiling it in memory", RuntimeWarning, stacklevel=3)
+        path, cached = Path(tempfile.mkdtemp(prefix=f"jitnn_{name}_")) / f"{module_name}.py", False
         path.write_bytes(text.replace("@jit\n", "@jit(cache=False)\n", 1).encode())
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]
+        del sys.modules[module_name]
         raise
-    return module.step, cached
+    return getattr(module, name), cached
 
 
 def _write_once(folder: Path, filename: str, text: str) -> Path:

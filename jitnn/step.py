@@ -137,21 +137,20 @@ class CompiledStep:
         self.compile_seconds = 0.0
         self.cached = False
         self.source = ""
-        self._leaves = _leaf_layers(model, "")
+        self._leaves = leaf_layers(model, "")
         self._configs = tuple(layer.config() for _, layer in self._leaves)
         self._first_buffer = tuple(itertools.accumulate((len(layer.buffer_names) for _, layer in self._leaves), initial=0))
         self._loss_config = loss.config()
         self._moment_names = optimizer.moment_names if self.fused else ()
         self._who = f"{optimizer.name} in the compiled step" if self.fused else ""
         self._model_dtype = model.dtype
-        self._input = _input_check(model)
+        self._input = input_check(model)
         self._rebuild = _rebuilder(model)
         self._plans: dict[tuple[tuple[int, ...], np.dtype], _Compiled] = {}
-        self._stand_ins: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
         # what the last call returned, recognised by identity so that it is not walked again;
         # each is one tuple, replaced whole, so threads sharing a step never see half of one
-        self._last_model: tuple[Any, tuple[Array, ...], tuple[Any, ...]] = (_NOTHING, (), ())
-        self._last_state: tuple[Any, tuple[tuple[Array, ...], ...]] = (_NOTHING, ())
+        self._last_model: tuple[Any, tuple[Array, ...], tuple[Any, ...]] = (NOTHING, (), ())
+        self._last_state: tuple[Any, tuple[tuple[Array, ...], ...]] = (NOTHING, ())
 
     def __repr__(self) -> str:
         return f"CompiledStep({describe(self.model)}, {type(self.loss).__name__}, {type(self.optimizer).__name__}, fused={self.fused})"
@@ -167,8 +166,8 @@ class CompiledStep:
         compiled = self._plans.get((X.shape[1:], X.dtype)) or self._plan(X)
         n = X.shape[0]
         given_T = T  # the generic path takes the targets as given (the loss converts them again)
-        T = readonly(self.loss.targets(self._stand_in((n, *compiled.output_shape), self._dtype(X.dtype)), T))
-        extras = self._extras(compiled, n, X.dtype, key)
+        T = readonly(self.loss.targets(stand_in((n, *compiled.output_shape), self._model_dtype or X.dtype), T))
+        extras = call_extras(compiled.plan, compiled.context_calls, n, X.dtype, self._model_dtype, True, key)
         if self.fused:
             last_state = self._last_state
             moments = last_state[1] if state is last_state[0] else self._moment_arrays(state)
@@ -264,13 +263,7 @@ class CompiledStep:
 
     # ------------------------------------------------------------------ checked arguments
     def _model_arrays(self, model: Any) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
-        """The parameter and buffer arrays of ``model``, after checking it has the compiled
-        architecture (configuration included)."""
-        if not isinstance(model, Layer):
-            raise TypeError(f"step: model must be a jitnn layer, got {type(model).__name__}")
-        leaves = _leaf_layers(model, "")
-        _check_architecture(self._leaves, self._configs, leaves)
-        return tuple(p for _, layer in leaves for p in layer.params), tuple(b for _, layer in leaves for b in layer.buffers)
+        return model_arrays(self._leaves, self._configs, model, "step")
 
     def _moment_arrays(self, state: Any) -> tuple[tuple[Array, ...], ...]:
         optimizer = self.optimizer
@@ -278,41 +271,13 @@ class CompiledStep:
             raise TypeError(f"step: state must be the {optimizer.state_class.__name__} from {optimizer.name}.init, got {type(state).__name__}")
         moments = []
         for name in self._moment_names:
-            leaves = _leaf_layers(getattr(state, name), "")
+            leaves = leaf_layers(getattr(state, name), "")
             try:
                 _check_architecture(self._leaves, None, leaves)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"step: the state's {name} does not match the model: {error}") from None
             moments.append(tuple(p for _, layer in leaves for p in layer.params))
         return tuple(moments)
-
-    def _dtype(self, input_dtype: np.dtype) -> np.dtype:
-        """The dtype of every array after the model's input: the parameters' dtype."""
-        return self._model_dtype or input_dtype
-
-    def _stand_in(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
-        """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the
-        checks that read only shape and dtype (``Loss.targets``, ``Layer.call_args``) get."""
-        found = self._stand_ins.get((shape, dtype))
-        if found is None:
-            found = self._stand_ins[shape, dtype] = np.broadcast_to(np.zeros((), dtype), shape)
-        return found
-
-    def _extras(self, compiled: _Compiled, n: int, dtype: np.dtype, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
-        """Each call's per-call arguments (a dropout mask), from the training context."""
-        calls = compiled.plan.calls
-        if not compiled.context_calls:
-            return _NO_EXTRAS[len(calls)]
-        context = Context(True, key)
-        extras: list[tuple[Any, ...]] = [()] * len(calls)
-        for call in compiled.context_calls:
-            site = compiled.plan.sites[call.site]
-            layer = site.layer
-            shape = (n, *compiled.plan.slots[call.x])
-            stand_in = self._stand_in(shape, dtype if call.x == 0 else self._dtype(dtype))
-            values = tuple(layer.call_args(stand_in, context, site.where))
-            extras[call.call] = layer._kernel_extras(values)
-        return tuple(extras)
 
     # ------------------------------------------------------------------ generation
     def _plan(self, X: Array) -> _Compiled:
@@ -395,6 +360,36 @@ def _start_compiling(function: Any, arguments: tuple[Any, ...]) -> subprocess.Po
     return child
 
 
+_STAND_INS: dict[tuple[tuple[int, ...], np.dtype], Array] = {}
+
+
+def stand_in(shape: tuple[int, ...], dtype: np.dtype) -> Array:
+    """A read-only array of ``shape`` and ``dtype`` that allocates nothing: what the checks
+    that read only shape and dtype (``Loss.targets``, ``Layer.call_args``) get."""
+    found = _STAND_INS.get((shape, dtype))
+    if found is None:
+        found = _STAND_INS[shape, dtype] = np.broadcast_to(np.zeros((), dtype), shape)
+    return found
+
+
+def call_extras(lowered: plan.Plan, context_calls: tuple[plan.Call, ...], n: int, dtype: np.dtype, model_dtype: np.dtype | None,
+                training: bool, key: random.Key | None) -> tuple[tuple[Any, ...], ...]:
+    """Each call's per-call arguments (a dropout mask) for a batch of ``n`` inputs of
+    ``dtype``, in training or evaluation mode; every array after the input has the
+    parameters' dtype."""
+    calls = lowered.calls
+    if not context_calls:
+        return _NO_EXTRAS[len(calls)]
+    context = Context(training, key)
+    extras: list[tuple[Any, ...]] = [()] * len(calls)
+    for call in context_calls:
+        site = lowered.sites[call.site]
+        layer = site.layer
+        values = tuple(layer.call_args(stand_in((n, *lowered.slots[call.x]), dtype if call.x == 0 else model_dtype or dtype), context, site.where))
+        extras[call.call] = layer._kernel_extras(values)
+    return tuple(extras)
+
+
 class _NoExtras(dict):
     """``_NO_EXTRAS[k]``: a tuple of ``k`` empty tuples, made once."""
 
@@ -405,18 +400,29 @@ class _NoExtras(dict):
 
 _NO_EXTRAS = _NoExtras()
 _NONE: dict[int, tuple[Array, ...]] = {}  # no new buffers (never written to)
-_NOTHING = object()  # what the step remembers before its first call: no argument is this
+NOTHING = object()  # what the step remembers before its first call: no argument is this
 
 
 # --------------------------------------------------------------------------- model walks
-def _leaf_layers(model: Any, where: str) -> list[tuple[str, Layer]]:
-    """The leaf layers of ``model`` with their positions, in the order the step uses them;
-    ``TypeError`` for a layer that has no compiled form."""
-    if isinstance(model, Composite):
-        return [leaf for suffix, member in model.named_members() for leaf in _leaf_layers(member, where + suffix)]
+def model_arrays(expected: list[tuple[str, Layer]], configs: tuple[Any, ...], model: Any, who: str) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """The parameter and buffer arrays of ``model``, after checking it has the architecture
+    of the leaves ``expected`` (configuration included); ``who`` names the caller in errors."""
     if not isinstance(model, Layer):
-        raise TypeError(f"compile_step: model{where} is not a jitnn layer (got {type(model).__name__})")
-    if model.needs_context and type(model).updated is not Layer.updated:
+        raise TypeError(f"{who}: model must be a jitnn layer, got {type(model).__name__}")
+    leaves = leaf_layers(model, "", who, training=False)
+    _check_architecture(expected, configs, leaves, who)
+    return tuple(p for _, layer in leaves for p in layer.params), tuple(b for _, layer in leaves for b in layer.buffers)
+
+
+def leaf_layers(model: Any, where: str, who: str = "compile_step", training: bool = True) -> list[tuple[str, Layer]]:
+    """The leaf layers of ``model`` with their positions, in the order the step uses them;
+    ``TypeError`` for a layer that has no compiled form (in ``training``: one whose buffers
+    are updated in Python)."""
+    if isinstance(model, Composite):
+        return [leaf for suffix, member in model.named_members() for leaf in leaf_layers(member, where + suffix, who, training)]
+    if not isinstance(model, Layer):
+        raise TypeError(f"{who}: model{where} is not a jitnn layer (got {type(model).__name__})")
+    if training and model.needs_context and type(model).updated is not Layer.updated:
         raise TypeError(
             f"compile_step: {describe(model, where)} computes its updated buffers in Python (it overrides updated); "
             "give it a Kernels.update kernel to compile it, or use jitnn.train_step"
@@ -424,19 +430,19 @@ def _leaf_layers(model: Any, where: str) -> list[tuple[str, Layer]]:
     return [(where, model)]
 
 
-def _check_architecture(expected: list[tuple[str, Layer]], configs: tuple[Any, ...] | None, found: list[tuple[str, Layer]]) -> None:
+def _check_architecture(expected: list[tuple[str, Layer]], configs: tuple[Any, ...] | None, found: list[tuple[str, Layer]], who: str = "step") -> None:
     """Raise unless ``found`` has the leaves, parameter shapes and dtypes (and, given
     ``configs``, the configuration) of ``expected``, naming the first difference."""
     if [w for w, _ in found] != [w for w, _ in expected]:
-        raise ValueError(f"step: the model's structure differs from the compiled one: leaves {[w or 'model' for w, _ in found]} against {[w or 'model' for w, _ in expected]}")
+        raise ValueError(f"{who}: the model's structure differs from the compiled one: leaves {[w or 'model' for w, _ in found]} against {[w or 'model' for w, _ in expected]}")
     for i, ((where, layer), (_, template)) in enumerate(zip(found, expected)):
         if type(layer) is not type(template):
-            raise ValueError(f"step: model{where} is a {type(layer).__name__}, the compiled model has a {type(template).__name__} there")
+            raise ValueError(f"{who}: model{where} is a {type(layer).__name__}, the compiled model has a {type(template).__name__} there")
         for name, array, wanted in zip(layer.param_names, layer.params, template.params):
             if array.shape != wanted.shape or array.dtype != wanted.dtype:
-                raise ValueError(f"step: {describe(layer, where)}.{name} is {array.dtype}{list(array.shape)}, the compiled model has {wanted.dtype}{list(wanted.shape)}")
+                raise ValueError(f"{who}: {describe(layer, where)}.{name} is {array.dtype}{list(array.shape)}, the compiled model has {wanted.dtype}{list(wanted.shape)}")
         if configs is not None and not _same_config(layer.config(), configs[i]):
-            raise ValueError(f"step: {describe(layer, where)} is configured differently from the compiled model: {layer.config()} against {configs[i]}")
+            raise ValueError(f"{who}: {describe(layer, where)} is configured differently from the compiled model: {layer.config()} against {configs[i]}")
 
 
 def _same_config(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -451,7 +457,7 @@ def _same_config(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return True
 
 
-def _input_check(model: Layer) -> Callable[[Any], Array]:
+def input_check(model: Layer) -> Callable[[Any], Array]:
     """``model._input`` (check and convert a batch), with the walk to the layer that decides
     what input the model takes done once."""
     first = model

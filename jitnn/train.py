@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import attrs
@@ -16,7 +17,9 @@ from jitnn.data import batches
 from jitnn.losses import Loss
 from jitnn.passes import value_grad_and_update
 from jitnn.protocol import Layer
-from jitnn.step import compile_step
+from jitnn._checks import readonly
+from jitnn.predict import compile_predict
+from jitnn.step import compile_step, input_check, stand_in
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "train_step"]
 
@@ -24,14 +27,17 @@ __all__ = ["FitResult", "NonFiniteLossError", "fit", "train_step"]
 @attrs.frozen
 class FitResult:
     """What :func:`fit` returns: the trained model, the optimizer state, per epoch the mean
-    training loss over the epoch's batches, and whether it trained with the compiled step
-    (:func:`jitnn.compile_step`'s, which runs the generic path while its function compiles
-    in another process: a short fit may have run no step compiled)."""
+    training loss over the epoch's batches (``history``), whether it trained with the
+    compiled step (:func:`jitnn.compile_step`'s, which runs the generic path while its
+    function compiles in another process: a short fit may have run no step compiled), and
+    ``metrics``: per epoch, by name, ``"loss"`` (``history``) and, with validation data,
+    ``"val_loss"`` and ``"val_<metric>"`` for each metric (its function's name)."""
 
     model: Layer
     state: Any
     history: tuple[float, ...]
     compiled: bool = False
+    metrics: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,6 +88,8 @@ def fit(
     compiled: bool | None = None,
     threads: int | None = None,
     check_finite: bool = False,
+    validation_data: tuple[Any, Any] | None = None,
+    metrics: Sequence[Callable[[Any, Any], float]] = (),
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
@@ -103,6 +111,15 @@ def fit(
     With ``check_finite`` every step's loss is checked, and the first NaN or infinite one
     raises :class:`NonFiniteLossError` naming the epoch and step and holding the model and
     state that step started from. Off by default; when off, nothing is checked.
+
+    ``validation_data=(X_val, T_val)`` scores the model after each epoch in evaluation mode:
+    its outputs come from :func:`jitnn.compile_predict` (``model.forward`` with
+    ``compiled=False``, or for a model it cannot compile), in batches, and the loss and each
+    of ``metrics`` (functions ``metric(outputs, targets) -> number`` such as
+    :func:`jitnn.accuracy`) are computed on all of them: ``FitResult.metrics["val_loss"]``
+    and ``["val_<name>"]``, ``name`` the function's ``__name__``. Metrics are computed on
+    the validation data only (the compiled step does not keep the training batches'
+    outputs), so ``metrics`` needs ``validation_data``. Both are checked before training.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"fit: model must be a jitnn layer, got {type(model).__name__}")
@@ -120,9 +137,11 @@ def fit(
     if not isinstance(key, random.Key):
         raise TypeError(f"fit: key must be a jitnn.random.Key (jn.random.key(seed)), got {type(key).__name__}")
     _check_optimizer(optimizer, "fit")
+    validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size)
     step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
-    history = []
+    history: list[float] = []
+    scores: dict[str, list[float]] = {name: [] for name in validation.names}
     for epoch in range(epochs):
         key, epoch_key = random.split(key)
         started, values, weights = time.perf_counter(), [], []
@@ -142,10 +161,14 @@ def fit(
             progress.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)
         mean = float(np.average(values, weights=weights)) if values else float("nan")
         history.append(mean)
-        progress.done(mean, time.perf_counter() - started)
+        scored = validation(model)
+        for name, value in scored.items():
+            scores[name].append(value)
+        progress.done({"loss": mean, **scored}, time.perf_counter() - started)
         if callback is not None and callback(epoch, model, mean) is True:
             break
-    return FitResult(model, state, tuple(history), step is not None)
+    found = {"loss": tuple(history), **{name: tuple(values) for name, values in scores.items()}}
+    return FitResult(model, state, tuple(history), step is not None, found)
 
 
 def _check_optimizer(optimizer: Any, who: str) -> None:
@@ -182,6 +205,68 @@ class _Progress:
             self.shown = fraction
             print(f"\r{self.prefix}: {100 * fraction:3.0f}% ({steps} steps) loss {value:.4f}", end="", file=sys.stderr, flush=True)
 
-    def done(self, mean: float, seconds: float) -> None:
+    def done(self, scores: dict[str, float], seconds: float) -> None:
         if self.verbose:
-            print(f"{chr(13) if self.live else ''}{self.prefix}: loss {mean:.4f} ({seconds:.2f} s)", file=sys.stderr)
+            text = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+            print(f"{chr(13) if self.live else ''}{self.prefix}: {text} ({seconds:.2f} s)", file=sys.stderr)
+
+
+class _Validation:
+    """The validation data and metrics of a fit, checked before training, and the scores of
+    a model on them (``{}`` without validation data)."""
+
+    def __init__(self, model: Layer, loss: Loss, X: Any, data: Any, metrics: Any, compiled: bool | None, threads: int | None,
+                 batch_size: int) -> None:
+        if isinstance(metrics, (str, bytes)) or not isinstance(metrics, Sequence):
+            raise TypeError(f"fit: metrics must be a list of functions metric(outputs, targets) -> number, got {metrics!r}")
+        self.metrics: list[tuple[str, Callable[[Any, Any], float]]] = []
+        for metric in metrics:
+            name = getattr(metric, "__name__", None)
+            if not callable(metric):
+                raise TypeError(f"fit: each metric must be a function metric(outputs, targets) -> number, got {metric!r}")
+            if not isinstance(name, str) or not name.isidentifier():
+                raise TypeError(f"fit: metric {metric!r} has no name (a function's __name__ names its scores); wrap it in a def")
+            if name in {"loss"} | {n for n, _ in self.metrics}:
+                raise ValueError(f"fit: two metrics are named {name!r}; each metric needs a name of its own")
+            self.metrics.append((name, metric))
+        self.names: tuple[str, ...] = ()
+        if data is None:
+            if self.metrics:
+                raise ValueError("fit: metrics are computed on validation data; give validation_data=(X_val, T_val)")
+            return
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise TypeError(f"fit: validation_data must be a pair (X_val, T_val), got {type(data).__name__}")
+        self.X = readonly(input_check(model)(data[0]))
+        n = self.X.shape[0]
+        if np.ndim(X) and self.X.shape[1:] != np.shape(X)[1:]:
+            raise ValueError(f"fit: validation_data's inputs have shape {self.X.shape}, the training inputs {np.shape(X)}: "
+                             f"examples of shape {np.shape(X)[1:]} are needed")
+        if len(data[1]) != n:
+            raise ValueError(f"fit: validation_data has {n} inputs but {len(data[1])} targets")
+        output = stand_in((n, *model.output_shape(self.X.shape[1:])), model.dtype or self.X.dtype)
+        loss.targets(output, data[1])  # the targets' checks, naming the loss
+        self.T, self.loss = data[1], loss
+        self.names = ("val_loss", *(f"val_{name}" for name, _ in self.metrics))
+        self.predict = None if compiled is False else compile_predict(model, batch_size=max(batch_size, 1024), threads=threads)
+        self.compiled = compiled
+        self.batch_size = max(batch_size, 1024)
+
+    def __call__(self, model: Layer) -> dict[str, float]:
+        if not self.names:
+            return {}
+        Y = self._outputs(model)
+        scores = {"val_loss": self.loss.value(Y, self.T)}
+        for name, metric in self.metrics:
+            scores[f"val_{name}"] = validate.real(metric(Y, self.T), "fit", f"the value of metric {name}", finite=False)
+        return scores
+
+    def _outputs(self, model: Layer) -> Any:
+        if self.predict is not None:
+            try:
+                return self.predict(model, self.X)
+            except TypeError as error:  # a model whose prediction does not compile: the generic pass, unless compiled=True
+                if self.compiled or "compile_predict" not in str(error):
+                    raise
+                self.predict = None
+        X, size = self.X, self.batch_size
+        return np.concatenate([model.forward(X[i : i + size]) for i in range(0, X.shape[0], size)])
