@@ -116,6 +116,7 @@ class _MLP(BaseEstimator):
         init_key, self._key = jn.random.split(jn.random.key(seed))
         self.model_ = self._build(init_key, n_in, n_out, sizes, activation, dtype)
         self._state = optimizer.init(self.model_)
+        self._predict = jn.compile_predict(self.model_)  # compiles at its first call
         self.loss_curve_, self.best_loss_, self.n_iter_ = [], np.inf, 0
 
     def _epochs(self, X: np.ndarray, T: np.ndarray, loss: jn.Loss, epochs: int, callback: Any = None) -> None:
@@ -167,6 +168,17 @@ class _MLP(BaseEstimator):
         """The estimator's score of ``model`` on held-out data: accuracy or R²."""
         raise NotImplementedError
 
+    def _forward(self, model: jn.Layer, X: np.ndarray) -> np.ndarray:
+        """``model``'s outputs for ``X`` (evaluation mode), through :func:`jitnn.compile_predict`:
+        the bits of ``model.forward`` for each batch of up to 1024 rows."""
+        predict = self.__dict__.get("_predict") or jn.compile_predict(model)  # none after unpickling: loaded from the disk cache
+        return predict(model, X.astype(model.dtype, copy=False))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_predict", None)  # compiled code does not pickle
+        return state
+
     def _partial(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss, first: bool) -> None:
         """``partial_fit``: one epoch over (X, T), starting a network on the first call."""
         if first:
@@ -177,7 +189,7 @@ class _MLP(BaseEstimator):
         """The network's outputs for ``X`` (evaluation mode)."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
-        return np.asarray(self.model_.forward(X.astype(self.model_.dtype, copy=False)), dtype=np.float64)
+        return np.asarray(self._forward(self.model_, X), dtype=np.float64)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -282,7 +294,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
         return self
 
     def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
-        return jn.metrics.accuracy(model.forward(X.astype(model.dtype, copy=False)), T)
+        return jn.metrics.accuracy(self._forward(model, X), T)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
@@ -330,7 +342,7 @@ class MLPRegressor(RegressorMixin, _MLP):
         return self
 
     def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
-        return float(r2_score(T, model.forward(X.astype(model.dtype, copy=False))))
+        return float(r2_score(T, self._forward(model, X)))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
