@@ -25,7 +25,7 @@ from jitnn.step import CompiledStep, compile_step
 from jitnn.predict import CompiledPredict, compile_predict
 from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
-from jitnn import data, datasets, metrics, validate
+from jitnn import callbacks, data, datasets, metrics, validate
 
 __version__ = "0.1.0"
 
@@ -52,5 +52,5 @@ __all__ = [
     # metrics and inspection
     "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules
-    "init", "optim", "plan", "random", "testing", "tree", "data", "datasets", "metrics", "validate",
+    "init", "optim", "plan", "random", "testing", "tree", "callbacks", "data", "datasets", "metrics", "validate",
 ]

@@ -18,6 +18,7 @@ from jitnn.losses import Loss
 from jitnn.passes import value_grad_and_update
 from jitnn.protocol import Layer
 from jitnn._checks import readonly
+from jitnn.callbacks import Progress
 from jitnn.predict import compile_predict
 from jitnn.step import compile_step, input_check, stand_in
 
@@ -90,6 +91,7 @@ def fit(
     check_finite: bool = False,
     validation_data: tuple[Any, Any] | None = None,
     metrics: Sequence[Callable[[Any, Any], float]] = (),
+    callbacks: Sequence[Any] = (),
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
@@ -120,6 +122,11 @@ def fit(
     and ``["val_<name>"]``, ``name`` the function's ``__name__``. Metrics are computed on
     the validation data only (the compiled step does not keep the training batches'
     outputs), so ``metrics`` needs ``validation_data``. Both are checked before training.
+
+    ``callbacks`` (see :mod:`jitnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
+    ``CSVLogger``, your own) are called at the start and end of training and of each epoch
+    with a :class:`jitnn.callbacks.Progress`, and may stop training or hand back another
+    model or optimizer state; ``callback`` runs after them at the end of each epoch.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"fit: model must be a jitnn layer, got {type(model).__name__}")
@@ -138,15 +145,24 @@ def fit(
         raise TypeError(f"fit: key must be a jitnn.random.Key (jn.random.key(seed)), got {type(key).__name__}")
     _check_optimizer(optimizer, "fit")
     validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size)
+    hooks = _Callbacks(callbacks)
     step = _step_for(model, loss, optimizer, compiled, threads)
     state = optimizer.init(model) if state is None else state
     history: list[float] = []
     scores: dict[str, list[float]] = {name: [] for name in validation.names}
-    for epoch in range(epochs):
+
+    def progress(epoch: int) -> Progress:
+        return Progress(epoch, epochs, model, state, {"loss": tuple(history), **{name: tuple(values) for name, values in scores.items()}})
+
+    model, state, stop = hooks("on_train_begin", progress(0))
+    for epoch in range(epochs if not stop else 0):
+        model, state, stop = hooks("on_epoch_begin", progress(epoch))
+        if stop:
+            break
         key, epoch_key = random.split(key)
         started, values, weights = time.perf_counter(), [], []
         order_key, steps_key = random.split(epoch_key)
-        progress = _Progress(epoch, epochs, verbose)
+        bar = _Progress(epoch, epochs, verbose)
         for index, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
             step_key = random.fold_in(steps_key, index)
             before = (model, state)
@@ -158,15 +174,17 @@ def fit(
                 raise NonFiniteLossError(epoch + 1, index + 1, value, *before)
             values.append(value)
             weights.append(len(X_batch))
-            progress.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)
+            bar.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)
         mean = float(np.average(values, weights=weights)) if values else float("nan")
         history.append(mean)
         scored = validation(model)
         for name, value in scored.items():
             scores[name].append(value)
-        progress.done({"loss": mean, **scored}, time.perf_counter() - started)
-        if callback is not None and callback(epoch, model, mean) is True:
+        bar.done({"loss": mean, **scored}, time.perf_counter() - started)
+        model, state, stop = hooks("on_epoch_end", progress(epoch))
+        if (callback is not None and callback(epoch, model, mean) is True) or stop:
             break
+    model, state, _ = hooks("on_train_end", progress(len(history)))
     found = {"loss": tuple(history), **{name: tuple(values) for name, values in scores.items()}}
     return FitResult(model, state, tuple(history), step is not None, found)
 
@@ -270,3 +288,34 @@ class _Validation:
                 self.predict = None
         X, size = self.X, self.batch_size
         return np.concatenate([model.forward(X[i : i + size]) for i in range(0, X.shape[0], size)])
+
+
+_HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
+
+
+class _Callbacks:
+    """``fit``'s callbacks, checked at the call; calling it runs one hook of each in turn
+    and returns the model, state and stop flag the last one left."""
+
+    def __init__(self, callbacks: Any) -> None:
+        if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+            raise TypeError(f"fit: callbacks must be a list of callbacks (see jitnn.callbacks), got {callbacks!r}")
+        for callback in callbacks:
+            if not any(callable(getattr(callback, hook, None)) for hook in _HOOKS):
+                raise TypeError(f"fit: {callback!r} is not a callback: it has none of the methods {', '.join(_HOOKS)} "
+                                "(a function (epoch, model, mean_loss) goes in callback=)")
+        self.callbacks = tuple(callbacks)
+
+    def __call__(self, hook: str, progress: Progress) -> tuple[Layer, Any, bool]:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            result = None if method is None else method(progress)
+            if result is None:
+                continue
+            if not isinstance(result, Progress):
+                raise TypeError(f"fit: {type(callback).__name__}.{hook} must return None or a Progress "
+                                f"(progress.evolve(...)), got {type(result).__name__}")
+            if not isinstance(result.model, Layer):
+                raise TypeError(f"fit: {type(callback).__name__}.{hook} handed back a model that is not a jitnn layer")
+            progress = result
+        return progress.model, progress.state, progress.stop

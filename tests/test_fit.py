@@ -4,6 +4,8 @@ not, and every bad argument refused before the first step."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,3 +93,173 @@ def test_bad_validation_data_and_metrics_are_refused_before_training() -> None:
     for options, error, message in cases:
         with pytest.raises(error, match=message):
             fit(classifier(), epochs=1, callback=lambda *args: pytest.fail("trained despite bad arguments"), **options)
+
+
+# --------------------------------------------------------------------------- callbacks
+class Scripted:
+    """A metric whose values are given in advance (its name is its function's: ``scripted``),
+    so that a test decides when a monitored score improves."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = iter(values)
+
+    def __call__(self, outputs: Any, targets: Any) -> float:
+        return next(self.values)
+
+
+def scripted(values: list[float]) -> Any:
+    metric = Scripted(values)
+
+    def scripted(outputs: Any, targets: Any) -> float:
+        return metric(outputs, targets)
+
+    return scripted
+
+
+class Recorder(jn.callbacks.Callback):
+    """Keeps what every hook saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, Any, Any]] = []
+
+    def on_train_begin(self, progress: jn.callbacks.Progress) -> None:
+        self.seen.append(("train_begin", progress.epoch, progress.model, dict(progress.metrics)))
+
+    def on_epoch_begin(self, progress: jn.callbacks.Progress) -> None:
+        self.seen.append(("epoch_begin", progress.epoch, progress.model, dict(progress.metrics)))
+
+    def on_epoch_end(self, progress: jn.callbacks.Progress) -> None:
+        self.seen.append(("epoch_end", progress.epoch, progress.model, dict(progress.metrics)))
+
+    def on_train_end(self, progress: jn.callbacks.Progress) -> None:
+        self.seen.append(("train_end", progress.epoch, progress.model, dict(progress.metrics)))
+
+    def models(self) -> list[Any]:
+        return [model for hook, _, model, _ in self.seen if hook == "epoch_end"]
+
+
+def test_the_hooks_run_in_order_with_the_metrics_so_far() -> None:
+    recorder = Recorder()
+    result = fit(classifier(), epochs=2, validation_data=data(20, 3), metrics=[jn.accuracy], callbacks=[recorder])
+    hooks = [(hook, epoch) for hook, epoch, _, _ in recorder.seen]
+    assert hooks == [("train_begin", 0), ("epoch_begin", 0), ("epoch_end", 0), ("epoch_begin", 1), ("epoch_end", 1), ("train_end", 2)]
+    assert recorder.seen[0][3] == {"loss": (), "val_loss": (), "val_accuracy": ()}  # every name, before training
+    assert recorder.seen[2][3]["val_accuracy"] == result.metrics["val_accuracy"][:1]
+    assert recorder.seen[-1][3] == result.metrics and recorder.seen[-1][2] is result.model
+
+
+def test_early_stopping_stops_and_returns_the_best_epochs_model() -> None:
+    recorder = Recorder()
+    stopping = jn.callbacks.EarlyStopping("val_scripted", patience=2, mode="max")
+    values = [0.5, 0.7, 0.6, 0.65, 0.9, 0.95]  # best at epoch 1; epochs 2 and 3 do not beat it, 4 is never run
+    result = fit(classifier(), epochs=6, validation_data=data(20, 3), metrics=[scripted(values)], callbacks=[recorder, stopping])
+    assert result.metrics["val_scripted"] == (0.5, 0.7, 0.6, 0.65) and len(result.history) == 4
+    assert stopping.stopped_epoch == 3 and stopping.best_epoch == 1
+    models = recorder.models()
+    assert result.model is models[1] and result.model is not models[3]
+    state_after_epoch_1 = result.state
+    assert int(state_after_epoch_1.count) == 2 * 6  # two epochs of six steps: the state that belongs with the model
+
+
+def test_early_stopping_on_the_training_loss_needs_no_validation_data() -> None:
+    stopping = jn.callbacks.EarlyStopping("loss", patience=0, min_delta=10.0)  # nothing improves by 10: stop after epoch 2
+    result = fit(classifier(), epochs=5, callbacks=[stopping])
+    assert len(result.history) == 2 and stopping.best_epoch == 0
+
+
+def test_without_restore_best_the_last_model_is_returned() -> None:
+    recorder = Recorder()
+    stopping = jn.callbacks.EarlyStopping("val_scripted", patience=0, mode="max", restore_best=False)
+    result = fit(classifier(), epochs=4, validation_data=data(20, 3), metrics=[scripted([0.5, 0.4, 0.3, 0.2])], callbacks=[recorder, stopping])
+    assert len(result.history) == 2 and result.model is recorder.models()[-1]
+
+
+def test_a_checkpoint_of_the_best_epoch_is_reloaded_in_a_new_process(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "best.npz"
+    recorder = Recorder()
+    checkpoint = jn.callbacks.ModelCheckpoint(path, "val_scripted", mode="max")
+    fit(classifier(), epochs=4, validation_data=data(20, 3), metrics=[scripted([0.5, 0.7, 0.6, 0.65])], callbacks=[recorder, checkpoint])
+    assert checkpoint.saved == [0, 1]
+    best = recorder.models()[1]
+    child = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import hashlib
+        import jitnn as jn
+        from test_fit import classifier
+        model = classifier(7)  # another model of the architecture: its values are not used
+        found = jn.load({str(path)!r}, {{"model": model, "state": jn.optim.adam(0.02).init(model)}})
+        digest = hashlib.sha256(b"".join(leaf.tobytes() for leaf in jn.tree.leaves(found["model"]))).hexdigest()
+        print(digest, int(found["state"].count))
+    """)
+    process = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    assert process.returncode == 0, process.stderr
+    digest, count = process.stdout.split()
+    assert digest == hashlib.sha256(b"".join(leaf.tobytes() for leaf in jn.tree.leaves(best))).hexdigest()
+    assert int(count) == 2 * 6
+
+
+def test_every_epoch_is_checkpointed_without_best_only(tmp_path: Any) -> None:
+    checkpoint = jn.callbacks.ModelCheckpoint(tmp_path / "epoch{epoch}.npz", best_only=False)
+    fit(classifier(), epochs=3, callbacks=[checkpoint])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch1.npz", "epoch2.npz", "epoch3.npz"]
+
+
+def test_the_csv_log_has_a_row_per_epoch(tmp_path: Any) -> None:
+    import csv
+
+    path = tmp_path / "log.csv"
+    result = fit(classifier(), epochs=3, validation_data=data(20, 3), metrics=[jn.accuracy], callbacks=[jn.callbacks.CSVLogger(path)])
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == ["epoch", "loss", "val_loss", "val_accuracy"] and len(rows) == 4
+    for epoch, row in enumerate(rows[1:]):
+        assert row[0] == str(epoch + 1) and [float(v) for v in row[1:]] == [result.metrics[name][epoch] for name in rows[0][1:]]
+    fit(classifier(), epochs=1, validation_data=data(20, 3), metrics=[jn.accuracy], callbacks=[jn.callbacks.CSVLogger(path, append=True)])
+    assert len(list(csv.reader(path.open()))) == 5  # one header, four rows
+
+
+class Replace(jn.callbacks.Callback):
+    """Hands fit another model at the start of epoch 1."""
+
+    def __init__(self, model: jn.Layer) -> None:
+        self.model = model
+
+    def on_epoch_begin(self, progress: jn.callbacks.Progress) -> Any:
+        return progress.evolve(model=self.model) if progress.epoch == 1 else None
+
+
+def test_a_callback_can_hand_back_another_model() -> None:
+    recorder = Recorder()
+    other = classifier(9)
+    fit(classifier(), epochs=2, callbacks=[Replace(other), recorder], compiled=True)
+    begins = [model for hook, epoch, model, _ in recorder.seen if hook == "epoch_begin"]
+    assert begins[1] is other  # the callback after it saw the change, and training went on from it
+
+
+class ReturnsJunk(jn.callbacks.Callback):
+    def on_epoch_end(self, progress: jn.callbacks.Progress) -> Any:
+        return True
+
+
+def test_bad_callbacks_are_refused() -> None:
+    with pytest.raises(TypeError, match="fit: callbacks must be a list of callbacks"):
+        fit(classifier(), callbacks=jn.callbacks.CSVLogger("log.csv"))
+    with pytest.raises(TypeError, match="is not a callback: it has none of the methods"):
+        fit(classifier(), callbacks=[lambda epoch, model, loss: None])
+    with pytest.raises(ValueError, match=r"EarlyStopping: monitor='val_acc' is not a metric this fit produces; it produces 'loss', 'val_loss', 'val_accuracy'"):
+        fit(classifier(), validation_data=data(20, 3), metrics=[jn.accuracy], callbacks=[jn.callbacks.EarlyStopping("val_acc")],
+            callback=lambda *args: pytest.fail("trained despite a bad monitor"))
+    with pytest.raises(TypeError, match=r"fit: ReturnsJunk.on_epoch_end must return None or a Progress"):
+        fit(classifier(), callbacks=[ReturnsJunk()])
+    with pytest.raises(ValueError, match="EarlyStopping: mode must be 'auto', 'min' or 'max'"):
+        jn.callbacks.EarlyStopping(mode="up")
+    with pytest.raises((TypeError, ValueError), match="EarlyStopping: patience"):
+        jn.callbacks.EarlyStopping(patience=-1)
+    with pytest.raises(FileNotFoundError, match="ModelCheckpoint: the folder"):
+        fit(classifier(), callbacks=[jn.callbacks.ModelCheckpoint("/no/such/folder/x.npz", "loss")])
+    with pytest.raises(TypeError, match="a callback may change model, state and stop, not"):
+        jn.callbacks.Progress(0, 1, classifier(), None, {}).evolve(epoch=3)

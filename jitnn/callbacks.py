@@ -1,0 +1,227 @@
+"""Callbacks for :func:`jitnn.fit`: early stopping, checkpoints, a CSV log, your own.
+
+A callback is an object with any of four methods, each called with a :class:`Progress`
+record (the epoch, the model, the optimizer state and every metric so far):
+
+=========================  ============================================================
+``on_train_begin(p)``      before the first epoch (``p.metrics`` holds every name, empty)
+``on_epoch_begin(p)``      before each epoch
+``on_epoch_end(p)``        after each epoch, its scores in ``p.metrics``
+``on_train_end(p)``        after the last epoch, or the one training stopped after
+=========================  ============================================================
+
+Each returns ``None`` (nothing to change) or a new record made with :meth:`Progress.evolve`:
+``p.evolve(stop=True)`` stops training after this epoch, ``p.evolve(model=..., state=...)``
+hands ``fit`` another model or optimizer state to go on with (and to return, from
+``on_train_end``). Subclass :class:`Callback` for the methods you leave out. Callbacks run
+in the order given, each seeing what the one before it handed back.
+
+A callback that watches a metric (``monitor``) checks in ``on_train_begin`` that ``fit``
+will produce it, so a misspelt name fails before the first step. ``mode`` says which way is
+better: ``"min"``, ``"max"`` or ``"auto"`` (``"min"`` for a name ending in ``loss``,
+``"max"`` otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from jitnn import validate
+from jitnn.io import save
+from jitnn.protocol import Layer
+
+__all__ = ["Callback", "CSVLogger", "EarlyStopping", "ModelCheckpoint", "Progress"]
+
+
+@attrs.frozen
+class Progress:
+    """Where training stands, as :func:`jitnn.fit` hands it to callbacks.
+
+    Attributes
+    ----------
+    epoch : int
+        The epoch (0-based) about to run or just run; in ``on_train_end`` the number run.
+    epochs : int
+        The epochs ``fit`` was asked for.
+    model, state : the model and optimizer state at this point.
+    metrics : mapping of str to tuple of float
+        Every score so far, one value per finished epoch: ``"loss"``, and with validation
+        data ``"val_loss"`` and ``"val_<metric>"``.
+    stop : bool
+        Whether training stops after this epoch (a callback sets it).
+    """
+
+    epoch: int
+    epochs: int
+    model: Layer
+    state: Any
+    metrics: Mapping[str, tuple[float, ...]]
+    stop: bool = False
+
+    def evolve(self, **changes: Any) -> Progress:
+        """A copy with ``changes`` (``model``, ``state``, ``stop``)."""
+        unknown = set(changes) - {"model", "state", "stop"}
+        if unknown:
+            raise TypeError(f"Progress.evolve: a callback may change model, state and stop, not {sorted(unknown)}")
+        return attrs.evolve(self, **changes)
+
+    def latest(self, name: str) -> float:
+        """The last value of metric ``name``."""
+        return self.metrics[name][-1]
+
+
+class Callback:
+    """A callback that does nothing: subclass it and define the methods you need."""
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        return None
+
+    def on_epoch_begin(self, progress: Progress) -> Progress | None:
+        return None
+
+    def on_epoch_end(self, progress: Progress) -> Progress | None:
+        return None
+
+    def on_train_end(self, progress: Progress) -> Progress | None:
+        return None
+
+
+class _Monitor(Callback):
+    """A callback that follows one metric and knows when it improves."""
+
+    def __init__(self, who: str, monitor: str, mode: str, min_delta: float) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"{who}: monitor must be a metric's name such as 'val_loss', got {monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.who, self.monitor = who, monitor
+        self.mode = ("min" if monitor.endswith("loss") else "max") if mode == "auto" else mode
+        self.min_delta = validate.non_negative_real(min_delta, who, "min_delta")
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        if self.monitor not in progress.metrics:
+            raise ValueError(f"{self.who}: monitor={self.monitor!r} is not a metric this fit produces; it produces "
+                             f"{', '.join(repr(name) for name in progress.metrics)} (validation metrics need validation_data)")
+        self.best = math.inf if self.mode == "min" else -math.inf
+        return None
+
+    def improved(self, progress: Progress) -> bool:
+        """Whether the monitored metric's last value beats the best so far by ``min_delta``
+        (then it becomes the best). NaN never improves."""
+        value = progress.latest(self.monitor)
+        better = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if better:
+            self.best = value
+        return better
+
+
+class EarlyStopping(_Monitor):
+    """Stop once ``monitor`` has failed to improve for ``patience`` epochs in a row.
+
+    An epoch improves when the metric beats the best so far by more than ``min_delta``. As
+    in Keras, training stops after the ``patience``-th epoch in a row without improvement
+    (``patience=0``, the default, stops at the first, as ``1`` does).
+    With ``restore_best`` (the default) ``fit`` returns the model and optimizer state of the
+    best epoch rather than the last one. ``stopped_epoch`` is the epoch (0-based) training
+    stopped after, ``None`` if it ran out of epochs first.
+    """
+
+    def __init__(self, monitor: str = "val_loss", *, patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
+                 restore_best: bool = True) -> None:
+        super().__init__("EarlyStopping", monitor, mode, min_delta)
+        self.patience = validate.non_negative_int(patience, "EarlyStopping", "patience")
+        self.restore_best = validate.flag(restore_best, "EarlyStopping", "restore_best")
+        self.wait, self.best_epoch, self.stopped_epoch, self._kept = 0, None, None, None
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        super().on_train_begin(progress)
+        self.wait, self.best_epoch, self.stopped_epoch, self._kept = 0, None, None, None
+        return None
+
+    def on_epoch_end(self, progress: Progress) -> Progress | None:
+        if self.improved(progress):
+            self.wait, self.best_epoch = 0, progress.epoch
+            self._kept = (progress.model, progress.state)  # values: keeping them copies nothing
+            return None
+        self.wait += 1
+        if self.wait >= max(self.patience, 1):
+            self.stopped_epoch = progress.epoch
+            return progress.evolve(stop=True)
+        return None
+
+    def on_train_end(self, progress: Progress) -> Progress | None:
+        if self.restore_best and self._kept is not None:
+            model, state = self._kept
+            return progress.evolve(model=model, state=state)
+        return None
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model and optimizer state after an epoch, through :func:`jitnn.save`.
+
+    The file (``.npz``, or ``.safetensors`` by its suffix) holds the tree
+    ``{"model": model, "state": state}``: read it back with
+    ``jn.load(path, {"model": model, "state": optimizer.init(model)})``. It is written
+    atomically, so a crash mid-write leaves the previous checkpoint whole. ``path`` may
+    hold ``{epoch}`` (1-based), formatted per epoch. With ``best_only`` (the default) only
+    an epoch that improves ``monitor`` is saved; otherwise every epoch is. ``saved`` lists
+    the epochs (0-based) written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss", *, best_only: bool = True, mode: str = "auto",
+                 min_delta: float = 0.0) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"ModelCheckpoint: path must be a str or os.PathLike, got {type(path).__name__}")
+        super().__init__("ModelCheckpoint", monitor, mode, min_delta)
+        self.path = os.fspath(path)
+        self.best_only = validate.flag(best_only, "ModelCheckpoint", "best_only")
+        self.saved: list[int] = []
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        if self.best_only:
+            super().on_train_begin(progress)
+        self.saved = []
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"ModelCheckpoint: the folder {str(folder)!r} of path {self.path!r} does not exist")
+        return None
+
+    def on_epoch_end(self, progress: Progress) -> Progress | None:
+        if not self.best_only or self.improved(progress):
+            save(self.path.replace("{epoch}", str(progress.epoch + 1)), {"model": progress.model, "state": progress.state})
+            self.saved.append(progress.epoch)
+        return None
+
+
+class CSVLogger(Callback):
+    """Write one row per epoch to the CSV file ``path``: ``epoch`` (1-based) then every
+    metric, in ``fit``'s order. The file is replaced at the start of training (``append``
+    adds to it instead) and flushed after each row."""
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"CSVLogger: path must be a str or os.PathLike, got {type(path).__name__}")
+        self.path = os.fspath(path)
+        self.append = validate.flag(append, "CSVLogger", "append")
+        self._names: tuple[str, ...] = ()
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        self._names = tuple(progress.metrics)
+        header = not (self.append and os.path.exists(self.path) and os.path.getsize(self.path))
+        with open(self.path, "a" if self.append else "w", newline="") as file:
+            if header:
+                csv.writer(file).writerow(("epoch", *self._names))
+        return None
+
+    def on_epoch_end(self, progress: Progress) -> Progress | None:
+        with open(self.path, "a", newline="") as file:
+            csv.writer(file).writerow((progress.epoch + 1, *(repr(progress.latest(name)) for name in self._names)))
+        return None
