@@ -10,6 +10,9 @@ record (the epoch, the model, the optimizer state and every metric so far):
 ``on_train_end(p)``        after the last epoch, or the one training stopped after
 =========================  ============================================================
 
+The callbacks here are :class:`EarlyStopping`, :class:`ModelCheckpoint`,
+:class:`ReduceLROnPlateau` and :class:`CSVLogger`.
+
 Each returns ``None`` (nothing to change) or a new record made with :meth:`Progress.evolve`:
 ``p.evolve(stop=True)`` stops training after this epoch, ``p.evolve(model=..., state=...)``
 hands ``fit`` another model or optimizer state to go on with (and to return, from
@@ -35,9 +38,11 @@ import attrs
 
 from jitnn import validate
 from jitnn.io import save
+from jitnn.optim._base import lr_scale
+from jitnn.optim.transforms import ChainState
 from jitnn.protocol import Layer
 
-__all__ = ["Callback", "CSVLogger", "EarlyStopping", "ModelCheckpoint", "Progress"]
+__all__ = ["Callback", "CSVLogger", "EarlyStopping", "ModelCheckpoint", "Progress", "ReduceLROnPlateau"]
 
 
 @attrs.frozen
@@ -225,3 +230,70 @@ class CSVLogger(Callback):
         with open(self.path, "a", newline="") as file:
             csv.writer(file).writerow((progress.epoch + 1, *(repr(progress.latest(name)) for name in self._names)))
         return None
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by ``factor`` once ``monitor`` has failed to improve for
+    ``patience`` epochs in a row, as Keras's callback of that name does.
+
+    The scale lives in the optimizer state (``state.lr_scale``, 1 at ``init``; in an
+    ``optim.chain``, its optimizer's state), which multiplies the learning rate, or the
+    schedule's value, at every update: the change is a new state handed back to ``fit``,
+    saved with it in a checkpoint, and the compiled step reads it like the rest. After a
+    reduction, ``cooldown`` epochs pass before counting starts again; the scale never goes
+    below ``min_scale``. ``reductions`` lists the epochs (0-based) after which it was lowered.
+    """
+
+    def __init__(self, monitor: str = "val_loss", *, factor: float = 0.1, patience: int = 10, min_delta: float = 1e-4,
+                 mode: str = "auto", cooldown: int = 0, min_scale: float = 0.0) -> None:
+        super().__init__("ReduceLROnPlateau", monitor, mode, min_delta)
+        self.factor = validate.real(factor, "ReduceLROnPlateau", "factor", low=0.0, high=1.0, low_open=True, high_open=True,
+                                    must="lie in (0, 1)")
+        self.patience = validate.non_negative_int(patience, "ReduceLROnPlateau", "patience")
+        self.cooldown = validate.non_negative_int(cooldown, "ReduceLROnPlateau", "cooldown")
+        self.min_scale = validate.non_negative_real(min_scale, "ReduceLROnPlateau", "min_scale")
+        self.wait, self.cooling, self.reductions = 0, 0, []
+
+    def on_train_begin(self, progress: Progress) -> Progress | None:
+        super().on_train_begin(progress)
+        _scale_of(progress.state)  # a state without a scale fails here, before training
+        self.wait, self.cooling, self.reductions = 0, 0, []
+        return None
+
+    def on_epoch_end(self, progress: Progress) -> Progress | None:
+        if self.cooling:
+            self.cooling -= 1
+            self.wait = 0
+        if self.improved(progress):
+            self.wait = 0
+            return None
+        if self.cooling:
+            return None
+        self.wait += 1
+        if self.wait < max(self.patience, 1):
+            return None
+        self.wait, self.cooling = 0, self.cooldown
+        before = _scale_of(progress.state)
+        scale = max(before * self.factor, self.min_scale)
+        if scale == before:  # already at min_scale
+            return None
+        if scale <= 0.0:
+            raise ValueError("ReduceLROnPlateau: the learning-rate scale reached 0; give min_scale > 0 or a larger factor")
+        self.reductions.append(progress.epoch)
+        return progress.evolve(state=_with_scale(progress.state, scale))
+
+
+def _scale_of(state: Any) -> float:
+    """The learning-rate scale of an optimizer state (a chain's: its optimizer's)."""
+    if isinstance(state, ChainState):
+        return _scale_of(state.optimizer)
+    if not hasattr(state, "lr_scale"):
+        raise TypeError(f"ReduceLROnPlateau: the optimizer state {type(state).__name__} has no lr_scale; the named optimizers "
+                        "(jn.optim.OPTIMIZERS), alone or at the end of a chain, have one")
+    return float(state.lr_scale)
+
+
+def _with_scale(state: Any, scale: float) -> Any:
+    if isinstance(state, ChainState):
+        return attrs.evolve(state, optimizer=_with_scale(state.optimizer, scale))
+    return attrs.evolve(state, lr_scale=lr_scale(scale))

@@ -172,7 +172,7 @@ class CompiledStep:
             last_state = self._last_state
             moments = last_state[1] if state is last_state[0] else self._moment_arrays(state)
             optimizer, count = self.optimizer, int(state.count)
-            learning_rate = learning_rate_at(optimizer.learning_rate, count, self._who)
+            learning_rate = learning_rate_at(optimizer.learning_rate, count, self._who) * float(state.lr_scale)
             hyper = optimizer.kernel_config(learning_rate, count + 1)
         else:
             moments, hyper = (), ()

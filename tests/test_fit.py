@@ -121,6 +121,7 @@ class Recorder(jn.callbacks.Callback):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, int, Any, Any]] = []
+        self.states: dict[int, Any] = {}
 
     def on_train_begin(self, progress: jn.callbacks.Progress) -> None:
         self.seen.append(("train_begin", progress.epoch, progress.model, dict(progress.metrics)))
@@ -130,6 +131,7 @@ class Recorder(jn.callbacks.Callback):
 
     def on_epoch_end(self, progress: jn.callbacks.Progress) -> None:
         self.seen.append(("epoch_end", progress.epoch, progress.model, dict(progress.metrics)))
+        self.states[progress.epoch] = progress.state
 
     def on_train_end(self, progress: jn.callbacks.Progress) -> None:
         self.seen.append(("train_end", progress.epoch, progress.model, dict(progress.metrics)))
@@ -263,3 +265,25 @@ def test_bad_callbacks_are_refused() -> None:
         fit(classifier(), callbacks=[jn.callbacks.ModelCheckpoint("/no/such/folder/x.npz", "loss")])
     with pytest.raises(TypeError, match="a callback may change model, state and stop, not"):
         jn.callbacks.Progress(0, 1, classifier(), None, {}).evolve(epoch=3)
+
+
+def test_a_plateau_lowers_the_learning_rate_in_the_state() -> None:
+    recorder = Recorder()
+    plateau = jn.callbacks.ReduceLROnPlateau("val_scripted", factor=0.5, patience=2, cooldown=1, mode="min", min_scale=0.2)
+    values = [1.0, 0.9, 0.95, 0.93, 0.96, 0.99, 0.98, 0.97, 0.99]  # no improvement after epoch 1
+    result = fit(classifier(), epochs=9, validation_data=data(20, 3), metrics=[scripted(values)], callbacks=[plateau, recorder])
+    # as Keras counts: epochs 2 and 3 fail, lowered after 3 to 0.5; the cooldown restarts the count at epoch 4, so 4 and 5
+    # fail, lowered to 0.25; 6 and 7 fail, lowered to min_scale (0.125 is below it); 8 fails once
+    assert plateau.reductions == [3, 5, 7]
+    scales = {epoch: float(state.lr_scale) for hook, epoch, _, _ in recorder.seen if hook == "epoch_end" for state in [recorder.states[epoch]]}
+    assert scales == {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.5, 4: 0.5, 5: 0.25, 6: 0.25, 7: 0.2, 8: 0.2}  # what the callback after it saw
+    assert float(result.state.lr_scale) == 0.2
+
+
+def test_a_plateau_lowers_a_chains_optimizer_and_bad_settings_are_refused() -> None:
+    transforms_only = jn.optim.chain(jn.optim.clip_by_value(1.0), jn.optim.sgd(0.1))
+    plateau = jn.callbacks.ReduceLROnPlateau("loss", patience=0, min_delta=10.0)  # only the first epoch improves
+    result = jn.fit(classifier(), jn.SoftmaxCrossEntropy(), transforms_only, *data(32, 1), key=jn.random.key(0), epochs=2, callbacks=[plateau])
+    assert plateau.reductions == [1] and float(result.state.optimizer.lr_scale) == 0.1  # a chain's optimizer holds it
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: factor must lie in \(0, 1\)"):
+        jn.callbacks.ReduceLROnPlateau(factor=1.5)

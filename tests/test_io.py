@@ -223,7 +223,7 @@ def test_load_into_another_structure_names_the_first_differing_field(tmp_path):
         load(tmp_path / "m.npz", narrower)
     with pytest.raises(ValueError, match=r"the array 'layers\.0\.W' has dtype float32 where float64 was expected"):
         load(tmp_path / "m.npz", mlp(np.float64))
-    with pytest.raises(ValueError, match=r"has no array 'count', the first of the 9 leaves"):
+    with pytest.raises(ValueError, match=r"has no array 'count', the first of the 10 leaves"):
         load(tmp_path / "m.npz", jn.optim.adam(1e-3).init(mlp()))
 
 

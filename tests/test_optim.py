@@ -394,8 +394,9 @@ def test_the_state_exposes_exactly_the_moments_of_the_reference():
     params = make_params("model")
     for name, (make, reference, base, _) in CASES.items():
         state = make(base).init(params)
-        expected = ["count"] + [f"{moment}.{path}" for moment in reference.moments for path in MODEL_PATHS]
+        expected = ["count"] + [f"{moment}.{path}" for moment in reference.moments for path in MODEL_PATHS] + ["lr_scale"]
         assert leaf_paths(state) == expected, name
+        assert float(state.lr_scale) == 1.0 and not state.lr_scale.flags.writeable
 
 
 def test_a_schedule_is_called_with_the_number_of_earlier_updates():

@@ -720,3 +720,17 @@ def test_fit_reports_the_first_non_finite_loss_and_keeps_the_last_good_model(com
     assert np.isnan(result.history).any()
     with pytest.raises(TypeError, match="check_finite must be True or False"):
         jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, check_finite=1, **kwargs)
+
+
+def test_the_learning_rate_scale_in_the_state_is_read_by_both_paths() -> None:
+    """sgd(0.02) at lr_scale 0.5 is sgd(0.01) to the bit (halving is exact), compiled or not."""
+    model, (X, T) = mlp(np.float64), classification_batches(np.float64, (7,))[0]
+    halved = attrs.evolve(jn.optim.sgd(0.02).init(model), lr_scale=0.5)
+    expected, _, value = jn.train_step(model, jn.optim.sgd(0.01).init(model), jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.01), X, T)
+    generic, generic_state, _ = jn.train_step(model, halved, jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.02), X, T)
+    compiled, compiled_state, _ = jn.compile_step(model, jn.SoftmaxCrossEntropy(), jn.optim.sgd(0.02))(model, halved, X, T)
+    assert_trees_equal(generic, expected, "generic")
+    assert_trees_equal(compiled, expected, "compiled")
+    assert float(generic_state.lr_scale) == float(compiled_state.lr_scale) == 0.5  # the scale stays in the state
+    with pytest.raises(ValueError, match="lr_scale"):
+        attrs.evolve(halved, lr_scale=0.0)

@@ -22,7 +22,7 @@ from jitnn._checks import FLOAT_DTYPES, freeze, readonly
 from jitnn.optim.schedules import Schedule
 from jitnn.protocol import Layer
 
-__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at", "gradient_grid", "gradient_at"]
+__all__ = ["check_params_tree", "count_field", "moment_field", "Optimizer", "as_learning_rate", "step_count", "zeros_like_tree", "float_leaves", "map_kernel", "learning_rate_at", "gradient_grid", "gradient_at", "lr_scale", "lr_scale_field"]
 
 LearningRate = float | Schedule | Callable[[int], float]
 
@@ -102,7 +102,29 @@ def _check_count(state: Any, attribute: Any, value: Any) -> None:
 
 def moment_field() -> Any:
     """A moment field of a state record (a tree like the parameters), shown by shapes."""
-    return attrs.field(repr=tree.short_repr)
+    return attrs.field(repr=tree.short_repr, metadata={"moment": True})
+
+
+def lr_scale_field() -> Any:
+    """The ``lr_scale`` field of a named optimizer's state: a 0-d float64 array (default 1)
+    that multiplies the learning rate (the schedule's value, where there is one) at every
+    update. ``jitnn.callbacks.ReduceLROnPlateau`` lowers it; being part of the state, it is
+    saved with it and read by the compiled step like the rest."""
+    return attrs.field(factory=lambda: lr_scale(1.0), converter=_to_lr_scale, repr=lambda scale: repr(float(scale)))
+
+
+def lr_scale(value: float) -> np.ndarray:
+    """A learning-rate scale as the read-only 0-d float64 array states hold."""
+    return freeze(np.array(value, dtype=np.float64))
+
+
+def _to_lr_scale(value: Any) -> np.ndarray:
+    """A positive finite number, or a 0-d array of one, as :func:`lr_scale` makes it."""
+    number = float(value) if isinstance(value, np.ndarray) and value.shape == () else value
+    number = validate.positive_real(number, "optimizer state", "lr_scale")
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and not value.flags.writeable:
+        return value
+    return lr_scale(number)
 
 
 def step_count(count: int) -> np.ndarray:
@@ -181,8 +203,9 @@ class Optimizer:
       arrays 1-D; ``grad`` is read through :func:`gradient_grid` and :func:`gradient_at`
       when ``factored_gradients`` is true (every built-in optimizer), so that the compiled
       step can hand it a weight gradient's factors instead of the stored gradient;
-    * ``state_class``: a frozen record whose fields are ``count`` then the moments, each
-      moment a tree of the parameters' structure;
+    * ``state_class``: a frozen record whose fields are ``count``, the moments (each a
+      tree of the parameters' structure, made with :func:`moment_field`) and ``lr_scale``
+      (:func:`lr_scale_field`), which multiplies the learning rate;
     * :meth:`kernel_config`: the scalars handed to the kernel for one update.
     """
 
@@ -199,7 +222,7 @@ class Optimizer:
 
     @property
     def moment_names(self) -> tuple[str, ...]:
-        return tuple(field.name for field in attrs.fields(self.state_class)[1:])
+        return tuple(field.name for field in attrs.fields(self.state_class) if field.metadata.get("moment"))
 
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         """The scalars after the arrays for the ``step``-th update (1 for the first)."""
@@ -216,9 +239,9 @@ class Optimizer:
         if type(state) is not self.state_class:
             raise TypeError(f"{who}: state must be the {self.state_class.__name__} from {self.name}.init, got {type(state).__name__}")
         count = int(state.count)
-        learning_rate = learning_rate_at(self.learning_rate, count, who)
+        learning_rate = learning_rate_at(self.learning_rate, count, who) * float(state.lr_scale)
         moments = [getattr(state, name) for name in self.moment_names]
         roles = ["params", "grads", *(f"the state's {name}" for name in self.moment_names)]
         config = self.kernel_config(learning_rate, count + 1)
         new_params, *new_moments = map_kernel(self.kernel, [params, grads, *moments], config, 1 + len(moments), who, roles)
-        return new_params, self.state_class(step_count(count + 1), *new_moments)
+        return new_params, self.state_class(step_count(count + 1), *new_moments, lr_scale=state.lr_scale)

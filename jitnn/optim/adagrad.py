@@ -11,7 +11,7 @@ import numpy as np
 from jitnn import tree, validate
 from jitnn._checks import freeze
 from jitnn._jit import jit
-from jitnn.optim._base import gradient_at, gradient_grid, check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, step_count
+from jitnn.optim._base import lr_scale_field, gradient_at, gradient_grid, check_params_tree, count_field, moment_field, LearningRate, Optimizer, as_learning_rate, step_count
 
 __all__ = ["Adagrad", "AdagradState", "adagrad"]
 
@@ -37,6 +37,7 @@ class AdagradState:
 
     count: np.ndarray = count_field()
     sum_of_squares: Any = moment_field()
+    lr_scale: np.ndarray = lr_scale_field()
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import lr_scale_field, gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["Adam", "AdamW", "AdamState", "adam", "adamw"]
 
@@ -44,6 +44,7 @@ class AdamState:
     count: np.ndarray = count_field()
     mu: Any = moment_field()
     nu: Any = moment_field()
+    lr_scale: np.ndarray = lr_scale_field()
 
 
 @attrs.frozen

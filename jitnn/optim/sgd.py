@@ -9,7 +9,7 @@ import numpy as np
 
 from jitnn import validate
 from jitnn._jit import jit
-from jitnn.optim._base import gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
+from jitnn.optim._base import lr_scale_field, gradient_at, gradient_grid, count_field, moment_field, LearningRate, Optimizer, as_learning_rate
 
 __all__ = ["SGD", "SGDState", "sgd", "Momentum", "MomentumState", "momentum"]
 
@@ -31,6 +31,7 @@ class SGDState:
     """Plain SGD keeps only the step count (for learning-rate schedules)."""
 
     count: np.ndarray = count_field()
+    lr_scale: np.ndarray = lr_scale_field()
 
 
 @attrs.frozen
@@ -72,6 +73,7 @@ class MomentumState:
 
     count: np.ndarray = count_field()
     velocity: Any = moment_field()
+    lr_scale: np.ndarray = lr_scale_field()
 
 
 @attrs.frozen
