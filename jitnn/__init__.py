@@ -25,6 +25,7 @@ from jitnn.step import CompiledStep, compile_step
 from jitnn.predict import CompiledPredict, compile_predict
 from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
+from jitnn.plotting import plot_history
 from jitnn import callbacks, data, datasets, metrics, validate
 
 __version__ = "0.1.0"
@@ -44,7 +45,7 @@ __all__ = [
     # losses
     "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
     # training
-    "fit", "train_step", "FitResult", "NonFiniteLossError", "batches", "compile_step", "CompiledStep",
+    "fit", "train_step", "FitResult", "NonFiniteLossError", "batches", "compile_step", "CompiledStep", "plot_history",
     # prediction
     "compile_predict", "CompiledPredict",
     # checkpoints

@@ -287,3 +287,17 @@ def test_a_plateau_lowers_a_chains_optimizer_and_bad_settings_are_refused() -> N
     assert plateau.reductions == [1] and float(result.state.optimizer.lr_scale) == 0.1  # a chain's optimizer holds it
     with pytest.raises(ValueError, match=r"ReduceLROnPlateau: factor must lie in \(0, 1\)"):
         jn.callbacks.ReduceLROnPlateau(factor=1.5)
+
+
+# --------------------------------------------------------------------------- the curves
+def test_the_history_is_drawn_as_a_png(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    result = fit(classifier(), epochs=3, validation_data=data(20, 3), metrics=[jn.accuracy])
+    path = tmp_path / "history.png"
+    jn.plot_history(result, path, title="blobs")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    jn.plot_history({"loss": (1.0, 0.5)}, tmp_path / "loss.png")  # a metrics mapping will do
+    with pytest.raises(ValueError, match="plot_history: the result holds no epoch to draw"):
+        jn.plot_history({"loss": ()}, tmp_path / "none.png")
+    with pytest.raises(TypeError, match="plot_history: result must be a jitnn.FitResult"):
+        jn.plot_history([1.0, 0.5], tmp_path / "list.png")
