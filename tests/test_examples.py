@@ -92,3 +92,14 @@ def test_char_transformer_example_learns_and_samples() -> None:
     final = float(re.search(r"final held-out loss ([0-9.]+)", out).group(1))
     assert first > 0.9 * uniform and final < 0.75 * uniform, out
     assert "sample after 'def '" in out
+
+
+def test_digits_training_stops_early_checkpoints_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (the 'examples' extra)")
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (the 'examples' extra)")
+    out = run_example("digits_training.py", "--out", str(tmp_path), "--epochs", "60")
+    reloaded, returned = map(float, re.search(r"checkpoint reloaded: test accuracy ([0-9.]+) \(the returned model: ([0-9.]+)\)", out).groups())
+    assert reloaded == returned >= 0.95, out  # the checkpoint holds the best epoch, which early stopping returned
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0] == "epoch,loss,val_loss,val_accuracy" and len(rows) == 1 + int(re.search(r"^(\d+) epochs", out, re.M).group(1))
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
