@@ -173,7 +173,12 @@ class StepSource:
         factored = kernels.factored if r is None and self._factored and site.calls == 1 else None
         dx = self._variable("dx") if input_gradient else None
         shape = self._restored(call)
-        if layer.param_names:
+        indices = range(site.first_param, site.first_param + len(layer.param_names))
+        if layer.param_names and all(k in self._frozen for k in indices):  # no update needs its gradients
+            for k in indices:
+                self._unchanged(k)
+            both = False
+        elif layer.param_names:
             grads = self._variable("grads")
             if both:  # one backward sweep for both gradients
                 self.lines.append(f"{dx}, {grads} = {self.kernel(kernels.residuals.gradients)}({head}{arguments})")
@@ -183,7 +188,9 @@ class StepSource:
                 kernel = factored.grad_params if factored is not None else grad_params
                 self.lines.append(f"{grads} = {self.kernel(kernel)}({head}{arguments})")
             for j, name in enumerate(layer.param_names):
-                if factored is not None and name in factored.params:
+                if site.first_param + j in self._frozen:
+                    self._unchanged(site.first_param + j)
+                elif factored is not None and name in factored.params:
                     self._factored_gradient(site.first_param + j, f"{grads}[{j}]")
                 else:
                     self._parameter_gradient(site.first_param + j, f"{grads}[{j}]", True)
@@ -192,12 +199,13 @@ class StepSource:
         return dx
 
     # ------------------------------------------------------------------ the whole function
-    def function(self, loss: Any, optimizer_kernel: Any, n_moments: int, factored: bool = False) -> str:
+    def function(self, loss: Any, optimizer_kernel: Any, n_moments: int, factored: bool = False, frozen: frozenset[int] = frozenset()) -> str:
         """The source of the step. With ``optimizer_kernel`` ``None`` the step stops at the
         gradients: ``-> (value, grads, new buffers)``; otherwise it updates: ``-> (value,
         new params, new moments, new buffers)``. With ``factored`` the optimizer's kernel
         takes a weight gradient's factors (``Optimizer.factored_gradients``), and the layers
-        that give them (``Kernels.factored``) hand it those.
+        that give them (``Kernels.factored``) hand it those. The parameters in ``frozen``
+        (indices, see ``Optimizer.frozen``) come back as they were, moments too.
 
         Each parameter is updated as soon as its gradient is complete, in the backward pass,
         while it is still in cache (the order changes no result: each update reads only its
@@ -205,6 +213,7 @@ class StepSource:
         plan = self.plan
         self._update = self.kernel(optimizer_kernel) if optimizer_kernel is not None else None
         self._factored = factored and self._update is not None
+        self._frozen = frozen if self._update is not None else frozenset()
         self._n_moments = n_moments
         n_params = sum(len(site.layer.param_names) for site in plan.sites)
         self._grads: list[str | None] = [None] * n_params
@@ -236,7 +245,9 @@ class StepSource:
 
         plan.read_backwards("dy", False, lambda op, dy, input_needed: self._backward_call(op, residuals[op.call], dy, input_needed), add, part)
         for k, pending in enumerate(self._pending):
-            if pending:  # a parameter no gradient reached: its gradient is zero
+            if pending and k in self._frozen:
+                self._unchanged(k)
+            elif pending:  # a parameter no gradient reached: its gradient is zero
                 self._pending[k] = 1
                 self._parameter_gradient(k, f"np.zeros_like(params[{k}])", False)
         buffers = _tuple(name for _, name in self.buffers)
@@ -323,6 +334,13 @@ class StepSource:
         """The optimizer's kernel call for parameter ``k`` with ``gradient`` (flat, or factors)."""
         moments = "".join(f", moments[{j}][{k}].reshape(-1)" for j in range(self._n_moments))
         return f"{self._update}(params[{k}].reshape(-1), {gradient}{moments}, *hyper)"
+
+    def _unchanged(self, k: int) -> None:
+        """Parameter ``k`` is frozen: it and its moments come back as they were."""
+        self._pending[k] = 0
+        self._new_params[k] = f"params[{k}]"
+        for j in range(self._n_moments):
+            self._new_moments[j][k] = f"moments[{j}][{k}]"
 
     def _updates(self, k: int, out: str) -> None:
         """Take parameter ``k``'s new value and moments from the optimizer's results ``out``."""

@@ -286,7 +286,8 @@ class CompiledStep:
         source = StepSource(lowered)
         kernel = self.optimizer.kernel if self.fused else None
         factored = self.fused and getattr(self.optimizer, "factored_gradients", False)
-        text = source.function(self.loss, kernel, len(self._moment_names), factored)
+        frozen = frozenset(k for k, keep in enumerate(self.optimizer.frozen(self.model)) if keep) if self.fused else frozenset()
+        text = source.function(self.loss, kernel, len(self._moment_names), factored, frozen)
         function, cached = load_function(text, source.kernels)
         context = tuple(call for call in lowered.calls if lowered.sites[call.site].layer.needs_context)
         compiled = _Compiled(function, lowered, context, tuple(site for site, _ in source.buffers), text, cached)

@@ -734,3 +734,37 @@ def test_the_learning_rate_scale_in_the_state_is_read_by_both_paths() -> None:
     assert float(generic_state.lr_scale) == float(compiled_state.lr_scale) == 0.5  # the scale stays in the state
     with pytest.raises(ValueError, match="lr_scale"):
         attrs.evolve(halved, lr_scale=0.0)
+
+
+# --------------------------------------------------------------------------- freezing
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "lion"])
+def test_a_masked_optimizer_leaves_the_frozen_parameters_bit_for_bit(name: str) -> None:
+    """Inside the compiled step as in the generic update: the first layer frozen whole, the
+    second layer's bias frozen alone; batches of 7 and of 1 (the factored route)."""
+    model = mlp(np.float64)  # layers.0, layers.2, layers.4 are the Dense layers
+    optimizer = jn.optim.masked(OPTIMIZERS[name](), lambda path: path not in ("layers.0.W", "layers.0.b", "layers.2.b"))
+    run_both(model, jn.SoftmaxCrossEntropy(), optimizer, classification_batches(np.float64, (7, 1, 7)), np.float64)
+    step = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer)
+    assert step.fused
+    state = optimizer.init(model)
+    new, new_state, _ = step(model, state, *classification_batches(np.float64, (7,))[0])
+    for frozen in (new.layers[0].W, new.layers[0].b, new.layers[2].b):
+        assert any(frozen is p for p in jn.tree.leaves(model))  # the same array, not a copy
+    assert not np.array_equal(new.layers[2].W, model.layers[2].W) and not np.array_equal(new.layers[4].b, model.layers[4].b)
+    for moment in optimizer.moment_names:
+        assert not np.any(getattr(new_state, moment).layers[0].W)
+    assert step.source.count("_dense_grad_params(") + step.source.count("_dense_grad_factors(") == 2  # none for the frozen layer
+
+
+def test_masked_refuses_what_it_cannot_use() -> None:
+    model = mlp(np.float64)
+    with pytest.raises(TypeError, match="masked: optimizer must be a named jitnn optimizer"):
+        jn.optim.masked(jn.optim.chain(jn.optim.scale(0.5), jn.optim.sgd(0.1)), {"layers.0"})
+    with pytest.raises(TypeError, match="masked: select must be a predicate on parameter paths or a collection of paths"):
+        jn.optim.masked(jn.optim.sgd(0.1), "layers.0")
+    with pytest.raises(ValueError, match=r"masked\(sgd\): \['layers.9'\] select no parameter"):
+        jn.optim.masked(jn.optim.sgd(0.1), {"layers.9"}).init(model)
+    with pytest.raises(TypeError, match=r"masked\(sgd\): select must return True or False"):
+        jn.optim.masked(jn.optim.sgd(0.1), lambda path: path).init(model)
+    prefixes = jn.optim.masked(jn.optim.sgd(0.1), {"layers.4"})
+    assert prefixes.frozen(model) == (True, True, True, True, False, False)

@@ -16,6 +16,7 @@ from jitnn.optim._base import Optimizer
 from jitnn.optim.adagrad import Adagrad, AdagradState, adagrad
 from jitnn.optim.adam import Adam, AdamState, AdamW, adam, adamw
 from jitnn.optim.lion import Lion, LionState, lion
+from jitnn.optim.masked import Masked, masked
 from jitnn.optim.rmsprop import RMSprop, RMSpropState, rmsprop
 from jitnn.optim.schedules import (
     constant,
@@ -54,6 +55,7 @@ __all__ = [
     "GradientTransform",
     "Lion",
     "LionState",
+    "Masked",
     "Momentum",
     "MomentumState",
     "Optimizer",
@@ -72,6 +74,7 @@ __all__ = [
     "constant",
     "exponential_decay",
     "lion",
+    "masked",
     "momentum",
     "one_cycle",
     "rmsprop",
@@ -94,7 +97,7 @@ def _named_optimizers() -> Mapping[str, Callable[..., Optimizer]]:
     while pending:
         cls = pending.pop(0)
         pending += cls.__subclasses__()
-        if not cls.__module__.startswith("jitnn.") or getattr(cls, "kernel", None) is None:
+        if not cls.__module__.startswith("jitnn.") or cls.wrapper or getattr(cls, "kernel", None) is None:
             continue
         name = cls.__name__.lower()
         factory = getattr(sys.modules[cls.__module__], name, None)

@@ -10,6 +10,7 @@ checks, the learning-rate schedule, the step count and rebuilding the trees.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 import attrs
@@ -156,9 +157,14 @@ def _check_float(found: list[tuple[str, np.ndarray]], who: str, role: str) -> li
     return found
 
 
-def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, outputs: int, who: str, roles: list[str]) -> list[Any]:
+def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, outputs: int, who: str, roles: list[str],
+               keep: Sequence[bool] | None = None) -> list[Any]:
     """Run ``kernel(*leaves, *config) -> (out_1, ..., out_k)`` on the matching leaves of
     ``trees`` and return ``k = outputs`` new trees of ``trees[0]``'s structure.
+
+    ``trees`` are ``[params, grads, *moments]`` and the outputs ``[params, *moments]``; a
+    leaf whose ``keep`` entry is true is left as it is (its parameter and moments, the same
+    arrays), without calling the kernel.
 
     Every tree must have the structure, shapes and dtypes of ``trees[0]``; the error names
     ``roles[i]`` and the first parameter that differs. The kernel sees flat (1-D) read-only
@@ -171,7 +177,10 @@ def map_kernel(kernel: Callable[..., tuple], trees: list[Any], config: tuple, ou
     for other, role in zip(trees[1:], roles[1:]):
         columns.append(_matching_leaves(template, structure, trees[0], other, who, role))
     results = []
-    for arrays in zip(*columns):
+    for index, arrays in enumerate(zip(*columns)):
+        if keep is not None and keep[index]:
+            results.append([arrays[0], *arrays[2:]])
+            continue
         flat = [readonly(a.reshape(-1)) for a in arrays]
         results.append([freeze(out).reshape(arrays[0].shape) for out in kernel(*flat, *config)])
     return [tree._refill(trees[0], [r[i] for r in results], trainable=True) for i in range(outputs)]
@@ -215,6 +224,8 @@ class Optimizer:
     #: Whether ``kernel`` takes a gradient's factors as well as a flat gradient (see
     #: :func:`gradient_at`); a subclass whose kernel indexes ``grad`` itself leaves it false.
     factored_gradients: ClassVar[bool] = False
+    #: True for an optimizer that wraps a named one (``Masked``): it is not named itself.
+    wrapper: ClassVar[bool] = False
 
     @property
     def name(self) -> str:
@@ -227,6 +238,12 @@ class Optimizer:
     def kernel_config(self, learning_rate: float, step: int) -> tuple[Any, ...]:
         """The scalars after the arrays for the ``step``-th update (1 for the first)."""
         raise NotImplementedError
+
+    def frozen(self, params: Any) -> tuple[bool, ...]:
+        """For each trainable array of ``params`` (in :func:`jitnn.tree.leaves` order),
+        whether the update leaves it (and its moments) as it is: none, here; see
+        :func:`jitnn.optim.masked`. The compiled step skips those updates too."""
+        return (False,) * len(tree.leaves(params, trainable=True))
 
     def init(self, params: Any) -> Any:
         """The state for ``params``: a zero step count and zero moments."""
@@ -243,5 +260,7 @@ class Optimizer:
         moments = [getattr(state, name) for name in self.moment_names]
         roles = ["params", "grads", *(f"the state's {name}" for name in self.moment_names)]
         config = self.kernel_config(learning_rate, count + 1)
-        new_params, *new_moments = map_kernel(self.kernel, [params, grads, *moments], config, 1 + len(moments), who, roles)
+        frozen = self.frozen(params)
+        new_params, *new_moments = map_kernel(self.kernel, [params, grads, *moments], config, 1 + len(moments), who, roles,
+                                              frozen if any(frozen) else None)
         return new_params, self.state_class(step_count(count + 1), *new_moments, lr_scale=state.lr_scale)
