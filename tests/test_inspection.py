@@ -493,7 +493,7 @@ def test_the_check_finds_array_contents():
 def test_optimizer_state_of_a_plain_tree_shows_no_array_contents():
     state = jn.optim.adam(1e-3).init({"w": np.zeros((3, 4)), "b": [np.zeros(2)]})
     assert not raw_array_contents(repr(state))
-    assert repr(state) == "AdamState(count=0, mu={'w': float64[3, 4], 'b': [float64[2]]}, nu={'w': float64[3, 4], 'b': [float64[2]]})"
+    assert repr(state) == "AdamState(count=0, mu={'w': float64[3, 4], 'b': [float64[2]]}, nu={'w': float64[3, 4], 'b': [float64[2]]}, lr_scale=1.0)"
 
 
 def test_the_module_example_is_current():
