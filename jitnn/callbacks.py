@@ -39,6 +39,7 @@ import attrs
 from jitnn import validate
 from jitnn.io import save
 from jitnn.optim._base import lr_scale
+from jitnn.optim.accumulate import MultiStepsState
 from jitnn.optim.transforms import ChainState
 from jitnn.protocol import Layer
 
@@ -237,7 +238,7 @@ class ReduceLROnPlateau(_Monitor):
     ``patience`` epochs in a row, as Keras's callback of that name does.
 
     The scale lives in the optimizer state (``state.lr_scale``, 1 at ``init``; in an
-    ``optim.chain``, its optimizer's state), which multiplies the learning rate, or the
+    ``optim.chain`` or ``optim.multi_steps``, its optimizer's state), which multiplies the learning rate, or the
     schedule's value, at every update: the change is a new state handed back to ``fit``,
     saved with it in a checkpoint, and the compiled step reads it like the rest. After a
     reduction, ``cooldown`` epochs pass before counting starts again; the scale never goes
@@ -284,8 +285,8 @@ class ReduceLROnPlateau(_Monitor):
 
 
 def _scale_of(state: Any) -> float:
-    """The learning-rate scale of an optimizer state (a chain's: its optimizer's)."""
-    if isinstance(state, ChainState):
+    """The learning-rate scale of an optimizer state (a chain's or multi_steps': its optimizer's)."""
+    if isinstance(state, (ChainState, MultiStepsState)):
         return _scale_of(state.optimizer)
     if not hasattr(state, "lr_scale"):
         raise TypeError(f"ReduceLROnPlateau: the optimizer state {type(state).__name__} has no lr_scale; the named optimizers "
@@ -294,6 +295,6 @@ def _scale_of(state: Any) -> float:
 
 
 def _with_scale(state: Any, scale: float) -> Any:
-    if isinstance(state, ChainState):
+    if isinstance(state, (ChainState, MultiStepsState)):
         return attrs.evolve(state, optimizer=_with_scale(state.optimizer, scale))
     return attrs.evolve(state, lr_scale=lr_scale(scale))

@@ -1001,3 +1001,53 @@ def test_trajectory_matches_torch_optim(name, kind):
         params, state = opt.update(params, grads, state)
         bounds = [a.error + b.error for a, b in zip(ours[t][0], theirs[t][0])]
         assert_on_bounds(jn.tree.leaves_with_paths(params), [tensor.detach().numpy() for tensor in tensors], bounds, f"{name}: step {t}:")
+
+
+# --------------------------------------------------------------------------- gradient accumulation
+def test_multi_steps_updates_once_every_k_batches_with_the_mean_gradient():
+    rng = np.random.default_rng(11)
+    model = jn.pipe(jn.Dense(W=rng.normal(size=(4, 3)), b=rng.normal(size=3)), jn.Tanh(), jn.Dense(W=rng.normal(size=(3, 2)), b=np.zeros(2)))
+    batches = [(rng.normal(size=(5, 4)), rng.integers(0, 2, 5)) for _ in range(6)]
+    loss, inner = jn.SoftmaxCrossEntropy(), jn.optim.adam(0.1)
+    accumulating = jn.optim.multi_steps(inner, 3)
+    params, state = model, accumulating.init(model)
+    expected, expected_state = model, inner.init(model)
+    for start in (0, 3):
+        grads = [jn.value_and_grad(expected, loss, X, T)[1] for X, T in batches[start : start + 3]]
+        for i, (X, T) in enumerate(batches[start : start + 3]):
+            before = params
+            params, state = accumulating.update(params, jn.value_and_grad(params, loss, X, T)[1], state)
+            if i < 2:
+                assert params is before and int(state.mini_step) == i + 1  # nothing moves until the third batch
+        # the mean as the kernels form it: the sum in batch order (0 + g1 is exact; each further sum rounds once),
+        # then one division rounded once; the update from it is then the inner optimizer's own, so all bits agree
+        total = jn.tree.map(lambda a, b, c: (a + b) + c, *grads)
+        mean = jn.tree.map(lambda t: np.float64(t) / 3.0, total)
+        expected, expected_state = inner.update(expected, mean, expected_state)
+        for a, b in zip(jn.tree.leaves(params), jn.tree.leaves(expected)):
+            assert a.tobytes() == b.tobytes()
+        assert int(state.mini_step) == 0 and int(state.optimizer.count) == int(expected_state.count)
+
+
+def test_multi_steps_trains_in_fit_compiled_or_not_alike():
+    rng = np.random.default_rng(12)
+    model = jn.pipe(jn.Dense.init(jn.random.key(0), 4, 8), jn.ReLU(), jn.Dense.init(jn.random.key(1), 8, 3))
+    X, T = rng.normal(size=(48, 4)).astype(np.float32), rng.integers(0, 3, 48)
+    optimizer = jn.optim.multi_steps(jn.optim.sgd(0.1), 2)
+    runs = [jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, key=jn.random.key(2), epochs=2, batch_size=8, compiled=c) for c in (True, False)]
+    for a, b in zip(jn.tree.leaves(runs[0].model), jn.tree.leaves(runs[1].model)):
+        assert a.tobytes() == b.tobytes()
+    assert int(runs[0].state.optimizer.count) == 6  # 12 batches, an update every 2
+    plateau = jn.callbacks.ReduceLROnPlateau("loss", patience=0, min_delta=10.0)
+    result = jn.fit(model, jn.SoftmaxCrossEntropy(), optimizer, X, T, key=jn.random.key(2), epochs=2, batch_size=8, callbacks=[plateau])
+    assert float(result.state.optimizer.lr_scale) == 0.1
+
+
+def test_multi_steps_refuses_bad_arguments():
+    with pytest.raises((TypeError, ValueError), match="multi_steps: every"):
+        jn.optim.multi_steps(jn.optim.sgd(0.1), 0)
+    with pytest.raises(TypeError, match="multi_steps: optimizer must have init and update"):
+        jn.optim.multi_steps("sgd", 2)
+    with pytest.raises(TypeError, match="multi_steps.update: state must be the MultiStepsState"):
+        model = jn.Dense.init(jn.random.key(0), 2, 2)
+        jn.optim.multi_steps(jn.optim.sgd(0.1), 2).update(model, model, jn.optim.sgd(0.1).init(model))

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from jitnn.optim import schedules
 from jitnn.optim._base import Optimizer
+from jitnn.optim.accumulate import MultiSteps, MultiStepsState, multi_steps
 from jitnn.optim.adagrad import Adagrad, AdagradState, adagrad
 from jitnn.optim.adam import Adam, AdamState, AdamW, adam, adamw
 from jitnn.optim.lion import Lion, LionState, lion
@@ -58,6 +59,8 @@ __all__ = [
     "Masked",
     "Momentum",
     "MomentumState",
+    "MultiSteps",
+    "MultiStepsState",
     "Optimizer",
     "OptimizerChain",
     "RMSprop",
@@ -76,6 +79,7 @@ __all__ = [
     "lion",
     "masked",
     "momentum",
+    "multi_steps",
     "one_cycle",
     "rmsprop",
     "scale",
