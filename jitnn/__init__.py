@@ -15,7 +15,7 @@ from jitnn.layers import (
     GlobalAvgPool, Identity, LayerNorm, LeakyReLU, MaxPool1D, MaxPool2D, MultiHeadAttention, PositionalEmbedding, ReLU, Reshape,
     Sigmoid, Softmax, Tanh,
 )
-from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
+from jitnn.losses import BinaryCrossEntropy, Huber, KLDivergence, Loss, MeanSquaredError, SoftmaxCrossEntropy, loss, registered_losses
 from jitnn.passes import Trace, backward, forward, value_and_grad, value_grad_and_update
 from jitnn._blas import outer_sum
 from jitnn.protocol import Array, Composite, Context, Factored, Kernels, Layer, Residuals, buffer, layer, param, registered_layers, require_shape
@@ -43,7 +43,7 @@ __all__ = [
     # passes
     "forward", "backward", "value_and_grad", "value_grad_and_update", "Trace",
     # losses
-    "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
+    "Loss", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy", "Huber", "KLDivergence",
     # training
     "fit", "train_step", "FitResult", "NonFiniteLossError", "batches", "compile_step", "CompiledStep", "plot_history",
     # prediction

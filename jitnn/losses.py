@@ -22,7 +22,10 @@ from jitnn._math import row_max
 from jitnn._jit import jit
 from jitnn.protocol import Array
 
-__all__ = ["Loss", "LossKernels", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy"]
+__all__ = [
+    "Loss", "LossKernels", "loss", "registered_losses", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy", "Huber",
+    "KLDivergence",
+]
 
 
 class LossKernels(NamedTuple):
@@ -109,11 +112,13 @@ def registered_losses() -> tuple[type, ...]:
 
 # --------------------------------------------------------------------------- softmax + cross-entropy
 @jit
-def _softmax_cross_entropy_value_and_grad(Y, T, ignore):
-    """The mean over the rows whose label is not ``ignore`` of logsumexp(Y[i]) - Y[i, T[i]],
-    and dY = (softmax(Y) - onehot(T)) / count on those rows, 0 on the others, with one
-    exponential per element (in float64; dY is rounded once); 0 and a zero gradient where
-    every row is ignored;  Y (m, k) logits, T (m,) int labels -> (float, dY (m, k))."""
+def _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing):
+    """The mean over the rows whose label is not ``ignore`` of ``logsumexp(Y[i]) - q . Y[i]``
+    with ``q = (1 - smoothing) onehot(T[i]) + smoothing / k`` (``smoothing = 0``: ``q`` the
+    one-hot label, the loss ``logsumexp(Y[i]) - Y[i, T[i]]``), and ``dY = (softmax(Y) - q) /
+    count`` on those rows, 0 on the others, with one exponential per element (in float64;
+    dY is rounded once); 0 and a zero gradient where every row is ignored;  Y (m, k)
+    logits, T (m,) int labels -> (float, dY (m, k))."""
     n, k = Y.shape
     dY = np.empty(Y.shape, Y.dtype)
     count = 0
@@ -122,6 +127,7 @@ def _softmax_cross_entropy_value_and_grad(Y, T, ignore):
             count += 1
     exps = np.empty(k, np.float64)
     total = 0.0
+    spread = smoothing / k
     for i in range(n):
         if T[i] == ignore:
             for j in range(k):
@@ -132,23 +138,32 @@ def _softmax_cross_entropy_value_and_grad(Y, T, ignore):
         for j in range(k):
             exps[j] = math.exp(Y[i, j] - top)
             s += exps[j]
-        total += math.log(s) + top - Y[i, T[i]]
-        for j in range(k):
-            dY[i, j] = exps[j] / s / count
-        dY[i, T[i]] = (exps[T[i]] / s - 1.0) / count
+        if smoothing == 0.0:
+            total += math.log(s) + top - Y[i, T[i]]
+            for j in range(k):
+                dY[i, j] = exps[j] / s / count
+            dY[i, T[i]] = (exps[T[i]] / s - 1.0) / count
+        else:
+            row_sum = 0.0
+            for j in range(k):
+                row_sum += Y[i, j]
+            total += math.log(s) + top - ((1.0 - smoothing) * Y[i, T[i]] + spread * row_sum)
+            for j in range(k):
+                dY[i, j] = (exps[j] / s - spread) / count
+            dY[i, T[i]] = (exps[T[i]] / s - (1.0 - smoothing) - spread) / count
     return (total / count if count else 0.0), dY
 
 
 @jit
-def _softmax_cross_entropy_value(Y, T, ignore):
+def _softmax_cross_entropy_value(Y, T, ignore, smoothing):
     """The value alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T, ignore)[0]
+    return _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing)[0]
 
 
 @jit
-def _softmax_cross_entropy_grad(Y, T, ignore):
+def _softmax_cross_entropy_grad(Y, T, ignore, smoothing):
     """The gradient alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T, ignore)[1]
+    return _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing)[1]
 
 
 _INT64 = np.iinfo(np.int64)
@@ -174,16 +189,22 @@ class SoftmaxCrossEntropy(Loss):
     positions; a batch of padding alone has nothing to learn, and a NaN would stop
     training). PyTorch takes sequence scores as ``(n, n_classes, length)``: jitnn's are
     ``(n, length, n_classes)``, the layout a ``Dense`` on each position gives.
+
+    ``label_smoothing`` (PyTorch's of that name, in ``[0, 1]``): the target of a position is
+    ``(1 - label_smoothing)`` on its label and ``label_smoothing / n_classes`` on every class,
+    so the loss is ``logsumexp(y) - sum_j q_j y_j``.
     """
 
     ignore_label: int | None = attrs.field(default=None, converter=_ignore_label)
+    label_smoothing: float = attrs.field(default=0.0, converter=validate.converter(validate.fraction, "SoftmaxCrossEntropy", "label_smoothing", include_one=True))
 
     kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad, _softmax_cross_entropy_value_and_grad)
     rows = True  # the kernels see (positions, classes)
 
     def config(self) -> tuple[Any, ...]:
-        """The label the kernels leave out: ``ignore_label``, or -1 (never a valid label) without one."""
-        return (-1 if self.ignore_label is None else self.ignore_label,)
+        """The label the kernels leave out (``ignore_label``, or -1, never a valid label,
+        without one) and the label smoothing."""
+        return (-1 if self.ignore_label is None else self.ignore_label, self.label_smoothing)
 
     def targets(self, Y: Array, T: Any) -> Array:
         if Y.ndim < 2:
@@ -259,3 +280,106 @@ class BinaryCrossEntropy(Loss):
         if not (targets.min() >= 0.0 and targets.max() <= 1.0):
             raise ValueError(f"{describe(self)}: targets must be probabilities in [0, 1], got values in [{targets.min()}, {targets.max()}]")
         return targets
+
+
+
+# --------------------------------------------------------------------------- Huber
+@jit
+def _huber_value(Y, T, delta):
+    """mean over all elements of 0.5 d**2 where |d| <= delta, else delta (|d| - delta / 2),
+    d = y - t;  Y, T (n, ...) -> float."""
+    y, t = Y.reshape(-1), T.reshape(-1)
+    total = 0.0
+    for i in range(y.size):
+        a = abs(y[i] - t[i])
+        total += 0.5 * a * a if a <= delta else delta * (a - 0.5 * delta)
+    return total / y.size
+
+
+@jit
+def _huber_grad(Y, T, delta):
+    """dY = clip(y - t, -delta, delta) / Y.size;  Y, T (n, ...) -> dY (n, ...)."""
+    dY = np.empty(Y.shape, Y.dtype)
+    y, t, d = Y.reshape(-1), T.reshape(-1), dY.reshape(-1)
+    for i in range(y.size):
+        difference = y[i] - t[i]
+        d[i] = min(max(difference, -delta), delta) / y.size
+    return dY
+
+
+@loss
+class Huber(Loss):
+    """The Huber loss (PyTorch's ``HuberLoss``): per element ``0.5 d**2`` where ``|d| <=
+    delta`` and ``delta (|d| - delta / 2)`` beyond, ``d = y - t``, the mean over all
+    elements: squared error near the target, absolute error (robust to outliers) far from
+    it. ``delta`` > 0, default 1."""
+
+    delta: float = attrs.field(default=1.0, converter=validate.converter(validate.positive_real, "Huber", "delta"))
+
+    kernels = LossKernels(_huber_value, _huber_grad)
+
+    def targets(self, Y: Array, T: Any) -> Array:
+        return float_targets(T, Y.shape, Y.dtype, describe(self))
+
+
+# --------------------------------------------------------------------------- KL divergence
+@jit
+def _kl_divergence_value_and_grad(Y, T):
+    """The mean over the rows of sum_j t_j (log t_j - log softmax(y)_j) (a term with t_j = 0
+    counts 0), and dY = (softmax(y) sum_j t_j - t) / rows, with one exponential per element
+    (in float64; dY rounded once);  Y (m, k) logits, T (m, k) probabilities -> (float, dY)."""
+    n, k = Y.shape
+    dY = np.empty(Y.shape, Y.dtype)
+    exps = np.empty(k, np.float64)
+    total = 0.0
+    for i in range(n):
+        top = row_max(Y, i)
+        s = 0.0
+        for j in range(k):
+            exps[j] = math.exp(Y[i, j] - top)
+            s += exps[j]
+        lse = top + math.log(s)
+        mass = 0.0
+        for j in range(k):
+            t = np.float64(T[i, j])
+            mass += t
+            if t > 0.0:
+                total += t * (math.log(t) - (Y[i, j] - lse))
+        for j in range(k):
+            dY[i, j] = (exps[j] / s * mass - T[i, j]) / n
+    return total / n, dY
+
+
+@jit
+def _kl_divergence_value(Y, T):
+    """The value alone (see :func:`_kl_divergence_value_and_grad`)."""
+    return _kl_divergence_value_and_grad(Y, T)[0]
+
+
+@jit
+def _kl_divergence_grad(Y, T):
+    """The gradient alone (see :func:`_kl_divergence_value_and_grad`)."""
+    return _kl_divergence_value_and_grad(Y, T)[1]
+
+
+@loss
+class KLDivergence(Loss):
+    """The Kullback-Leibler divergence ``KL(T || softmax(Y))`` of soft targets: Y logits and
+    T probabilities (non-negative, each row summing to 1 as a distribution does) of the same
+    shape, ``(n, n_classes)`` or ``(n, ..., n_classes)``; the mean over the rows (positions)
+    of ``sum_j t_j (log t_j - log softmax(y)_j)``, a term with ``t_j = 0`` counting 0. For
+    ``(n, n_classes)`` it is PyTorch's ``KLDivLoss(reduction="batchmean")`` of
+    ``log_softmax(Y)`` (for more axes PyTorch divides by ``n`` alone). Distillation: the
+    teacher's softmax as ``T``."""
+
+    kernels = LossKernels(_kl_divergence_value, _kl_divergence_grad, _kl_divergence_value_and_grad)
+    rows = True
+
+    def config(self) -> tuple[Any, ...]:
+        return ()
+
+    def targets(self, Y: Array, T: Any) -> Array:
+        targets = float_targets(T, Y.shape, Y.dtype, describe(self))
+        if not targets.min() >= 0.0:  # NaN fails too
+            raise ValueError(f"{describe(self)}: targets must be probabilities (non-negative), got a smallest value of {targets.min()}")
+        return targets.reshape(-1, Y.shape[-1]) if Y.ndim > 2 else targets

@@ -29,7 +29,7 @@ from jitnn._checks import readonly, require_gradient_shape
 from jitnn._jit import KERNELS
 from jitnn.chain import pipe
 from jitnn.combinators import Add, Concatenate, Residual
-from jitnn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
+from jitnn.losses import BinaryCrossEntropy, Huber, KLDivergence, Loss, MeanSquaredError, SoftmaxCrossEntropy
 from jitnn.passes import value_and_grad
 from jitnn.protocol import Layer
 
@@ -111,6 +111,8 @@ def _workloads(dtype: Any) -> list[Workload]:
         (signals, normal(2, 16), labels(3), cross_entropy),
         (dense, normal(6), normal(3), MeanSquaredError()),
         (first_dense, normal(6), rng.random((n, 3)).astype(dtype), BinaryCrossEntropy()),
+        (first_dense, normal(6), normal(3), Huber()),
+        (first_dense, normal(6), rng.dirichlet(np.ones(3), size=n).astype(dtype), KLDivergence()),
         (text, labels(10, 5), labels(3), cross_entropy),
         *((model, normal(5, 3), labels(3, 5) if model.layers[-2].return_sequences else labels(3), cross_entropy) for model in recurrent),
         *((model, normal(5, 3), labels(3, 5), cross_entropy) for model in attention),

@@ -560,10 +560,11 @@ def _logsumexp(Y):
 
 
 class SoftmaxCrossEntropy:
-    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - Y[i, T[i]]``;
-    or ``Y (n, ..., k)`` with ``T (n, ...)``: the mean over every position. With
-    ``ignore_label``, positions of that label are left out of the mean (0 and a zero
-    gradient where all are)."""
+    """Logits ``Y (n, k)``, integer labels ``T (n,)``: ``mean_i logsumexp(Y[i]) - q_i . Y[i]``
+    with ``q_i = (1 - label_smoothing) onehot(T[i]) + label_smoothing / k`` (the one-hot
+    label without smoothing); or ``Y (n, ..., k)`` with ``T (n, ...)``: the mean over every
+    position. With ``ignore_label``, positions of that label are left out of the mean (0 and
+    a zero gradient where all are)."""
 
     @staticmethod
     def _rows(Y, T, ignore_label):
@@ -572,24 +573,29 @@ class SoftmaxCrossEntropy:
         counted = np.ones(T.shape, bool) if ignore_label is None else T != ignore_label
         return Y, T, counted
 
+    @staticmethod
+    def _targets(T, k, label_smoothing):
+        q = np.full((T.size, k), label_smoothing / k)
+        q[np.arange(T.size), T] += 1.0 - label_smoothing
+        return q
+
     @classmethod
-    def value(cls, Y, T, ignore_label=None):
+    def value(cls, Y, T, ignore_label=None, label_smoothing=0.0):
         Y, T, counted = cls._rows(Y, T, ignore_label)
         if not counted.any():
             return 0.0
         rows = np.flatnonzero(counted)
-        return float(np.mean(_logsumexp(Y[rows]) - Y[rows, T[rows]]))
+        q = cls._targets(T[rows], Y.shape[1], label_smoothing)
+        return float(np.mean(_logsumexp(Y[rows]) - (q * Y[rows]).sum(axis=1)))
 
     @classmethod
-    def grad(cls, Y, T, ignore_label=None):
+    def grad(cls, Y, T, ignore_label=None, label_smoothing=0.0):
         shape = np.shape(Y)
         Y, T, counted = cls._rows(Y, T, ignore_label)
         rows = np.flatnonzero(counted)
         grad = np.zeros(Y.shape)
         if rows.size:
-            onehot = np.zeros((rows.size, Y.shape[1]))
-            onehot[np.arange(rows.size), T[rows]] = 1.0
-            grad[rows] = (Softmax.forward(Y[rows]) - onehot) / rows.size
+            grad[rows] = (Softmax.forward(Y[rows]) - cls._targets(T[rows], Y.shape[1], label_smoothing)) / rows.size
         return grad.reshape(shape)
 
 
@@ -619,3 +625,41 @@ class BinaryCrossEntropy:
     def grad(Y, T):
         Y, T = _f64(Y, T)
         return (Sigmoid.value(Y) - T) / Y.size
+
+
+class Huber:
+    """Mean over all elements of ``0.5 d**2`` (``|d| <= delta``) or ``delta (|d| - delta / 2)``, ``d = y - t``."""
+
+    @staticmethod
+    def value(Y, T, delta=1.0):
+        d = np.abs(np.subtract(*_f64(Y, T)))
+        return float(np.mean(np.where(d <= delta, 0.5 * d**2, delta * (d - 0.5 * delta))))
+
+    @staticmethod
+    def grad(Y, T, delta=1.0):
+        Y, T = _f64(Y, T)
+        return np.clip(Y - T, -delta, delta) / Y.size
+
+
+class KLDivergence:
+    """Logits ``Y``, probabilities ``T`` of the same shape ``(..., k)``: the mean over the rows
+    of ``sum_j t_j (log t_j - log softmax(y)_j)``, ``0 log 0 = 0``."""
+
+    @staticmethod
+    def _rows(Y, T):
+        Y, T = _f64(Y, T)
+        return Y.reshape(-1, Y.shape[-1]), T.reshape(-1, Y.shape[-1])
+
+    @classmethod
+    def value(cls, Y, T):
+        Y, T = cls._rows(Y, T)
+        log_softmax = Y - _logsumexp(Y)[:, None]
+        with np.errstate(divide="ignore"):
+            terms = np.where(T > 0, T * (np.log(np.where(T > 0, T, 1.0)) - log_softmax), 0.0)
+        return float(terms.sum(axis=1).mean())
+
+    @classmethod
+    def grad(cls, Y, T):
+        shape = np.shape(Y)
+        Y, T = cls._rows(Y, T)
+        return ((Softmax.forward(Y) * T.sum(axis=1, keepdims=True) - T) / Y.shape[0]).reshape(shape)

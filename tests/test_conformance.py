@@ -333,7 +333,22 @@ LOSS_EXAMPLES: dict[type, LossExample] = {
         make=lambda dtype, rng: (jn.BinaryCrossEntropy(), rng.normal(size=(6, 3)).astype(dtype), rng.random((6, 3)).astype(dtype)),
         reference=reference.BinaryCrossEntropy,
     ),
+    jn.Huber: LossExample(  # differences on both sides of delta = 1
+        make=lambda dtype, rng: (jn.Huber(), rng.normal(size=(6, 3)).astype(dtype), rng.normal(scale=2.0, size=(6, 3)).astype(dtype)),
+        reference=reference.Huber,
+    ),
+    jn.KLDivergence: LossExample(  # soft targets, one probability exactly 0
+        make=lambda dtype, rng: (jn.KLDivergence(), rng.normal(size=(6, 4)).astype(dtype), soft_targets(rng, (6, 4), dtype)),
+        reference=reference.KLDivergence,
+    ),
 }
+
+
+def soft_targets(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Rows of probabilities (a Dirichlet draw per row) in ``dtype``, the first row with a 0."""
+    T = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1])
+    T[(0,) * (len(shape) - 1) + (1,)] = 0.0
+    return (T / T.sum(axis=-1, keepdims=True)).astype(dtype)
 
 
 @pytest.fixture(params=list(LOSS_EXAMPLES), ids=[cls.__name__ for cls in LOSS_EXAMPLES])
@@ -384,6 +399,10 @@ LARGE_LOGITS = {
     jn.BinaryCrossEntropy: (
         np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=np.float32),
         np.array([[1.0, 0.0, 0.5], [1.0, 0.25, 1.0]], dtype=np.float32),
+    ),
+    jn.KLDivergence: (
+        np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=np.float32),
+        np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], dtype=np.float32),
     ),
 }
 

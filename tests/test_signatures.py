@@ -129,6 +129,9 @@ EXERCISE = textwrap.dedent(
                 (jn.SoftmaxCrossEntropy(), rng.integers(0, 3, size=6).astype(np.uint16)),
                 (jn.MeanSquaredError(), rng.normal(size=(6, 3)).astype(dtype)),
                 (jn.BinaryCrossEntropy(), rng.random((6, 3)).astype(dtype)),
+                (jn.Huber(), rng.normal(size=(6, 3)).astype(dtype)),
+                (jn.KLDivergence(), rng.dirichlet(np.ones(3), size=6).astype(dtype)),
+                (jn.SoftmaxCrossEntropy(label_smoothing=0.1), rng.integers(0, 3, size=6)),
             ]
             for loss, T in losses:
                 loss.value(y, T)
@@ -139,6 +142,7 @@ EXERCISE = textwrap.dedent(
         # ---- sequence scores (n, T, k) with labels (n, T): the loss's kernels see (n T, k) rows
         labels_seq = rng.integers(0, 3, size=(2, 3))
         for y in variants(rng.normal(size=(2, 3, 3)), dtype):
+            jn.KLDivergence().value_and_grad(y, rng.dirichlet(np.ones(3), size=(2, 3)))
             for loss in (jn.SoftmaxCrossEntropy(), jn.SoftmaxCrossEntropy(ignore_label=-100)):
                 loss.value(y, labels_seq.astype(np.int32))
                 loss.grad(y, labels_seq)

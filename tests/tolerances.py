@@ -1161,6 +1161,11 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
       change ``e_t`` is an input error like ``e``;
     - MeanSquaredError: ``(y - t)**2`` three roundings, the sum and the division ``gamma(N + 1)``:
       ``gamma(N + 4)`` of the mean; the gradient ``2 (y - t) / N``: three roundings.
+    - Huber: per element the difference's rounding and the inputs' errors through ``h' =
+      clip(d)`` (plus half their square, ``h'' <= 1``) and three roundings of the term, then the
+      mean ``gamma(N + 1)``; the gradient ``clip(d) / N`` moves by at most the difference's
+      error (clip is 1-Lipschitz) and two roundings. KLDivergence and label smoothing: see
+      :func:`_kl_divergence_bound` and :func:`_smoothed_cross_entropy_bound`.
     - BinaryCrossEntropy: per element ``max(y, 0) - y t + log1p(exp(-|y|))``: the product,
       difference and sum (three roundings of ``|max| + |y t| + |log1p|``), ``exp`` through
       ``log1p`` and ``log1p`` itself (``2 L u |log1p|``, as ``log1p(e) >= e / (1 + e)``), then
@@ -1191,6 +1196,8 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         terms = lse - Y[rows, T]
         s = np.exp(-spread) / total[:, None]
         rho = (s * u * (spread + L)).sum(axis=1) + gamma(k, dtype)
+        if loss.label_smoothing:
+            return _smoothed_cross_entropy_bound(loss.label_smoothing, counted, kept, shape, Y, eY, T, top, spread, log_total, s, rho, dtype)
         e_terms = rho + L * u * np.abs(log_total) + gamma(2, dtype) * (np.abs(top) + np.abs(log_total) + np.abs(Y[rows, T]))
         e_terms = e_terms + (s * eY).sum(axis=1) + eY[rows, T]
         value = float(terms.mean())
@@ -1212,6 +1219,18 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         e_value = float(gamma(N + 4, dtype) * np.mean(difference**2) + np.mean(2 * np.abs(difference) * (eY + eT)))
         dY = 2 * difference / N
         return LossBound(value, e_value, dY, 3 * u * np.abs(dY) + 2 * (eY + eT) / N)
+    if isinstance(loss, jn.Huber):
+        difference, delta = Y - T, loss.delta
+        a = np.abs(difference)
+        terms = np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))
+        e_d = u * a + eY + eT  # the difference's rounding and the inputs' errors
+        e_terms = 3 * u * terms + np.minimum(a, delta) * e_d + 0.5 * e_d**2  # h' = clip(d), h'' <= 1
+        value = float(terms.mean())
+        e_value = float(e_terms.mean() + gamma(N + 1, dtype) * terms.mean())
+        dY = np.clip(difference, -delta, delta) / N
+        return LossBound(value, e_value, dY, e_d / N + 2 * u * np.abs(dY))  # clip is 1-Lipschitz
+    if isinstance(loss, jn.KLDivergence):
+        return _kl_divergence_bound(Y, eY, T, eT, dtype)
     if isinstance(loss, jn.BinaryCrossEntropy):
         softplus = np.log1p(np.exp(-np.abs(Y)))
         terms = np.maximum(Y, 0) - Y * T + softplus
@@ -1224,6 +1243,73 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         edY = ((2 * L + 3) * u * s + 2 * u * np.abs(s - T) + s * (1 - s) * eY + eT) / N
         return LossBound(value, e_value, dY, edY)
     raise NotImplementedError(f"no error rule for {type(loss).__name__}")
+
+
+def _smoothed_cross_entropy_bound(smoothing: float, counted: np.ndarray, kept: np.ndarray, shape: tuple[int, ...], Y: np.ndarray,
+                                  eY: np.ndarray, T: np.ndarray, top: np.ndarray, spread: np.ndarray, log_total: np.ndarray,
+                                  s: np.ndarray, rho: np.ndarray, dtype: Any) -> LossBound:
+    """Softmax cross-entropy with label smoothing ``e``, per row ``lse - (1 - e) y_t - (e / k)
+    sum(y)``: the log-sum-exp as without smoothing (``rho`` through ``log``, ``L u |log|``), the
+    row's sum ``gamma(k)`` of ``sum|y|``, and four roundings of ``|max| + |log| + (1 - e)|y_t|
+    + (e / k) sum|y|``; then the mean ``gamma(n)``. An input error moves a row by at most
+    ``sum(s e) + sum(q e)``. The gradient ``(s - q) / n``: ``s``'s error and three roundings
+    of ``|s - q|``; an input error as without smoothing."""
+    u, L = unit_roundoff(dtype), LIBRARY
+    n, k = Y.shape
+    rows = np.arange(n)
+    q = np.full((n, k), smoothing / k)
+    q[rows, T] += 1.0 - smoothing
+    lse = top + log_total
+    terms = lse - (q * Y).sum(axis=1)
+    magnitude = np.abs(top) + np.abs(log_total) + (1 - smoothing) * np.abs(Y[rows, T]) + smoothing / k * np.abs(Y).sum(axis=1)
+    e_terms = rho + L * u * np.abs(log_total) + gamma(4, dtype) * magnitude + gamma(k, dtype) * smoothing / k * np.abs(Y).sum(axis=1)
+    e_terms = e_terms + (s * eY).sum(axis=1) + (q * eY).sum(axis=1)
+    value = float(terms.mean())
+    e_value = float(e_terms.mean() + gamma(n, dtype) * np.abs(terms).mean())
+    dY = (s - q) / n
+    r = u * (spread + L) + rho[:, None] + 2 * u
+    edY = s * r / n + 3 * u * np.abs(s - q) / n + s * (eY + (s * eY).sum(axis=1, keepdims=True)) / n
+    all_dY, all_edY = np.zeros((counted.size, k)), np.zeros((counted.size, k))
+    all_dY[kept], all_edY[kept] = dY, edY
+    return LossBound(value, e_value, all_dY.reshape(shape), all_edY.reshape(shape))
+
+
+def _kl_divergence_bound(Y: np.ndarray, eY: np.ndarray, T: np.ndarray, eT: np.ndarray, dtype: Any) -> LossBound:
+    """KL divergence, per row ``sum_j t_j (log t_j - (y_j - lse))`` over the ``t_j > 0``: the
+    log-sum-exp's error as softmax cross-entropy's (``rho`` through ``log``, ``L u |log|``, one
+    rounding of the addition), ``log t``'s ``L u``, two more roundings inside the bracket and
+    the product's, an input error ``t (e_j + sum(s e))`` and a target's conversion error
+    through ``|log t + 1 - ls|``; the sum over all ``n k`` terms and the mean ``gamma(n k + 1)``.
+    The gradient ``(s m - t) / n`` with ``m = sum t``: ``s``'s error (as softmax's), ``m``'s
+    ``gamma(k)``, and three roundings of ``|s m - t|``; input errors ``s m (e + sum(s e))`` and
+    ``e_t + s sum(e_t)``, over ``n``."""
+    u, L = unit_roundoff(dtype), LIBRARY
+    shape = Y.shape
+    k = shape[-1]
+    Y, eY, T, eT = (a.reshape(-1, k) for a in (Y, eY, T, eT))
+    n = Y.shape[0]
+    top = Y.max(axis=1, keepdims=True)
+    spread = top - Y
+    total = np.exp(-spread).sum(axis=1, keepdims=True)
+    log_total = np.log(total)
+    s = np.exp(-spread) / total
+    rho = (s * u * (spread + L)).sum(axis=1, keepdims=True) + gamma(k, dtype)
+    e_lse = rho + L * u * np.abs(log_total) + u * (np.abs(top) + np.abs(log_total))
+    ls = Y - (top + log_total)
+    positive = T > 0
+    log_t = np.log(np.where(positive, T, 1.0))
+    inner = log_t - ls
+    terms = np.where(positive, T * inner, 0.0)
+    e_terms = np.where(positive, T * (L * u * np.abs(log_t) + e_lse + u * np.abs(ls) + u * np.abs(inner)) + u * np.abs(terms)
+                       + T * (eY + (s * eY).sum(axis=1, keepdims=True)) + eT * np.abs(log_t + 1 - ls), 0.0)
+    value = float(terms.sum(axis=1).mean())
+    e_value = float(e_terms.sum(axis=1).mean() + gamma(n * k + 1, dtype) * np.abs(terms).sum(axis=1).mean())
+    mass = T.sum(axis=1, keepdims=True)
+    dY = (s * mass - T) / n
+    r = u * (spread + L) + rho + 2 * u
+    edY = (s * mass * (r + gamma(k, dtype) + u) + 3 * u * np.abs(s * mass - T) + s * mass * (eY + (s * eY).sum(axis=1, keepdims=True))
+           + eT + s * eT.sum(axis=1, keepdims=True)) / n
+    return LossBound(value, e_value, dY.reshape(shape), edY.reshape(shape))
 
 
 class ValueAndGrad(NamedTuple):
