@@ -207,26 +207,35 @@ def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, t
 
 
 class _Progress:
-    """Progress through an epoch on standard error: redrawn in place on a terminal (at most
-    about 20 times an epoch), one line per epoch otherwise."""
+    """Progress through an epoch on standard error. On a terminal a bar redrawn in place (at
+    most about 40 times an epoch) with the running mean loss; in every case, at the end, one
+    line with the epoch's scores and its time."""
 
-    def __init__(self, epoch: int, epochs: int, verbose: bool) -> None:
+    WIDTH = 24
+
+    def __init__(self, epoch: int, epochs: int, verbose: bool, stream: Any = None) -> None:
         self.prefix, self.verbose = f"epoch {epoch + 1}/{epochs}", verbose
-        self.live = verbose and sys.stderr.isatty()
-        self.shown = 0.0
+        self.stream = sys.stderr if stream is None else stream
+        self.live = verbose and self.stream.isatty()
+        self.shown, self.total, self.weight = -1.0, 0.0, 0
 
     def update(self, steps: int, total: int | None, seen: int, value: float) -> None:
-        if not self.live or not total:
+        if not self.live:
             return
-        fraction = seen / total
-        if fraction - self.shown >= 0.05 or seen == total:
+        self.total, self.weight = self.total + value * (seen - self.weight), seen  # the running mean, weighted by batch size
+        fraction = seen / total if total else 0.0
+        if fraction - self.shown >= 0.025 or seen == total:
             self.shown = fraction
-            print(f"\r{self.prefix}: {100 * fraction:3.0f}% ({steps} steps) loss {value:.4f}", end="", file=sys.stderr, flush=True)
+            filled = int(self.WIDTH * fraction)
+            bar = "=" * filled + (">" if filled < self.WIDTH else "") + " " * (self.WIDTH - filled - 1)
+            print(f"\r{self.prefix} [{bar}] {100 * fraction:3.0f}% {steps} steps, loss {self.total / seen:.4f}",
+                  end="", file=self.stream, flush=True)
 
     def done(self, scores: dict[str, float], seconds: float) -> None:
         if self.verbose:
             text = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-            print(f"{chr(13) if self.live else ''}{self.prefix}: {text} ({seconds:.2f} s)", file=sys.stderr)
+            clear = "\r\x1b[K" if self.live else ""  # the bar's line, cleared
+            print(f"{clear}{self.prefix}: {text} ({seconds:.2f} s)", file=self.stream)
 
 
 class _Validation:

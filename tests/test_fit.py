@@ -301,3 +301,27 @@ def test_the_history_is_drawn_as_a_png(tmp_path: Any) -> None:
         jn.plot_history({"loss": ()}, tmp_path / "none.png")
     with pytest.raises(TypeError, match="plot_history: result must be a jitnn.FitResult"):
         jn.plot_history([1.0, 0.5], tmp_path / "list.png")
+
+
+def test_on_a_terminal_a_bar_shows_the_running_loss() -> None:
+    import io
+
+    from jitnn.train import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = _Progress(0, 3, True, stream)
+    for steps, (seen, value) in enumerate([(10, 2.0), (20, 1.0), (25, 4.0)], start=1):
+        progress.update(steps, 25, seen, value)
+    progress.done({"loss": 1.9, "val_loss": 2.0}, 0.5)
+    frames = stream.getvalue().split("\r")
+    assert frames[1] == "epoch 1/3 [=========>              ]  40% 1 steps, loss 2.0000"
+    assert frames[2].endswith(" 80% 2 steps, loss 1.5000")  # (10 * 2 + 10 * 1) / 20
+    assert frames[3] == "epoch 1/3 [========================] 100% 3 steps, loss 2.0000"  # (30 + 5 * 4) / 25
+    assert frames[4] == "\x1b[Kepoch 1/3: loss 1.9000, val_loss 2.0000 (0.50 s)\n"
+    quiet = Terminal()
+    _Progress(0, 3, False, quiet).update(1, 25, 10, 2.0)
+    assert quiet.getvalue() == ""
