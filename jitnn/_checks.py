@@ -7,6 +7,7 @@ the model, and the expected and actual shape or dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,29 @@ def float_targets(T: Any, shape: tuple[int, ...], dtype: np.dtype, who: str) -> 
     if targets.shape != shape:
         raise ValueError(f"{who}: targets must have the predictions' shape {shape}, got {targets.shape}")
     return np.ascontiguousarray(targets, dtype=dtype)
+
+
+def sample_weights(weights: Any, n: int, who: str) -> np.ndarray:
+    """Per-example weights for a batch of ``n`` examples, as the loss kernels take them: a
+    read-only float64 array ``(n,)`` of finite, non-negative numbers (scikit-learn's
+    ``sample_weight``); ``None`` gives weights of 1 (one shared array per ``n``)."""
+    if weights is None:
+        return _ones(n)
+    array = weights if isinstance(weights, np.ndarray) else _as_array(weights, who, "sample_weight")
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{who}: sample_weight must be real numbers, got dtype {array.dtype}")
+    if array.shape != (n,):
+        raise ValueError(f"{who}: sample_weight must have one weight per example, shape ({n},), got {array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    if n and not (np.isfinite(array).all() and array.min() >= 0.0):
+        bad = array[~(np.isfinite(array) & (array >= 0.0))][0]
+        raise ValueError(f"{who}: sample_weight must be finite and non-negative, got {bad}")
+    return readonly(array)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int) -> np.ndarray:
+    return freeze(np.ones(n))
 
 
 def _as_array(value: Any, who: str, name: str) -> np.ndarray:

@@ -10,8 +10,10 @@ keys on a real file and a second process loads machine code instead of compiling
 
 The generated function has one calling convention::
 
-    step(X, T, params, buffers, configs, extras, loss_config, moments, hyper)
+    step(X, T, W, params, buffers, configs, extras, loss_config, moments, hyper)
 
+- ``T`` the targets as the loss converts them; ``W`` the per-example weights (read-only
+  float64, ones without ``sample_weight``), handed to a loss whose kernels take them;
 - ``params`` and ``buffers``: every parameter and buffer array of the model, in site order;
 - ``configs[i]``: site ``i``'s ``config()``; ``extras[c]``: call ``c``'s per-call arguments;
 - ``moments[j][k]``: the optimizer's ``j``-th moment of parameter ``k``; ``hyper``: its
@@ -226,11 +228,12 @@ class StepSource:
         # a loss that scores the last axis gets (rows, last axis) views, as Loss._kernel_view
         merged = getattr(loss, "rows", False) and len(plan.slots[plan.output]) > 1
         y_in = f"ro({y}.reshape((-1, {y}.shape[-1])))" if merged else f"ro({y})"
+        targets = f"{y_in}, T, W" if loss.kernels.weighted else f"{y_in}, T"
         if loss.kernels.value_and_grad is not None:
-            self.lines.append(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}({y_in}, T, *loss_config)")
+            self.lines.append(f"value, dy = {self.kernel(loss.kernels.value_and_grad)}({targets}, *loss_config)")
         else:
-            self.lines.append(f"value = {self.kernel(loss.kernels.value)}({y_in}, T, *loss_config)")
-            self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}({y_in}, T, *loss_config)")
+            self.lines.append(f"value = {self.kernel(loss.kernels.value)}({targets}, *loss_config)")
+            self.lines.append(f"dy = {self.kernel(loss.kernels.grad)}({targets}, *loss_config)")
         if merged:
             self.lines.append(f"dy = dy.reshape({y}.shape)")
         def add(total: str, gradient: str) -> str:
@@ -257,7 +260,7 @@ class StepSource:
             new_params = [self._new_params[k] for k in range(n_params)]
             new_moments = (_tuple(moment[k] for k in range(n_params)) for moment in self._new_moments)
             self.lines.append(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
-        return self._module("step(X, T, params, buffers, configs, extras, loss_config, moments, hyper)")
+        return self._module("step(X, T, W, params, buffers, configs, extras, loss_config, moments, hyper)")
 
     def predict_function(self) -> str:
         """The source of ``predict(X, params, buffers, configs, extras) -> Y``: the plan's

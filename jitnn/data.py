@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from jitnn import random, validate
-from jitnn._checks import _as_array
+from jitnn._checks import _as_array, sample_weights
 
 __all__ = ["batches", "n_batches"]
 
@@ -33,8 +33,11 @@ def batches(
     batch_size: int,
     shuffle: bool = True,
     drop_last: bool = False,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(X_batch, T_batch)`` pairs covering the examples once.
+    sample_weight: Any = None,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield ``(X_batch, T_batch)`` pairs covering the examples once, or with
+    ``sample_weight`` (one finite, non-negative weight per example) ``(X_batch, T_batch,
+    w_batch)`` triples, each batch's weights those of its examples.
 
     With ``shuffle`` the order is a permutation drawn from ``key`` (the same key gives the
     same order); without it ``key`` may be ``None``. The last batch is smaller unless
@@ -45,15 +48,16 @@ def batches(
     shuffle, drop_last = validate.flag(shuffle, "batches", "shuffle"), validate.flag(drop_last, "batches", "drop_last")
     if shuffle and not isinstance(key, random.Key):
         raise TypeError(f"batches: shuffle=True needs a jitnn.random.Key to draw the order, got {type(key).__name__}")
+    arrays = (X, T) if sample_weight is None else (X, T, sample_weights(sample_weight, X.shape[0], "batches"))
     order = random.permutation(key, X.shape[0]) if shuffle else None
-    return _batches(X, T, batch_size, order, drop_last)
+    return _batches(arrays, batch_size, order, drop_last)
 
 
 def _batches(
-    X: np.ndarray, T: np.ndarray, batch_size: int, order: np.ndarray | None, drop_last: bool
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    n = X.shape[0]
+    arrays: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None, drop_last: bool
+) -> Iterator[tuple[np.ndarray, ...]]:
+    n = arrays[0].shape[0]
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         chosen = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-        yield np.array(X[chosen], order="C"), np.array(T[chosen], order="C")
+        yield tuple(np.array(array[chosen], order="C") for array in arrays)

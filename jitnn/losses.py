@@ -1,6 +1,13 @@
-"""Losses: records with two kernels, ``value(Y, T) -> float`` (mean over the batch) and
-``grad(Y, T) -> dL/dY``, and optionally a third that gives both in one pass. Targets are
-checked in Python before a kernel sees them.
+"""Losses: records with two kernels, ``value(Y, T, W) -> float`` (mean over the batch) and
+``grad(Y, T, W) -> dL/dY``, and optionally a third that gives both in one pass. Targets and
+weights are checked in Python before a kernel sees them.
+
+``W`` holds one weight per example (scikit-learn's ``sample_weight``; 1 without one): the
+value is ``sum_i W[i] c_i / sum_i W[i] m_i``, ``c_i`` example ``i``'s summed terms and
+``m_i`` how many it has (its elements, or the positions that count), so that weights of 1
+give the plain mean bit for bit (each term times 1.0, and a count summed from 1.0s is
+exact), an integer weight counts as that many copies of the example, and a batch whose
+weights are all 0 has loss 0 and a zero gradient.
 
 A loss with ``rows = True`` (softmax cross-entropy) scores the last axis of its predictions:
 its kernels get ``(rows, last axis)`` views of predictions of any rank, every leading axis
@@ -17,7 +24,7 @@ import attrs
 import numpy as np
 
 from jitnn import validate
-from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly
+from jitnn._checks import describe, float_input, float_targets, integer_labels, readonly, sample_weights
 from jitnn._math import row_max
 from jitnn._jit import jit
 from jitnn.protocol import Array
@@ -33,11 +40,17 @@ class LossKernels(NamedTuple):
     ``value_and_grad(Y, T, *config) -> (value, dY)``, both in one pass, for a loss whose two
     halves share their costly part (softmax cross-entropy's exponentials). Where it is given,
     training (:meth:`Loss.value_and_grad` and the compiled step) calls it instead of the two;
-    its results must be those of ``value`` and ``grad``."""
+    its results must be those of ``value`` and ``grad``.
+
+    With ``weighted`` the kernels take per-example weights after the targets, ``value(Y, T,
+    W, *config)`` with ``W`` a read-only float64 array ``(n,)`` (see the module's notes), and
+    the loss accepts ``sample_weight``; without it (a loss written before weights, the
+    default) they do not, and a ``sample_weight`` is refused naming the loss."""
 
     value: Callable[..., float]
     grad: Callable[..., Array]
     value_and_grad: Callable[..., tuple[float, Array]] | None = None
+    weighted: bool = False
 
 
 class Loss:
@@ -61,38 +74,50 @@ class Loss:
         """Static configuration handed to the kernels after ``Y`` and ``T``."""
         return tuple(getattr(self, f.name) for f in attrs.fields(type(self)))
 
-    def _prepare(self, Y: Any, T: Any) -> tuple[tuple[int, ...], Array, Array]:
-        """The predictions' shape, the predictions as the kernels see them and the targets."""
+    def _prepare(self, Y: Any, T: Any, sample_weight: Any) -> tuple[tuple[int, ...], tuple[Array, ...]]:
+        """The predictions' shape, and the kernels' arguments before the configuration: the
+        predictions as the kernels see them, the targets and (for weighted kernels) the weights."""
         Y = float_input(Y, None, describe(self), "predictions Y")
         if Y.size == 0:
             raise ValueError(f"{describe(self)}: predictions Y of shape {Y.shape} hold no values; the mean over them is undefined")
-        targets = self.targets(Y, T)
-        return Y.shape, readonly(self._kernel_view(Y)), readonly(targets)
+        arguments = (readonly(self._kernel_view(Y)), readonly(self.targets(Y, T)))
+        return Y.shape, arguments + self.weights(Y.shape[0], sample_weight)
+
+    def weights(self, n: int, sample_weight: Any, who: str = "") -> tuple[Array, ...]:
+        """``(W,)``, the checked per-example weights of a batch of ``n`` the kernels take after
+        the targets (weights of 1 for ``None``), or ``()`` for kernels that take none."""
+        if self.kernels.weighted:
+            return (sample_weights(sample_weight, n, who or describe(self)),)
+        if sample_weight is not None:
+            raise TypeError(f"{who or describe(self)}: {describe(self)}'s kernels take no per-example weights, so sample_weight "
+                            "cannot be used with it (write them to take W after T and declare LossKernels(..., weighted=True))")
+        return ()
 
     def _kernel_view(self, Y: Array) -> Array:
         """``Y`` as the kernels see it: ``(rows, last axis)`` for a ``rows`` loss."""
         return Y.reshape(-1, Y.shape[-1]) if self.rows and Y.ndim > 2 else Y
 
-    def value(self, Y: Any, T: Any) -> float:
-        """The loss, a mean over the batch."""
-        _, Y, T = self._prepare(Y, T)
-        return float(self.kernels.value(Y, T, *self.config()))
+    def value(self, Y: Any, T: Any, sample_weight: Any = None) -> float:
+        """The loss, a mean over the batch; with ``sample_weight`` (one non-negative weight
+        per example) the weighted mean."""
+        _, arguments = self._prepare(Y, T, sample_weight)
+        return float(self.kernels.value(*arguments, *self.config()))
 
     __call__ = value
 
-    def grad(self, Y: Any, T: Any) -> Array:
+    def grad(self, Y: Any, T: Any, sample_weight: Any = None) -> Array:
         """``dL/dY``, the shape and dtype of ``Y``."""
-        shape, Y, T = self._prepare(Y, T)
-        return self.kernels.grad(Y, T, *self.config()).reshape(shape)
+        shape, arguments = self._prepare(Y, T, sample_weight)
+        return self.kernels.grad(*arguments, *self.config()).reshape(shape)
 
-    def value_and_grad(self, Y: Any, T: Any) -> tuple[float, Array]:
+    def value_and_grad(self, Y: Any, T: Any, sample_weight: Any = None) -> tuple[float, Array]:
         """Both, checking the arguments once."""
-        shape, Y, T = self._prepare(Y, T)
+        shape, arguments = self._prepare(Y, T, sample_weight)
         config, kernels = self.config(), self.kernels
         if kernels.value_and_grad is not None:
-            value, dY = kernels.value_and_grad(Y, T, *config)
+            value, dY = kernels.value_and_grad(*arguments, *config)
             return float(value), dY.reshape(shape)
-        return float(kernels.value(Y, T, *config)), kernels.grad(Y, T, *config).reshape(shape)
+        return float(kernels.value(*arguments, *config)), kernels.grad(*arguments, *config).reshape(shape)
 
 
 _REGISTRY: list[type] = []
@@ -112,58 +137,61 @@ def registered_losses() -> tuple[type, ...]:
 
 # --------------------------------------------------------------------------- softmax + cross-entropy
 @jit
-def _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing):
-    """The mean over the rows whose label is not ``ignore`` of ``logsumexp(Y[i]) - q . Y[i]``
-    with ``q = (1 - smoothing) onehot(T[i]) + smoothing / k`` (``smoothing = 0``: ``q`` the
-    one-hot label, the loss ``logsumexp(Y[i]) - Y[i, T[i]]``), and ``dY = (softmax(Y) - q) /
-    count`` on those rows, 0 on the others, with one exponential per element (in float64;
-    dY is rounded once); 0 and a zero gradient where every row is ignored;  Y (m, k)
-    logits, T (m,) int labels -> (float, dY (m, k))."""
+def _softmax_cross_entropy_value_and_grad(Y, T, W, ignore, smoothing):
+    """``sum_i w_i (logsumexp(Y[i]) - q . Y[i]) / sum_i w_i`` over the rows whose label is not
+    ``ignore``, ``w_i`` the weight of row ``i``'s example, with ``q = (1 - smoothing)
+    onehot(T[i]) + smoothing / k`` (``smoothing = 0``: ``q`` the one-hot label, the term
+    ``logsumexp(Y[i]) - Y[i, T[i]]``), and ``dY = w_i (softmax(Y) - q) / sum w`` on those rows,
+    0 on the others, with one exponential per element (in float64; dY is rounded once); 0 and
+    a zero gradient where the rows that count weigh 0;  Y (m, k) logits, T (m,) int labels,
+    W (n,) the weights of the n examples, each of m / n rows -> (float, dY (m, k))."""
     n, k = Y.shape
-    dY = np.empty(Y.shape, Y.dtype)
-    count = 0
+    per = n // W.size
+    dY = np.zeros(Y.shape, Y.dtype)
+    mass = 0.0
     for i in range(n):
         if T[i] != ignore:
-            count += 1
+            mass += W[i // per]
+    if mass == 0.0:
+        return 0.0, dY
     exps = np.empty(k, np.float64)
     total = 0.0
     spread = smoothing / k
     for i in range(n):
         if T[i] == ignore:
-            for j in range(k):
-                dY[i, j] = 0.0
             continue
+        w = W[i // per]
         top = row_max(Y, i)
         s = 0.0
         for j in range(k):
             exps[j] = math.exp(Y[i, j] - top)
             s += exps[j]
         if smoothing == 0.0:
-            total += math.log(s) + top - Y[i, T[i]]
+            total += w * (math.log(s) + top - Y[i, T[i]])
             for j in range(k):
-                dY[i, j] = exps[j] / s / count
-            dY[i, T[i]] = (exps[T[i]] / s - 1.0) / count
+                dY[i, j] = w * (exps[j] / s) / mass
+            dY[i, T[i]] = w * (exps[T[i]] / s - 1.0) / mass
         else:
             row_sum = 0.0
             for j in range(k):
                 row_sum += Y[i, j]
-            total += math.log(s) + top - ((1.0 - smoothing) * Y[i, T[i]] + spread * row_sum)
+            total += w * (math.log(s) + top - ((1.0 - smoothing) * Y[i, T[i]] + spread * row_sum))
             for j in range(k):
-                dY[i, j] = (exps[j] / s - spread) / count
-            dY[i, T[i]] = (exps[T[i]] / s - (1.0 - smoothing) - spread) / count
-    return (total / count if count else 0.0), dY
+                dY[i, j] = w * (exps[j] / s - spread) / mass
+            dY[i, T[i]] = w * (exps[T[i]] / s - (1.0 - smoothing) - spread) / mass
+    return total / mass, dY
 
 
 @jit
-def _softmax_cross_entropy_value(Y, T, ignore, smoothing):
+def _softmax_cross_entropy_value(Y, T, W, ignore, smoothing):
     """The value alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing)[0]
+    return _softmax_cross_entropy_value_and_grad(Y, T, W, ignore, smoothing)[0]
 
 
 @jit
-def _softmax_cross_entropy_grad(Y, T, ignore, smoothing):
+def _softmax_cross_entropy_grad(Y, T, W, ignore, smoothing):
     """The gradient alone (see :func:`_softmax_cross_entropy_value_and_grad`)."""
-    return _softmax_cross_entropy_value_and_grad(Y, T, ignore, smoothing)[1]
+    return _softmax_cross_entropy_value_and_grad(Y, T, W, ignore, smoothing)[1]
 
 
 _INT64 = np.iinfo(np.int64)
@@ -198,7 +226,7 @@ class SoftmaxCrossEntropy(Loss):
     ignore_label: int | None = attrs.field(default=None, converter=_ignore_label)
     label_smoothing: float = attrs.field(default=0.0, converter=validate.converter(validate.fraction, "SoftmaxCrossEntropy", "label_smoothing", include_one=True))
 
-    kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad, _softmax_cross_entropy_value_and_grad)
+    kernels = LossKernels(_softmax_cross_entropy_value, _softmax_cross_entropy_grad, _softmax_cross_entropy_value_and_grad, weighted=True)
     rows = True  # the kernels see (positions, classes)
 
     def config(self) -> tuple[Any, ...]:
@@ -213,24 +241,43 @@ class SoftmaxCrossEntropy(Loss):
         return labels.reshape(-1)
 
 
-# --------------------------------------------------------------------------- mean squared error
+# --------------------------------------------------------------------------- elementwise losses
+# Each example of Y (n, ...) is a block of Y.size / n elements; W[e] weighs block e.
 @jit
-def _mean_squared_error_value(Y, T):
-    """sum((Y - T)**2) / Y.size;  Y, T (n, ...) -> float."""
+def _weighted_denominator(W, per):
+    """``per * sum(W)``: the weighted count of the terms the mean divides by."""
+    mass = 0.0
+    for e in range(W.size):
+        mass += W[e]
+    return mass * per
+
+
+@jit
+def _mean_squared_error_value(Y, T, W):
+    """sum_e W[e] sum((Y[e] - T[e])**2) / (sum(W) Y[e].size);  Y, T (n, ...), W (n,) -> float."""
     y, t = Y.reshape(-1), T.reshape(-1)
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
     total = 0.0
-    for i in range(y.size):
-        total += (y[i] - t[i]) ** 2
-    return total / y.size
+    for e in range(W.size):
+        w = W[e]
+        for i in range(e * per, (e + 1) * per):
+            total += w * (y[i] - t[i]) ** 2
+    return total / denominator if denominator > 0.0 else 0.0
 
 
 @jit
-def _mean_squared_error_grad(Y, T):
-    """dY = 2 (Y - T) / Y.size;  Y, T (n, ...) -> dY (n, ...)."""
-    dY = np.empty(Y.shape, Y.dtype)
+def _mean_squared_error_grad(Y, T, W):
+    """dY = 2 W[e] (Y - T) / (sum(W) Y[e].size);  Y, T (n, ...), W (n,) -> dY (n, ...)."""
+    dY = np.zeros(Y.shape, Y.dtype)
     y, t, d = Y.reshape(-1), T.reshape(-1), dY.reshape(-1)
-    for i in range(y.size):
-        d[i] = 2.0 * (y[i] - t[i]) / y.size
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
+    if denominator > 0.0:
+        for e in range(W.size):
+            w = W[e]
+            for i in range(e * per, (e + 1) * per):
+                d[i] = w * (2.0 * (y[i] - t[i])) / denominator
     return dY
 
 
@@ -239,7 +286,7 @@ class MeanSquaredError(Loss):
     """Mean over all elements of ``(Y - T)**2`` (as PyTorch's ``MSELoss``): for each example
     the mean squared error over its outputs, averaged over the batch."""
 
-    kernels = LossKernels(_mean_squared_error_value, _mean_squared_error_grad)
+    kernels = LossKernels(_mean_squared_error_value, _mean_squared_error_grad, weighted=True)
 
     def targets(self, Y: Array, T: Any) -> Array:
         return float_targets(T, Y.shape, Y.dtype, describe(self))
@@ -247,24 +294,34 @@ class MeanSquaredError(Loss):
 
 # --------------------------------------------------------------------------- binary cross-entropy
 @jit
-def _binary_cross_entropy_value(Y, T):
-    """mean of max(y, 0) - y t + log(1 + exp(-|y|)) over all elements;  Y logits, T in [0, 1]."""
+def _binary_cross_entropy_value(Y, T, W):
+    """The weighted mean of max(y, 0) - y t + log1p(exp(-|y|)) over all elements (as
+    :func:`_mean_squared_error_value`);  Y logits, T in [0, 1], W (n,)."""
     y, t = Y.reshape(-1), T.reshape(-1)
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
     total = 0.0
-    for i in range(y.size):
-        total += max(y[i], 0.0) - y[i] * t[i] + math.log1p(math.exp(-abs(y[i])))
-    return total / y.size
+    for e in range(W.size):
+        w = W[e]
+        for i in range(e * per, (e + 1) * per):
+            total += w * (max(y[i], 0.0) - y[i] * t[i] + math.log1p(math.exp(-abs(y[i]))))
+    return total / denominator if denominator > 0.0 else 0.0
 
 
 @jit
-def _binary_cross_entropy_grad(Y, T):
-    """dY = (sigmoid(Y) - T) / Y.size;  Y, T (n, ...) -> dY (n, ...)."""
-    dY = np.empty(Y.shape, Y.dtype)
+def _binary_cross_entropy_grad(Y, T, W):
+    """dY = W[e] (sigmoid(Y) - T) / (sum(W) Y[e].size);  Y, T (n, ...), W (n,) -> dY (n, ...)."""
+    dY = np.zeros(Y.shape, Y.dtype)
     y, t, d = Y.reshape(-1), T.reshape(-1), dY.reshape(-1)
-    for i in range(y.size):
-        e = math.exp(-abs(y[i]))
-        p = 1.0 / (1.0 + e) if y[i] >= 0 else e / (1.0 + e)
-        d[i] = (p - t[i]) / y.size
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
+    if denominator > 0.0:
+        for e in range(W.size):
+            w = W[e]
+            for i in range(e * per, (e + 1) * per):
+                exp = math.exp(-abs(y[i]))
+                p = 1.0 / (1.0 + exp) if y[i] >= 0 else exp / (1.0 + exp)
+                d[i] = w * (p - t[i]) / denominator
     return dY
 
 
@@ -273,7 +330,7 @@ class BinaryCrossEntropy(Loss):
     """Binary cross-entropy from logits (as PyTorch's ``BCEWithLogitsLoss``): Y logits,
     T probabilities in [0, 1] of the same shape; mean over all elements."""
 
-    kernels = LossKernels(_binary_cross_entropy_value, _binary_cross_entropy_grad)
+    kernels = LossKernels(_binary_cross_entropy_value, _binary_cross_entropy_grad, weighted=True)
 
     def targets(self, Y: Array, T: Any) -> Array:
         targets = float_targets(T, Y.shape, Y.dtype, describe(self))
@@ -285,25 +342,33 @@ class BinaryCrossEntropy(Loss):
 
 # --------------------------------------------------------------------------- Huber
 @jit
-def _huber_value(Y, T, delta):
-    """mean over all elements of 0.5 d**2 where |d| <= delta, else delta (|d| - delta / 2),
-    d = y - t;  Y, T (n, ...) -> float."""
+def _huber_value(Y, T, W, delta):
+    """The weighted mean over all elements (as :func:`_mean_squared_error_value`) of 0.5 d**2
+    where |d| <= delta, else delta (|d| - delta / 2), d = y - t;  Y, T (n, ...), W (n,) -> float."""
     y, t = Y.reshape(-1), T.reshape(-1)
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
     total = 0.0
-    for i in range(y.size):
-        a = abs(y[i] - t[i])
-        total += 0.5 * a * a if a <= delta else delta * (a - 0.5 * delta)
-    return total / y.size
+    for e in range(W.size):
+        w = W[e]
+        for i in range(e * per, (e + 1) * per):
+            a = abs(y[i] - t[i])
+            total += w * (0.5 * a * a if a <= delta else delta * (a - 0.5 * delta))
+    return total / denominator if denominator > 0.0 else 0.0
 
 
 @jit
-def _huber_grad(Y, T, delta):
-    """dY = clip(y - t, -delta, delta) / Y.size;  Y, T (n, ...) -> dY (n, ...)."""
-    dY = np.empty(Y.shape, Y.dtype)
+def _huber_grad(Y, T, W, delta):
+    """dY = W[e] clip(y - t, -delta, delta) / (sum(W) Y[e].size);  Y, T (n, ...), W (n,) -> dY (n, ...)."""
+    dY = np.zeros(Y.shape, Y.dtype)
     y, t, d = Y.reshape(-1), T.reshape(-1), dY.reshape(-1)
-    for i in range(y.size):
-        difference = y[i] - t[i]
-        d[i] = min(max(difference, -delta), delta) / y.size
+    per = y.size // W.size
+    denominator = _weighted_denominator(W, per)
+    if denominator > 0.0:
+        for e in range(W.size):
+            w = W[e]
+            for i in range(e * per, (e + 1) * per):
+                d[i] = w * min(max(y[i] - t[i], -delta), delta) / denominator
     return dY
 
 
@@ -316,7 +381,7 @@ class Huber(Loss):
 
     delta: float = attrs.field(default=1.0, converter=validate.converter(validate.positive_real, "Huber", "delta"))
 
-    kernels = LossKernels(_huber_value, _huber_grad)
+    kernels = LossKernels(_huber_value, _huber_grad, weighted=True)
 
     def targets(self, Y: Array, T: Any) -> Array:
         return float_targets(T, Y.shape, Y.dtype, describe(self))
@@ -324,42 +389,49 @@ class Huber(Loss):
 
 # --------------------------------------------------------------------------- KL divergence
 @jit
-def _kl_divergence_value_and_grad(Y, T):
-    """The mean over the rows of sum_j t_j (log t_j - log softmax(y)_j) (a term with t_j = 0
-    counts 0), and dY = (softmax(y) sum_j t_j - t) / rows, with one exponential per element
-    (in float64; dY rounded once);  Y (m, k) logits, T (m, k) probabilities -> (float, dY)."""
+def _kl_divergence_value_and_grad(Y, T, W):
+    """``sum_i w_i sum_j t_j (log t_j - log softmax(y)_j) / sum_i w_i`` over the rows (a term
+    with t_j = 0 counts 0), ``w_i`` the weight of row ``i``'s example, and dY = w_i
+    (softmax(y) sum_j t_j - t) / sum w, with one exponential per element (in float64; dY
+    rounded once); 0 and a zero gradient where the weights are all 0;  Y (m, k) logits, T (m,
+    k) probabilities, W (n,) the weights of the n examples, each of m / n rows -> (float, dY)."""
     n, k = Y.shape
-    dY = np.empty(Y.shape, Y.dtype)
+    per = n // W.size
+    dY = np.zeros(Y.shape, Y.dtype)
+    mass = _weighted_denominator(W, per)
+    if mass == 0.0:
+        return 0.0, dY
     exps = np.empty(k, np.float64)
     total = 0.0
     for i in range(n):
+        w = W[i // per]
         top = row_max(Y, i)
         s = 0.0
         for j in range(k):
             exps[j] = math.exp(Y[i, j] - top)
             s += exps[j]
         lse = top + math.log(s)
-        mass = 0.0
+        probability = 0.0
         for j in range(k):
             t = np.float64(T[i, j])
-            mass += t
+            probability += t
             if t > 0.0:
-                total += t * (math.log(t) - (Y[i, j] - lse))
+                total += w * (t * (math.log(t) - (Y[i, j] - lse)))
         for j in range(k):
-            dY[i, j] = (exps[j] / s * mass - T[i, j]) / n
-    return total / n, dY
+            dY[i, j] = w * (exps[j] / s * probability - T[i, j]) / mass
+    return total / mass, dY
 
 
 @jit
-def _kl_divergence_value(Y, T):
+def _kl_divergence_value(Y, T, W):
     """The value alone (see :func:`_kl_divergence_value_and_grad`)."""
-    return _kl_divergence_value_and_grad(Y, T)[0]
+    return _kl_divergence_value_and_grad(Y, T, W)[0]
 
 
 @jit
-def _kl_divergence_grad(Y, T):
+def _kl_divergence_grad(Y, T, W):
     """The gradient alone (see :func:`_kl_divergence_value_and_grad`)."""
-    return _kl_divergence_value_and_grad(Y, T)[1]
+    return _kl_divergence_value_and_grad(Y, T, W)[1]
 
 
 @loss
@@ -372,7 +444,7 @@ class KLDivergence(Loss):
     ``log_softmax(Y)`` (for more axes PyTorch divides by ``n`` alone). Distillation: the
     teacher's softmax as ``T``."""
 
-    kernels = LossKernels(_kl_divergence_value, _kl_divergence_grad, _kl_divergence_value_and_grad)
+    kernels = LossKernels(_kl_divergence_value, _kl_divergence_grad, _kl_divergence_value_and_grad, weighted=True)
     rows = True
 
     def config(self) -> tuple[Any, ...]:

@@ -107,9 +107,10 @@ def backward(model: Layer, trace: Trace, dY: Any) -> tuple[Layer, Array]:
 
 
 def value_grad_and_update(
-    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = True
+    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = True, sample_weight: Any = None
 ) -> tuple[float, Layer, Layer]:
-    """The loss on ``(X, T)``, its gradient to every parameter, and the model as the batch
+    """The loss on ``(X, T)`` (its examples weighted by ``sample_weight``, see
+    :func:`value_and_grad`), its gradient to every parameter, and the model as the batch
     left it (new running statistics in training mode; ``model`` itself otherwise).
 
     This is what a training step needs; :func:`value_and_grad` is the same without the
@@ -121,23 +122,30 @@ def value_grad_and_update(
         raise TypeError(f"value_and_grad: loss must be a jitnn loss such as jn.SoftmaxCrossEntropy(), got {loss!r}")
     context = _context(key, training, "value_and_grad")
     X = model._input(X)
+    if sample_weight is not None:  # checked before the forward pass, naming the function
+        sample_weight = loss.weights(X.shape[0], sample_weight, "value_and_grad")[0]
     lowered = plan.lower(model, X.shape[1:], X.shape[0])
     leaves = [site.layer for site in lowered.sites]
     Y, record, after = plan.run_forward(lowered, leaves, X, context, keep=True, input_gradient=False)
-    value, dY = loss.value_and_grad(Y, T)
+    value, dY = loss.value_and_grad(Y, T, sample_weight)
     records, _ = plan.run_backward(lowered, leaves, record, dY, input_gradient=False)
     return value, plan.rebuild(model, iter(records)), _updated(model, leaves, after)
 
 
 def value_and_grad(
-    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = False
+    model: Layer, loss: Loss, X: Any, T: Any, *, key: random.Key | None = None, training: bool = False, sample_weight: Any = None
 ) -> tuple[float, Layer]:
     """The loss of ``model`` on the batch ``(X, T)`` and its gradient to every parameter.
+
+    ``sample_weight`` (one finite, non-negative weight per example, scikit-learn's meaning)
+    makes the loss the weighted mean ``sum_i w_i loss_i / sum_i w_i`` (an integer weight
+    counts as that many copies of the example); ``None`` is every weight 1, the plain mean,
+    bit for bit.
 
     Returns
     -------
     value : float, the loss (mean over the batch)
     grads : a NEW record of the model's structure whose parameters hold ``dL/dW``
     """
-    value, grads, _ = value_grad_and_update(model, loss, X, T, key=key, training=training)
+    value, grads, _ = value_grad_and_update(model, loss, X, T, key=key, training=training, sample_weight=sample_weight)
     return value, grads

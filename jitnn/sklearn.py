@@ -21,11 +21,11 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import r2_score
+    from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("jitnn.sklearn needs scikit-learn 1.6 or newer: pip install scikit-learn") from error
 
@@ -119,13 +119,14 @@ class _MLP(BaseEstimator):
         self._predict = jn.compile_predict(self.model_)  # compiles at its first call
         self.loss_curve_, self.best_loss_, self.n_iter_ = [], np.inf, 0
 
-    def _epochs(self, X: np.ndarray, T: np.ndarray, loss: jn.Loss, epochs: int, callback: Any = None) -> None:
-        """Train the network on (X, T) for at most ``epochs`` more epochs, from where it is."""
+    def _epochs(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None, loss: jn.Loss, epochs: int, callback: Any = None) -> None:
+        """Train the network on (X, T), examples weighted by ``w``, for at most ``epochs`` more
+        epochs, from where it is."""
         _, _, optimizer, dtype = self._checked()
         self._key, key = jn.random.split(self._key)
         result = jn.fit(
             self.model_, loss, optimizer, X.astype(dtype, copy=False), T, key=key, epochs=epochs, state=self._state,
-            batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose), callback=callback,
+            batch_size=min(int(self.batch_size), len(X)), verbose=bool(self.verbose), callback=callback, sample_weight=w,
         )
         self.model_, self._state = result.model, result.state
         self.loss_curve_ += result.history
@@ -133,17 +134,19 @@ class _MLP(BaseEstimator):
         self.n_iter_ += len(result.history)
         self.compiled_ = result.compiled
 
-    def _train(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss) -> None:
+    def _train(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None, n_out: int, loss: jn.Loss) -> None:
         """``fit``: a new network, trained until the training loss (or, with ``early_stopping``,
-        the score on a held-out part of the data) stops improving, or for ``max_iter`` epochs."""
+        the score on a held-out part of the data, weighted as the examples are) stops
+        improving, or for ``max_iter`` epochs."""
         self._start(X.shape[1], n_out)
         tol, patience = float(self.tol), int(self.n_iter_no_change)
         if self.early_stopping:
-            X, X_valid, T, T_valid = self._split(X, T)
-            stop: _NoImprovement = _BestValidationScore(tol, patience, lambda model: self._score(model, X_valid, T_valid))
+            X, X_valid, T, T_valid, *weights = self._split(X, T, w)
+            w, w_valid = weights if weights else (None, None)
+            stop: _NoImprovement = _BestValidationScore(tol, patience, lambda model: self._score(model, X_valid, T_valid, w_valid))
         else:
             stop = _NoImprovement(tol, patience)
-        self._epochs(X, T, loss, int(self.max_iter), stop)
+        self._epochs(X, T, w, loss, int(self.max_iter), stop)
         if isinstance(stop, _BestValidationScore):
             self.model_ = stop.best_model  # the network of the best epoch, as scikit-learn keeps
             self.validation_scores_, self.best_validation_score_, self.best_loss_ = stop.scores, stop.best_score, None
@@ -153,37 +156,53 @@ class _MLP(BaseEstimator):
                 f"by more than tol={self.tol}; raise max_iter to train longer", ConvergenceWarning, stacklevel=3,
             )
 
-    def _split(self, X: np.ndarray, T: np.ndarray) -> list[np.ndarray]:
-        """(X_train, X_valid, T_train, T_valid): ``validation_fraction`` held out, stratified
-        by class for a classifier, drawn from ``random_state``."""
+    def _split(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None) -> list[np.ndarray]:
+        """(X_train, X_valid, T_train, T_valid[, w_train, w_valid]): ``validation_fraction``
+        held out, stratified by class for a classifier, drawn from ``random_state``."""
         stratify = T if isinstance(self, ClassifierMixin) else None
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        arrays = (X, T) if w is None else (X, T, w)
         try:
-            return train_test_split(X, T, test_size=float(self.validation_fraction), random_state=seed, stratify=stratify)
+            return train_test_split(*arrays, test_size=float(self.validation_fraction), random_state=seed, stratify=stratify)
         except ValueError as error:
             raise ValueError(f"{type(self).__name__}: cannot hold out validation_fraction={self.validation_fraction} "
                              f"of {len(X)} examples for early stopping ({error})") from None
 
-    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
-        """The estimator's score of ``model`` on held-out data: accuracy or R²."""
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray, w: np.ndarray | None) -> float:
+        """The estimator's score of ``model`` on held-out data, examples weighted by ``w``:
+        accuracy or R²."""
         raise NotImplementedError
+
+    def _weights(self, X: np.ndarray, sample_weight: Any) -> np.ndarray | None:
+        """``sample_weight`` checked as scikit-learn checks it (a number for every example,
+        one per example, non-negative, not all 0); ``None`` stays ``None`` (every weight 1)."""
+        if sample_weight is None:
+            return None
+        try:
+            return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
 
     def _forward(self, model: jn.Layer, X: np.ndarray) -> np.ndarray:
         """``model``'s outputs for ``X`` (evaluation mode), through :func:`jitnn.compile_predict`:
         the bits of ``model.forward`` for each batch of up to 1024 rows."""
-        predict = self.__dict__.get("_predict") or jn.compile_predict(model)  # none after unpickling: loaded from the disk cache
-        return predict(model, X.astype(model.dtype, copy=False))
+        return self._predict(model, X.astype(model.dtype, copy=False))
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands back the instance's own __dict__
         state.pop("_predict", None)  # compiled code does not pickle
         return state
 
-    def _partial(self, X: np.ndarray, T: np.ndarray, n_out: int, loss: jn.Loss, first: bool) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "model_" in state:  # a fitted estimator: its prediction again, loaded from the disk cache at the first call
+            self._predict = jn.compile_predict(self.model_)
+
+    def _partial(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None, n_out: int, loss: jn.Loss, first: bool) -> None:
         """``partial_fit``: one epoch over (X, T), starting a network on the first call."""
         if first:
             self._start(X.shape[1], n_out)
-        self._epochs(X, T, loss, 1)
+        self._epochs(X, T, w, loss, 1)
 
     def _outputs(self, X: Any) -> np.ndarray:
         """The network's outputs for ``X`` (evaluation mode)."""
@@ -265,20 +284,24 @@ class MLPClassifier(ClassifierMixin, _MLP):
     compiled_ : whether the compiled step trained it
     """
 
-    def fit(self, X: Any, y: Any) -> MLPClassifier:
-        """Train on ``X`` (n, n_features) and class labels ``y`` (n,) of any kind."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
+        """Train on ``X`` (n, n_features) and class labels ``y`` (n,) of any kind; with
+        ``sample_weight`` (n,) each example's loss weighs that much (an integer weight as that
+        many copies of it; see :func:`jitnn.value_and_grad`)."""
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
+        w = self._weights(X, sample_weight)
         self.classes_, T = np.unique(y, return_inverse=True)
-        self._train(X, T.astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy())
+        self._train(X, T.astype(np.int64), w, len(self.classes_), jn.SoftmaxCrossEntropy())
         return self
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> MLPClassifier:
         """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
         of earlier calls or of :meth:`fit`; the first call starts one and needs ``classes``,
-        every label that any call will bring."""
+        every label that any call will bring. ``sample_weight`` as in :meth:`fit`."""
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
+        w = self._weights(X, sample_weight)
         check_classification_targets(y)
         name = type(self).__name__
         if first:
@@ -290,11 +313,11 @@ class MLPClassifier(ClassifierMixin, _MLP):
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
             raise ValueError(f"{name}: labels {unknown.tolist()[:5]} are not among classes_ {self.classes_.tolist()}")
-        self._partial(X, np.searchsorted(self.classes_, y).astype(np.int64), len(self.classes_), jn.SoftmaxCrossEntropy(), first)
+        self._partial(X, np.searchsorted(self.classes_, y).astype(np.int64), w, len(self.classes_), jn.SoftmaxCrossEntropy(), first)
         return self
 
-    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
-        return jn.metrics.accuracy(self._forward(model, X), T)
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray, w: np.ndarray | None) -> float:
+        return float(accuracy_score(T, np.argmax(self._forward(model, X), axis=1), sample_weight=w))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
@@ -319,30 +342,34 @@ class MLPRegressor(RegressorMixin, _MLP):
     several outputs. Parameters and attributes as :class:`MLPClassifier`, without
     ``classes_``."""
 
-    def fit(self, X: Any, y: Any) -> MLPRegressor:
-        """Train on ``X`` (n, n_features) and targets ``y`` (n,) or (n, n_outputs)."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """Train on ``X`` (n, n_features) and targets ``y`` (n,) or (n, n_outputs); with
+        ``sample_weight`` (n,) each example's loss weighs that much."""
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True)
+        w = self._weights(X, sample_weight)
         self._one_output = y.ndim == 1
         T = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        self._train(X, T, T.shape[1], jn.MeanSquaredError())
+        self._train(X, T, w, T.shape[1], jn.MeanSquaredError())
         return self
 
-    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch over ``(X, y)`` (in minibatches of ``batch_size``), continuing the network
-        of earlier calls or of :meth:`fit`; the first call starts one."""
+        of earlier calls or of :meth:`fit`; the first call starts one. ``sample_weight`` as in
+        :meth:`fit`."""
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True, reset=first)
+        w = self._weights(X, sample_weight)
         T = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if first:
             self._one_output = y.ndim == 1
         elif T.shape[1] != self.model_.output_shape((self.n_features_in_,))[0]:
             raise ValueError(f"{type(self).__name__}: y has {T.shape[1]} outputs, the network of the first call "
                              f"{self.model_.output_shape((self.n_features_in_,))[0]}")
-        self._partial(X, T, T.shape[1], jn.MeanSquaredError(), first)
+        self._partial(X, T, w, T.shape[1], jn.MeanSquaredError(), first)
         return self
 
-    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray) -> float:
-        return float(r2_score(T, self._forward(model, X)))
+    def _score(self, model: jn.Layer, X: np.ndarray, T: np.ndarray, w: np.ndarray | None) -> float:
+        return float(r2_score(T, self._forward(model, X), sample_weight=w))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

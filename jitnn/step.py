@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from jitnn import _blas, _memory, passes, plan, random, validate
-from jitnn._checks import WRONG_GRADIENT_SHAPE, describe, float_input, readonly
+from jitnn._checks import WRONG_GRADIENT_SHAPE, describe, float_input, readonly, sample_weights
 from jitnn._codegen import StepSource, load_function
 from jitnn.losses import Loss
 from jitnn.optim._base import Optimizer, learning_rate_at, step_count
@@ -72,8 +72,8 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
     Returns
     -------
     CompiledStep
-        ``step(model, state, X, T, key=None) -> (model, state, value)``, equal to
-        :func:`jitnn.train_step` on the same arguments. The function is generated and
+        ``step(model, state, X, T, key=None, sample_weight=None) -> (model, state,
+        value)``, equal to :func:`jitnn.train_step` on the same arguments. The function is generated and
         compiled at the first call for each per-example input shape (``step.compile_seconds``
         says how long that took) and cached on disk, so another process loads it.
 
@@ -112,7 +112,8 @@ class _Compiled:
 class CompiledStep:
     """A compiled training step for one architecture, loss and optimizer.
 
-    Call it as ``model, state, value = step(model, state, X, T, key=None)``. Attributes:
+    Call it as ``model, state, value = step(model, state, X, T, key=None,
+    sample_weight=None)``. Attributes:
     ``compile_seconds`` (generation, compilation or loading from the disk cache, for all
     input shapes so far), ``cached`` (whether the last compiled function is on disk),
     ``source`` (the generated code of the last input shape), ``fused`` (whether the
@@ -156,8 +157,10 @@ class CompiledStep:
         return f"CompiledStep({describe(self.model)}, {type(self.loss).__name__}, {type(self.optimizer).__name__}, fused={self.fused})"
 
     # ------------------------------------------------------------------ the call
-    def __call__(self, model: Layer, state: Any, X: Any, T: Any, *, key: random.Key | None = None) -> tuple[Layer, Any, float]:
-        """One step on the batch ``(X, T)`` in training mode; see :func:`compile_step`."""
+    def __call__(self, model: Layer, state: Any, X: Any, T: Any, *, key: random.Key | None = None,
+                 sample_weight: Any = None) -> tuple[Layer, Any, float]:
+        """One step on the batch ``(X, T)`` in training mode, its examples weighted by
+        ``sample_weight`` (see :class:`jitnn.Loss`); see :func:`compile_step`."""
         if key is not None and not isinstance(key, random.Key):
             raise TypeError(f"step: key must be a jitnn.random.Key or None, got {type(key).__name__}")
         last = self._last_model
@@ -167,6 +170,8 @@ class CompiledStep:
         n = X.shape[0]
         given_T = T  # the generic path takes the targets as given (the loss converts them again)
         T = readonly(self.loss.targets(stand_in((n, *compiled.output_shape), self._model_dtype or X.dtype), T))
+        weights = self.loss.weights(n, sample_weight, "step")
+        W = weights[0] if weights else sample_weights(None, n, "step")  # passed, unused, to a loss without weights
         extras = call_extras(compiled.plan, compiled.context_calls, n, X.dtype, self._model_dtype, True, key)
         if self.fused:
             last_state = self._last_state
@@ -176,18 +181,19 @@ class CompiledStep:
             hyper = optimizer.kernel_config(learning_rate, count + 1)
         else:
             moments, hyper = (), ()
-        arguments = (X, T, params, buffers, self._configs, extras, self._loss_config, moments, hyper)
+        arguments = (X, T, W, params, buffers, self._configs, extras, self._loss_config, moments, hyper)
         if not compiled.ready:
             waiting = self._compiling_elsewhere(compiled, arguments)
             if waiting:
-                return self._generic_step(model, state, X, given_T, key, n, start=compiled if waiting == "start" else None, arguments=arguments)
+                return self._generic_step(model, state, X, given_T, sample_weight, key, n, start=compiled if waiting == "start" else None,
+                                          arguments=arguments)
             self._compile(compiled, arguments)
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
             results = compiled.function(*arguments)
         except ValueError as error:
             if error.args == (WRONG_GRADIENT_SHAPE,):
-                self._name_wrong_gradient(model, X, given_T, key)
+                self._name_wrong_gradient(model, X, given_T, sample_weight, key)
             raise
         finally:
             if restore:
@@ -217,13 +223,14 @@ class CompiledStep:
         compiled.child, compiled.child_done = None, True  # its result is in the cache, or it failed: _compile either way
         return ""
 
-    def _generic_step(self, model: Layer, state: Any, X: Array, T: Any, key: random.Key | None, n: int, *, start: _Compiled | None, arguments: tuple[Any, ...]) -> tuple[Layer, Any, float]:
+    def _generic_step(self, model: Layer, state: Any, X: Array, T: Any, sample_weight: Any, key: random.Key | None, n: int, *,
+                      start: _Compiled | None, arguments: tuple[Any, ...]) -> tuple[Layer, Any, float]:
         """:func:`jitnn.train_step` under the thread count the compiled function would use;
         with ``start``, then start compiling that function in another process (after this
         step, so that it finds every kernel compiled and cached)."""
         restore = _blas.use_threads(self.threads or _blas.auto_threads(n))
         try:
-            value, grads, model = passes.value_grad_and_update(model, self.loss, X, T, key=key, training=True)
+            value, grads, model = passes.value_grad_and_update(model, self.loss, X, T, key=key, training=True, sample_weight=sample_weight)
             model, state = self.optimizer.update(model, grads, state)
         finally:
             if restore:
@@ -234,10 +241,10 @@ class CompiledStep:
             start.child_done = start.child is None
         return model, state, value
 
-    def _name_wrong_gradient(self, model: Layer, X: Array, T: Any, key: random.Key | None) -> None:
+    def _name_wrong_gradient(self, model: Layer, X: Array, T: Any, sample_weight: Any, key: random.Key | None) -> None:
         """A parameter's gradient had the wrong shape inside the step: the generic path on the
         same batch names the layer and the shapes (it checks each gradient as it comes)."""
-        passes.value_and_grad(model, self.loss, X, T, key=key, training=True)
+        passes.value_and_grad(model, self.loss, X, T, key=key, training=True, sample_weight=sample_weight)
         raise ValueError(f"step: {WRONG_GRADIENT_SHAPE} in {describe(model)} (the generic path, on the same batch, got the right shapes)")
 
     def _update_in_python(self, compiled: _Compiled, model: Layer, state: Any, params: tuple[Array, ...], value: float, grads: tuple, buffers: tuple) -> tuple[Layer, Any, float]:

@@ -139,21 +139,22 @@ def check_grads(
         _compare(who, f"grad_params {path}", analytic[path], numerical_gradient(objective, value, eps), rtol, atol)
 
 
-def check_loss_grad(loss: Loss, Y: Any, T: Any, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8) -> None:
+def check_loss_grad(loss: Loss, Y: Any, T: Any, *, sample_weight: Any = None, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8) -> None:
     """Check ``loss.grad(Y, T)`` against central differences of ``loss.value`` in float64,
     and, where the loss gives a ``value_and_grad`` kernel, that ``loss.value_and_grad``
-    agrees with ``value`` and ``grad`` (which it replaces in training)."""
+    agrees with ``value`` and ``grad`` (which it replaces in training); with
+    ``sample_weight``, of the weighted loss."""
     if not isinstance(loss, Loss):
         raise TypeError(f"check_loss_grad: expected a jitnn loss, got {type(loss).__name__}")
     who = f"check_loss_grad({describe(loss)})"
     _check_tolerances(who, eps, rtol, atol)
     Y = np.array(float_input(Y, np.float64, describe(loss), "predictions Y"))
-    numeric = numerical_gradient(lambda y: loss.value(y, T), Y, eps)
-    grad = loss.grad(Y, T)
+    numeric = numerical_gradient(lambda y: loss.value(y, T, sample_weight), Y, eps)
+    grad = loss.grad(Y, T, sample_weight)
     _compare(who, "grad", grad, numeric, rtol, atol)
     if loss.kernels.value_and_grad is not None:
-        value, both = loss.value_and_grad(Y, T)
-        expected = loss.value(Y, T)
+        value, both = loss.value_and_grad(Y, T, sample_weight)
+        expected = loss.value(Y, T, sample_weight)
         same_value = abs(value - expected) <= atol + rtol * abs(expected)  # NaN fails
         if not same_value or both.shape != grad.shape or not np.allclose(both, grad, rtol=rtol, atol=atol):
             difference = np.max(np.abs(both - grad)) if both.shape == grad.shape else f"shape {both.shape} against {grad.shape}"

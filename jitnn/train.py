@@ -58,17 +58,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train_step(
-    model: Layer, state: Any, loss: Loss, optimizer: Any, X: Any, T: Any, *, key: random.Key | None = None
+    model: Layer, state: Any, loss: Loss, optimizer: Any, X: Any, T: Any, *, key: random.Key | None = None, sample_weight: Any = None
 ) -> tuple[Layer, Any, float]:
     """One training step: the loss and gradients on ``(X, T)`` in training mode (dropout
     draws its masks from ``key``; batch normalization uses and updates batch statistics),
-    then the optimizer's update.
+    then the optimizer's update. ``sample_weight`` weighs the examples (see
+    :func:`jitnn.value_and_grad`).
 
     Returns the new model (new parameters and running statistics), the new optimizer state
     and the loss before the update.
     """
     _check_optimizer(optimizer, "train_step")
-    value, grads, model = value_grad_and_update(model, loss, X, T, key=key, training=True)
+    value, grads, model = value_grad_and_update(model, loss, X, T, key=key, training=True, sample_weight=sample_weight)
     model, state = optimizer.update(model, grads, state)
     return model, state, value
 
@@ -92,6 +93,7 @@ def fit(
     validation_data: tuple[Any, Any] | None = None,
     metrics: Sequence[Callable[[Any, Any], float]] = (),
     callbacks: Sequence[Any] = (),
+    sample_weight: Any = None,
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
@@ -114,6 +116,11 @@ def fit(
     raises :class:`NonFiniteLossError` naming the epoch and step and holding the model and
     state that step started from. Off by default; when off, nothing is checked.
 
+    ``sample_weight`` (one finite, non-negative weight per example of ``X``, scikit-learn's
+    meaning) weighs each example's loss: every batch's loss is its weighted mean (see
+    :func:`jitnn.value_and_grad`), and ``history`` the weighted mean over the epoch. Checked
+    before training, as is a loss whose kernels take no weights.
+
     ``validation_data=(X_val, T_val)`` scores the model after each epoch in evaluation mode:
     its outputs come from :func:`jitnn.compile_predict` (``model.forward`` with
     ``compiled=False``, or for a model it cannot compile), in batches, and the loss and each
@@ -122,6 +129,8 @@ def fit(
     and ``["val_<name>"]``, ``name`` the function's ``__name__``. Metrics are computed on
     the validation data only (the compiled step does not keep the training batches'
     outputs), so ``metrics`` needs ``validation_data``. Both are checked before training.
+    ``validation_data=(X_val, T_val, w_val)`` weighs the validation loss by ``w_val`` (the
+    metrics are computed unweighted).
 
     ``callbacks`` (see :mod:`jitnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
     ``CSVLogger``, your own) are called at the start and end of training and of each epoch
@@ -144,6 +153,7 @@ def fit(
     if not isinstance(key, random.Key):
         raise TypeError(f"fit: key must be a jitnn.random.Key (jn.random.key(seed)), got {type(key).__name__}")
     _check_optimizer(optimizer, "fit")
+    weights = _fit_weights(loss, X, sample_weight)
     validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size)
     hooks = _Callbacks(callbacks)
     step = _step_for(model, loss, optimizer, compiled, threads)
@@ -160,22 +170,25 @@ def fit(
         if stop:
             break
         key, epoch_key = random.split(key)
-        started, values, weights = time.perf_counter(), [], []
+        started, values, masses = time.perf_counter(), [], []
         order_key, steps_key = random.split(epoch_key)
         bar = _Progress(epoch, epochs, verbose)
-        for index, (X_batch, T_batch) in enumerate(batches(order_key, X, T, batch_size)):
+        seen = 0
+        for index, (X_batch, T_batch, *w_batch) in enumerate(batches(order_key, X, T, batch_size, sample_weight=weights)):
             step_key = random.fold_in(steps_key, index)
+            w_batch = w_batch[0] if w_batch else None
             before = (model, state)
             if step is None:
-                model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=step_key)
+                model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=step_key, sample_weight=w_batch)
             else:
-                model, state, value = step(model, state, X_batch, T_batch, key=step_key)
+                model, state, value = step(model, state, X_batch, T_batch, key=step_key, sample_weight=w_batch)
             if check_finite and not math.isfinite(value):
                 raise NonFiniteLossError(epoch + 1, index + 1, value, *before)
             values.append(value)
-            weights.append(len(X_batch))
-            bar.update(index + 1, len(X) if hasattr(X, "__len__") else None, sum(weights), value)
-        mean = float(np.average(values, weights=weights)) if values else float("nan")
+            seen += len(X_batch)
+            masses.append(len(X_batch) if w_batch is None else float(w_batch.sum()))  # what the batch's mean was over
+            bar.update(index + 1, len(X) if hasattr(X, "__len__") else None, seen, value, masses[-1])
+        mean = float(np.average(values, weights=masses)) if values and sum(masses) > 0 else float("nan")
         history.append(mean)
         scored = validation(model)
         for name, value in scored.items():
@@ -187,6 +200,18 @@ def fit(
     model, state, _ = hooks("on_train_end", progress(len(history)))
     found = {"loss": tuple(history), **{name: tuple(values) for name, values in scores.items()}}
     return FitResult(model, state, tuple(history), step is not None, found)
+
+
+def _fit_weights(loss: Loss, X: Any, sample_weight: Any) -> Any:
+    """``fit``'s ``sample_weight``, checked before training: one finite, non-negative weight
+    per example, not all 0, for a loss whose kernels take weights (``None`` stays ``None``)."""
+    if sample_weight is None:
+        return None
+    n = np.shape(X)[0] if np.ndim(X) else 0
+    (weights,) = loss.weights(n, sample_weight, "fit")
+    if n and not weights.sum() > 0.0:
+        raise ValueError("fit: sample_weight is 0 for every example: there is nothing to learn from")
+    return weights
 
 
 def _check_optimizer(optimizer: Any, who: str) -> None:
@@ -217,18 +242,21 @@ class _Progress:
         self.prefix, self.verbose = f"epoch {epoch + 1}/{epochs}", verbose
         self.stream = sys.stderr if stream is None else stream
         self.live = verbose and self.stream.isatty()
-        self.shown, self.total, self.weight = -1.0, 0.0, 0
+        self.shown, self.total, self.weight = -1.0, 0.0, 0.0
 
-    def update(self, steps: int, total: int | None, seen: int, value: float) -> None:
+    def update(self, steps: int, total: int | None, seen: int, value: float, mass: float) -> None:
+        """After ``steps`` steps and ``seen`` of ``total`` examples; the last batch's loss
+        ``value`` was a mean over ``mass`` (its size, or its weights' sum)."""
         if not self.live:
             return
-        self.total, self.weight = self.total + value * (seen - self.weight), seen  # the running mean, weighted by batch size
+        self.total, self.weight = self.total + value * mass, self.weight + mass  # the running mean over the epoch
         fraction = seen / total if total else 0.0
         if fraction - self.shown >= 0.025 or seen == total:
             self.shown = fraction
             filled = int(self.WIDTH * fraction)
             bar = "=" * filled + (">" if filled < self.WIDTH else "") + " " * (self.WIDTH - filled - 1)
-            print(f"\r{self.prefix} [{bar}] {100 * fraction:3.0f}% {steps} steps, loss {self.total / seen:.4f}",
+            running = self.total / self.weight if self.weight else float("nan")
+            print(f"\r{self.prefix} [{bar}] {100 * fraction:3.0f}% {steps} steps, loss {running:.4f}",
                   end="", file=self.stream, flush=True)
 
     def done(self, scores: dict[str, float], seconds: float) -> None:
@@ -261,8 +289,9 @@ class _Validation:
             if self.metrics:
                 raise ValueError("fit: metrics are computed on validation data; give validation_data=(X_val, T_val)")
             return
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise TypeError(f"fit: validation_data must be a pair (X_val, T_val), got {type(data).__name__}")
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise TypeError(f"fit: validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, w_val), got {type(data).__name__}"
+                            + (f" of {len(data)}" if isinstance(data, (tuple, list)) else ""))
         self.X = readonly(input_check(model)(data[0]))
         n = self.X.shape[0]
         if np.ndim(X) and self.X.shape[1:] != np.shape(X)[1:]:
@@ -273,6 +302,7 @@ class _Validation:
         output = stand_in((n, *model.output_shape(self.X.shape[1:])), model.dtype or self.X.dtype)
         loss.targets(output, data[1])  # the targets' checks, naming the loss
         self.T, self.loss = data[1], loss
+        self.weights = loss.weights(n, data[2], "fit: validation_data's weights")[0] if len(data) == 3 else None
         self.names = ("val_loss", *(f"val_{name}" for name, _ in self.metrics))
         self.predict = None if compiled is False else compile_predict(model, batch_size=max(batch_size, 1024), threads=threads)
         self.compiled = compiled
@@ -282,7 +312,7 @@ class _Validation:
         if not self.names:
             return {}
         Y = self._outputs(model)
-        scores = {"val_loss": self.loss.value(Y, self.T)}
+        scores = {"val_loss": self.loss.value(Y, self.T, self.weights)}
         for name, metric in self.metrics:
             scores[f"val_{name}"] = validate.real(metric(Y, self.T), "fit", f"the value of metric {name}", finite=False)
         return scores

@@ -663,3 +663,29 @@ class KLDivergence:
         shape = np.shape(Y)
         Y, T = cls._rows(Y, T)
         return ((Softmax.forward(Y) * T.sum(axis=1, keepdims=True) - T) / Y.shape[0]).reshape(shape)
+
+
+def weighted_loss(cls, Y, T, weights, *config):
+    """``(value, grad)`` of the loss ``cls`` (one of the references above, with its
+    configuration) with one weight per example: ``sum_i w_i S_i / sum_i w_i c_i``, ``S_i``
+    example ``i``'s summed terms and ``c_i`` how many it has (its elements; its rows for the
+    row losses; the positions that count for cross-entropy), built from the reference on each
+    example alone, whose value is ``S_i / c_i`` and gradient ``dS_i / c_i``."""
+    Y, weights = _f64(Y), np.asarray(weights, np.float64)
+    T = np.asarray(T)
+    ignore = config[0] if cls is SoftmaxCrossEntropy and config else None
+    counts = np.array([
+        (np.sum(T[i] != ignore) if ignore is not None else T[i].size) if cls is SoftmaxCrossEntropy
+        else Y[i].size // Y.shape[-1] if cls is KLDivergence else Y[i].size
+        for i in range(len(Y))
+    ], np.float64)
+    mass = float((weights * counts).sum())
+    grad = np.zeros(Y.shape)
+    if mass == 0.0:
+        return 0.0, grad
+    value = 0.0
+    for i in range(len(Y)):
+        if counts[i]:
+            value += weights[i] * counts[i] * cls.value(Y[i : i + 1], T[i : i + 1], *config)
+            grad[i] = weights[i] * counts[i] / mass * cls.grad(Y[i : i + 1], T[i : i + 1], *config)[0]
+    return value / mass, grad

@@ -314,8 +314,8 @@ def test_on_a_terminal_a_bar_shows_the_running_loss() -> None:
 
     stream = Terminal()
     progress = _Progress(0, 3, True, stream)
-    for steps, (seen, value) in enumerate([(10, 2.0), (20, 1.0), (25, 4.0)], start=1):
-        progress.update(steps, 25, seen, value)
+    for steps, (seen, value, mass) in enumerate([(10, 2.0, 10), (20, 1.0, 10), (25, 4.0, 5)], start=1):
+        progress.update(steps, 25, seen, value, mass)
     progress.done({"loss": 1.9, "val_loss": 2.0}, 0.5)
     frames = stream.getvalue().split("\r")
     assert frames[1] == "epoch 1/3 [=========>              ]  40% 1 steps, loss 2.0000"
@@ -323,5 +323,10 @@ def test_on_a_terminal_a_bar_shows_the_running_loss() -> None:
     assert frames[3] == "epoch 1/3 [========================] 100% 3 steps, loss 2.0000"  # (30 + 5 * 4) / 25
     assert frames[4] == "\x1b[Kepoch 1/3: loss 1.9000, val_loss 2.0000 (0.50 s)\n"
     quiet = Terminal()
-    _Progress(0, 3, False, quiet).update(1, 25, 10, 2.0)
+    _Progress(0, 3, False, quiet).update(1, 25, 10, 2.0, 10)
+    weighted = Terminal()  # batches weighted by sample weights: the running mean is over the weights' sums
+    bar = _Progress(0, 1, True, weighted)
+    bar.update(1, 20, 10, 2.0, 1.0)
+    bar.update(2, 20, 20, 1.0, 3.0)
+    assert weighted.getvalue().split("\r")[2].endswith("100% 2 steps, loss 1.2500")  # (2 * 1 + 1 * 3) / 4
     assert quiet.getvalue() == ""

@@ -100,6 +100,10 @@ def test_a_pickled_estimator_predicts_the_same_and_keeps_its_arrays_read_only(dt
     model = MLPClassifier(max_iter=3, dtype=dtype, random_state=0).fit(X, y)
     copy = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(copy.predict_proba(X), model.predict_proba(X))
+    # the copy builds its compiled prediction once, when unpickled, not at every call
+    predict = copy._predict
+    copy.predict(X)
+    assert copy._predict is predict and "_predict" in model.__dict__
     assert copy.model_.layers[0].W.dtype == np.dtype(dtype)
     assert not copy.model_.layers[0].W.flags.writeable
 
@@ -287,3 +291,47 @@ def test_fits_of_one_depth_share_one_compiled_step() -> None:
     assert {name for name in sys.modules if name.startswith("jitnn_step_")} == steps
     MLPClassifier(hidden_layer_sizes=(8, 8), max_iter=1, random_state=0).fit(X, y)  # another depth: a new one
     assert len({name for name in sys.modules if name.startswith("jitnn_step_")} - steps) == 1
+
+
+def test_sample_weight_of_one_is_no_weight_and_zero_weights_ignore_examples() -> None:
+    """Weights of 1 train the same network bit for bit. Weight 0 on examples whose labels were
+    scrambled leaves them out of every loss: that network matches the one trained on the clean
+    examples alone in accuracy on held-out digits, and beats the one that learns the scrambled labels."""
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    X_train, y_train, X_test, y_test = X[:1000], y[:1000], X[1000:], y[1000:]
+    plain = MLPClassifier(max_iter=15, random_state=0).fit(X_train, y_train)
+    ones = MLPClassifier(max_iter=15, random_state=0).fit(X_train, y_train, sample_weight=np.ones(len(y_train)))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(jn.tree.leaves(plain.model_), jn.tree.leaves(ones.model_)))
+    scrambled = y_train.copy()
+    bad = np.random.default_rng(0).random(len(y_train)) < 0.5
+    scrambled[bad] = np.random.default_rng(1).integers(0, 10, bad.sum())
+    weights = (~bad).astype(np.float64)
+    noisy = MLPClassifier(max_iter=15, random_state=0).fit(X_train, scrambled).score(X_test, y_test)
+    weighted = MLPClassifier(max_iter=15, random_state=0).fit(X_train, scrambled, sample_weight=weights).score(X_test, y_test)
+    assert weighted > noisy + 0.03, (weighted, noisy)
+    # scikit-learn's score takes weights as well
+    assert MLPClassifier(max_iter=2, random_state=0).fit(X_train, y_train).score(X_test, y_test, sample_weight=np.ones(len(y_test))) > 0.5
+
+
+def test_sample_weight_with_early_stopping_and_for_the_regressor() -> None:
+    X, y = digits_subset(400)
+    w = np.where(y % 2 == 0, 2.0, 0.5)
+    classifier = MLPClassifier(max_iter=5, early_stopping=True, n_iter_no_change=2, random_state=0).fit(X / 16.0, y, sample_weight=w)
+    assert len(classifier.validation_scores_) == classifier.n_iter_
+    rng = np.random.default_rng(2)
+    X_reg = rng.normal(size=(200, 3))
+    t = X_reg @ np.array([1.0, -2.0, 0.5])
+    regressor = MLPRegressor(max_iter=30, random_state=0).fit(X_reg, t, sample_weight=rng.uniform(0.5, 1.5, 200))
+    assert regressor.score(X_reg, t) > 0.5
+    regressor.partial_fit(X_reg, t, sample_weight=np.ones(200))
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    (np.ones(5), "5 != 300|inconsistent|shape"),
+    (-np.ones(300), "negative"),
+])
+def test_bad_sample_weights_are_refused_naming_the_estimator(weights: np.ndarray, message: str) -> None:
+    X, y = digits_subset()
+    with pytest.raises(ValueError, match=f"(?i)MLPClassifier: .*({message})"):
+        MLPClassifier(max_iter=1).fit(X, y, sample_weight=weights)

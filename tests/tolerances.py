@@ -1144,9 +1144,10 @@ class LossBound(NamedTuple):
     edY: np.ndarray
 
 
-def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> LossBound:
+def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0, weights: Any = None) -> LossBound:
     """The value and gradient of ``loss`` at the exact logits or predictions ``Y`` and targets
-    ``T``, with bounds on jitnn's errors in ``dtype`` from predictions within ``eY`` of ``Y``.
+    ``T``, with bounds on jitnn's errors in ``dtype`` from predictions within ``eY`` of ``Y``;
+    with ``weights`` (one per example), of the weighted loss (see :class:`_Weighing`).
 
     - SoftmaxCrossEntropy, per row ``lse - y_t`` with ``lse = max + log(sum(exp(y - max)))``: the
       sum's relative error ``rho = sum(s u (|y - max| + L)) + gamma(k)``, through ``log`` (``rho``
@@ -1175,6 +1176,7 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
     u, L = unit_roundoff(dtype), LIBRARY
     Y = _f64(Y)
     eY = _like(eY, Y)
+    examples = Y.shape[0]
     if isinstance(loss, jn.SoftmaxCrossEntropy):
         # the positions of a sequence are rows; an ignored row adds nothing (its gradient is
         # an exact zero), and the mean is over the n rows that count
@@ -1182,9 +1184,10 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         T = np.asarray(T).astype(np.int64).reshape(-1)
         Y, eY = Y.reshape(-1, shape[-1]), eY.reshape(-1, shape[-1])
         counted = np.ones(T.shape, bool) if loss.ignore_label is None else T != loss.ignore_label
-        if not counted.any():
-            return LossBound(0.0, 0.0, np.zeros(shape), np.zeros(shape))
         kept = np.flatnonzero(counted)
+        weigh = _Weighing(weights, examples, T.size, kept)
+        if not counted.any() or weigh.none:
+            return LossBound(0.0, 0.0, np.zeros(shape), np.zeros(shape))
         Y, eY, T = Y[kept], eY[kept], T[kept]
         n, k = Y.shape
         rows = np.arange(n)
@@ -1197,57 +1200,63 @@ def loss_bound(loss: jn.Loss, Y: Any, T: Any, dtype: Any, eY: Any = 0.0) -> Loss
         s = np.exp(-spread) / total[:, None]
         rho = (s * u * (spread + L)).sum(axis=1) + gamma(k, dtype)
         if loss.label_smoothing:
-            return _smoothed_cross_entropy_bound(loss.label_smoothing, counted, kept, shape, Y, eY, T, top, spread, log_total, s, rho, dtype)
+            return _smoothed_cross_entropy_bound(loss.label_smoothing, counted, kept, shape, Y, eY, T, top, spread, log_total, s, rho, dtype, weigh)
         e_terms = rho + L * u * np.abs(log_total) + gamma(2, dtype) * (np.abs(top) + np.abs(log_total) + np.abs(Y[rows, T]))
         e_terms = e_terms + (s * eY).sum(axis=1) + eY[rows, T]
-        value = float(terms.mean())
-        e_value = float(e_terms.mean() + gamma(n, dtype) * np.abs(terms).mean())
+        value = weigh.mean(terms)
+        e_value = weigh.mean(e_terms) + gamma(n, dtype) * weigh.mean(np.abs(terms)) + weigh.e_value(np.abs(terms))
         onehot = np.zeros_like(Y)
         onehot[rows, T] = 1.0
         dY = (s - onehot) / n
         r = u * (spread + L) + rho[:, None] + 2 * u
         edY = s * r / n + 2 * u * onehot * np.abs(s - 1) / n + s * (eY + (s * eY).sum(axis=1, keepdims=True)) / n
+        dY, edY = weigh.gradient(dY, edY)
         all_dY, all_edY = np.zeros((counted.size, k)), np.zeros((counted.size, k))
         all_dY[kept], all_edY[kept] = dY, edY
         return LossBound(value, e_value, all_dY.reshape(shape), all_edY.reshape(shape))
     T = _f64(T)
     eT = np.abs(T - T.astype(dtype))  # the kernel's targets are converted to the predictions' dtype
     N = Y.size
+    if isinstance(loss, jn.KLDivergence):
+        return _kl_divergence_bound(Y, eY, T, eT, dtype, _Weighing(weights, examples, Y.size // Y.shape[-1]))
+    weigh = _Weighing(weights, examples, N)  # the elementwise losses: every element is a term
+    if weigh.none:
+        return LossBound(0.0, 0.0, np.zeros(Y.shape), np.zeros(Y.shape))
+    flat = lambda a: np.reshape(a, -1)  # noqa: E731 - the weighing sees the terms in a row
     if isinstance(loss, jn.MeanSquaredError):
         difference = Y - T
-        value = float(np.mean(difference**2))
-        e_value = float(gamma(N + 4, dtype) * np.mean(difference**2) + np.mean(2 * np.abs(difference) * (eY + eT)))
+        value = weigh.mean(flat(difference**2))
+        e_value = gamma(N + 4, dtype) * weigh.mean(flat(difference**2)) + weigh.mean(flat(2 * np.abs(difference) * (eY + eT)))
+        e_value += weigh.e_value(flat(difference**2))
         dY = 2 * difference / N
-        return LossBound(value, e_value, dY, 3 * u * np.abs(dY) + 2 * (eY + eT) / N)
+        return LossBound(value, e_value, *weigh.gradient(dY, 3 * u * np.abs(dY) + 2 * (eY + eT) / N))
     if isinstance(loss, jn.Huber):
         difference, delta = Y - T, loss.delta
         a = np.abs(difference)
         terms = np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))
         e_d = u * a + eY + eT  # the difference's rounding and the inputs' errors
         e_terms = 3 * u * terms + np.minimum(a, delta) * e_d + 0.5 * e_d**2  # h' = clip(d), h'' <= 1
-        value = float(terms.mean())
-        e_value = float(e_terms.mean() + gamma(N + 1, dtype) * terms.mean())
+        value = weigh.mean(flat(terms))
+        e_value = weigh.mean(flat(e_terms)) + gamma(N + 1, dtype) * weigh.mean(flat(terms)) + weigh.e_value(flat(terms))
         dY = np.clip(difference, -delta, delta) / N
-        return LossBound(value, e_value, dY, e_d / N + 2 * u * np.abs(dY))  # clip is 1-Lipschitz
-    if isinstance(loss, jn.KLDivergence):
-        return _kl_divergence_bound(Y, eY, T, eT, dtype)
+        return LossBound(value, e_value, *weigh.gradient(dY, e_d / N + 2 * u * np.abs(dY)))  # clip is 1-Lipschitz
     if isinstance(loss, jn.BinaryCrossEntropy):
         softplus = np.log1p(np.exp(-np.abs(Y)))
         terms = np.maximum(Y, 0) - Y * T + softplus
         magnitude = np.abs(np.maximum(Y, 0)) + np.abs(Y * T) + softplus
         s = reference.Sigmoid.value(Y)
         e_terms = 3 * u * magnitude + 2 * L * u * softplus + np.abs(s - T) * eY + np.abs(Y) * eT
-        value = float(terms.mean())
-        e_value = float(e_terms.mean() + gamma(N + 1, dtype) * magnitude.mean())
+        value = weigh.mean(flat(terms))
+        e_value = weigh.mean(flat(e_terms)) + gamma(N + 1, dtype) * weigh.mean(flat(magnitude)) + weigh.e_value(flat(magnitude))
         dY = (s - T) / N
         edY = ((2 * L + 3) * u * s + 2 * u * np.abs(s - T) + s * (1 - s) * eY + eT) / N
-        return LossBound(value, e_value, dY, edY)
+        return LossBound(value, e_value, *weigh.gradient(dY, edY))
     raise NotImplementedError(f"no error rule for {type(loss).__name__}")
 
 
 def _smoothed_cross_entropy_bound(smoothing: float, counted: np.ndarray, kept: np.ndarray, shape: tuple[int, ...], Y: np.ndarray,
                                   eY: np.ndarray, T: np.ndarray, top: np.ndarray, spread: np.ndarray, log_total: np.ndarray,
-                                  s: np.ndarray, rho: np.ndarray, dtype: Any) -> LossBound:
+                                  s: np.ndarray, rho: np.ndarray, dtype: Any, weigh: _Weighing) -> LossBound:
     """Softmax cross-entropy with label smoothing ``e``, per row ``lse - (1 - e) y_t - (e / k)
     sum(y)``: the log-sum-exp as without smoothing (``rho`` through ``log``, ``L u |log|``), the
     row's sum ``gamma(k)`` of ``sum|y|``, and four roundings of ``|max| + |log| + (1 - e)|y_t|
@@ -1264,17 +1273,18 @@ def _smoothed_cross_entropy_bound(smoothing: float, counted: np.ndarray, kept: n
     magnitude = np.abs(top) + np.abs(log_total) + (1 - smoothing) * np.abs(Y[rows, T]) + smoothing / k * np.abs(Y).sum(axis=1)
     e_terms = rho + L * u * np.abs(log_total) + gamma(4, dtype) * magnitude + gamma(k, dtype) * smoothing / k * np.abs(Y).sum(axis=1)
     e_terms = e_terms + (s * eY).sum(axis=1) + (q * eY).sum(axis=1)
-    value = float(terms.mean())
-    e_value = float(e_terms.mean() + gamma(n, dtype) * np.abs(terms).mean())
+    value = weigh.mean(terms)
+    e_value = weigh.mean(e_terms) + gamma(n, dtype) * weigh.mean(np.abs(terms)) + weigh.e_value(np.abs(terms))
     dY = (s - q) / n
     r = u * (spread + L) + rho[:, None] + 2 * u
     edY = s * r / n + 3 * u * np.abs(s - q) / n + s * (eY + (s * eY).sum(axis=1, keepdims=True)) / n
+    dY, edY = weigh.gradient(dY, edY)
     all_dY, all_edY = np.zeros((counted.size, k)), np.zeros((counted.size, k))
     all_dY[kept], all_edY[kept] = dY, edY
     return LossBound(value, e_value, all_dY.reshape(shape), all_edY.reshape(shape))
 
 
-def _kl_divergence_bound(Y: np.ndarray, eY: np.ndarray, T: np.ndarray, eT: np.ndarray, dtype: Any) -> LossBound:
+def _kl_divergence_bound(Y: np.ndarray, eY: np.ndarray, T: np.ndarray, eT: np.ndarray, dtype: Any, weigh: _Weighing) -> LossBound:
     """KL divergence, per row ``sum_j t_j (log t_j - (y_j - lse))`` over the ``t_j > 0``: the
     log-sum-exp's error as softmax cross-entropy's (``rho`` through ``log``, ``L u |log|``, one
     rounding of the addition), ``log t``'s ``L u``, two more roundings inside the bracket and
@@ -1285,6 +1295,8 @@ def _kl_divergence_bound(Y: np.ndarray, eY: np.ndarray, T: np.ndarray, eT: np.nd
     ``e_t + s sum(e_t)``, over ``n``."""
     u, L = unit_roundoff(dtype), LIBRARY
     shape = Y.shape
+    if weigh.none:
+        return LossBound(0.0, 0.0, np.zeros(shape), np.zeros(shape))
     k = shape[-1]
     Y, eY, T, eT = (a.reshape(-1, k) for a in (Y, eY, T, eT))
     n = Y.shape[0]
@@ -1302,14 +1314,50 @@ def _kl_divergence_bound(Y: np.ndarray, eY: np.ndarray, T: np.ndarray, eT: np.nd
     terms = np.where(positive, T * inner, 0.0)
     e_terms = np.where(positive, T * (L * u * np.abs(log_t) + e_lse + u * np.abs(ls) + u * np.abs(inner)) + u * np.abs(terms)
                        + T * (eY + (s * eY).sum(axis=1, keepdims=True)) + eT * np.abs(log_t + 1 - ls), 0.0)
-    value = float(terms.sum(axis=1).mean())
-    e_value = float(e_terms.sum(axis=1).mean() + gamma(n * k + 1, dtype) * np.abs(terms).sum(axis=1).mean())
+    value = weigh.mean(terms.sum(axis=1))
+    e_value = (weigh.mean(e_terms.sum(axis=1)) + gamma(n * k + 1, dtype) * weigh.mean(np.abs(terms).sum(axis=1))
+               + weigh.e_value(np.abs(terms).sum(axis=1)))
     mass = T.sum(axis=1, keepdims=True)
     dY = (s * mass - T) / n
     r = u * (spread + L) + rho + 2 * u
     edY = (s * mass * (r + gamma(k, dtype) + u) + 3 * u * np.abs(s * mass - T) + s * mass * (eY + (s * eY).sum(axis=1, keepdims=True))
            + eT + s * eT.sum(axis=1, keepdims=True)) / n
+    dY, edY = weigh.gradient(dY, edY)
     return LossBound(value, e_value, dY.reshape(shape), edY.reshape(shape))
+
+
+class _Weighing:
+    """How per-example weights change a loss's bound. The kernels compute ``sum_j w_j c_j /
+    sum_j w_j``, each term ``c_j`` (an element, or a row that counts) times its example's
+    weight ``w_j``, where the plain loss is ``sum_j c_j / m``; so the value is the weighted
+    mean of the terms, with each term's error weighted alike, and the gradient of term ``j``
+    is the plain one times ``w_j m / sum w``. On top of the plain kernel's roundings come the
+    product ``w_j c_j`` (one float64 rounding a term), the float64 sum of the weights
+    (``gamma(m)`` of the divisor, relative): ``gamma(2 m + 1)`` in float64 of the weighted
+    mean of ``|c_j|`` for the value, and for the gradient the product with ``w_j`` and the
+    divisor's error, ``gamma(m + 2)`` in float64 of ``|dY|``. Without weights every factor is
+    1 and nothing is added. ``none``: the terms that count weigh 0 in all (value and
+    gradient are then exact zeros)."""
+
+    def __init__(self, weights: Any, examples: int, terms: int, kept: Any = None) -> None:
+        self.weights = None
+        if weights is not None:
+            per_term = np.repeat(np.asarray(weights, np.float64), terms // examples)
+            self.weights = per_term if kept is None else per_term[kept]
+        self.none = self.weights is not None and not self.weights.sum() > 0
+
+    def mean(self, x: np.ndarray) -> float:
+        return float(x.mean() if self.weights is None else (self.weights * x).sum() / self.weights.sum())
+
+    def e_value(self, magnitude: np.ndarray) -> float:
+        return 0.0 if self.weights is None else float(gamma(2 * self.weights.size + 1, np.float64) * self.mean(magnitude))
+
+    def gradient(self, dY: np.ndarray, edY: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.weights is None:
+            return dY, edY
+        scale = (self.weights * self.weights.size / self.weights.sum())[:, None]  # per term (a row or an element)
+        dY, edY = (dY.reshape(scale.size, -1) * scale).reshape(dY.shape), (edY.reshape(scale.size, -1) * scale).reshape(dY.shape)
+        return dY, edY + gamma(self.weights.size + 2, np.float64) * np.abs(dY)
 
 
 class ValueAndGrad(NamedTuple):
@@ -1322,12 +1370,12 @@ class ValueAndGrad(NamedTuple):
     egrads: list[np.ndarray]
 
 
-def value_and_grad_bound(model: jn.Layer, loss: jn.Loss, X: Any, T: Any, dtype: Any, **options: Any) -> ValueAndGrad:
+def value_and_grad_bound(model: jn.Layer, loss: jn.Loss, X: Any, T: Any, dtype: Any, sample_weight: Any = None, **options: Any) -> ValueAndGrad:
     """The exact loss and parameter gradients of ``model`` on ``(X, T)`` (what
-    ``jn.value_and_grad`` computes), with bounds on jitnn's errors in ``dtype``: the forward
-    rules, the loss's rule, then the backward rules."""
+    ``jn.value_and_grad`` computes, with ``sample_weight``), with bounds on jitnn's errors in
+    ``dtype``: the forward rules, the loss's rule, then the backward rules."""
     Y, eY, saved = forward_bound(model, X, dtype, **options)
-    bound = loss_bound(loss, Y, T, dtype, eY)
+    bound = loss_bound(loss, Y, T, dtype, eY, sample_weight)
     g = backward_bound(model, saved, bound.dY, dtype, bound.edY)
     return ValueAndGrad(bound.value, bound.e_value, g.grads, g.egrads)
 
@@ -1341,9 +1389,9 @@ def reference_bounds(layer: jn.Layer, X: Any, dY: Any, dtype: Any, other: Any = 
     return eY + eY2, g.edX + g2.edX, [a + b for a, b in zip(g.egrads, g2.egrads)]
 
 
-def loss_reference_bounds(loss: jn.Loss, Y: Any, T: Any, dtype: Any, other: Any = np.float64) -> tuple[float, np.ndarray]:
-    """As :func:`reference_bounds`, for a loss's value and gradient."""
-    ours, theirs = loss_bound(loss, Y, T, dtype), loss_bound(loss, Y, T, other)
+def loss_reference_bounds(loss: jn.Loss, Y: Any, T: Any, dtype: Any, other: Any = np.float64, weights: Any = None) -> tuple[float, np.ndarray]:
+    """As :func:`reference_bounds`, for a loss's value and gradient (weighted by ``weights``)."""
+    ours, theirs = loss_bound(loss, Y, T, dtype, weights=weights), loss_bound(loss, Y, T, other, weights=weights)
     return ours.e_value + theirs.e_value, ours.edY + theirs.edY
 
 # --------------------------------------------------------------------------- optimizers
