@@ -17,14 +17,13 @@ import time
 from typing import Any
 
 import attrs
-import numba
 import numpy as np
 
 from jitnn import _blas, _memory, plan, validate
 from jitnn._checks import describe, freeze, readonly
 from jitnn._codegen import StepSource, load_function
 from jitnn.protocol import Array, Layer
-from jitnn.step import NOTHING, input_check, leaf_layers, call_extras, model_arrays
+from jitnn.step import NOTHING, call_extras, compile_for, input_check, leaf_layers, model_arrays
 
 __all__ = ["CompiledPredict", "compile_predict"]
 
@@ -159,11 +158,4 @@ class CompiledPredict:
     def _compile(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> None:
         """Compile (or load from the disk cache) for the types of ``arguments``, timed into
         ``compile_seconds``."""
-        started = time.perf_counter()
-        if hasattr(compiled.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
-            try:
-                compiled.function.compile(tuple(numba.typeof(a) for a in arguments))
-            except numba.core.errors.TypingError as error:
-                raise TypeError(f"compile_predict: the generated function for {describe(self.model)} does not compile:\n{error}") from None
-        compiled.ready = True
-        self.compile_seconds += time.perf_counter() - started
+        self.compile_seconds += compile_for(compiled, arguments, f"compile_predict: the generated function for {describe(self.model)}")

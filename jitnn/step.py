@@ -306,14 +306,21 @@ class CompiledStep:
     def _compile(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> None:
         """Compile (or load from the disk cache) for the types of ``arguments``, timed into
         ``compile_seconds``, so that compilation never hides inside a step."""
-        started = time.perf_counter()
-        if hasattr(compiled.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
-            try:
-                compiled.function.compile(tuple(numba.typeof(a) for a in arguments))
-            except numba.core.errors.TypingError as error:
-                raise TypeError(f"compile_step: the generated step for {describe(self.model)} does not compile:\n{error}") from None
-        compiled.ready = True
-        self.compile_seconds += time.perf_counter() - started
+        self.compile_seconds += compile_for(compiled, arguments, f"compile_step: the generated step for {describe(self.model)}")
+
+
+def compile_for(compiled: Any, arguments: tuple[Any, ...], what: str) -> float:
+    """Compile ``compiled.function`` (or load it from the disk cache) for the types of
+    ``arguments`` and mark it ready; the seconds it took. A typing error becomes a
+    ``TypeError`` that names ``what`` was generated."""
+    started = time.perf_counter()
+    if hasattr(compiled.function, "compile"):  # not under NUMBA_DISABLE_JIT=1
+        try:
+            compiled.function.compile(tuple(numba.typeof(a) for a in arguments))
+        except numba.core.errors.TypingError as error:
+            raise TypeError(f"{what} does not compile:\n{error}") from None
+    compiled.ready = True
+    return time.perf_counter() - started
 
 
 def _in_disk_cache(function: Any, arguments: tuple[Any, ...]) -> bool:
