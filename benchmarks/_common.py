@@ -436,3 +436,18 @@ def positive_integers(text: str) -> tuple[int, ...]:
     if not values or any(value < 1 for value in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return tuple(sorted(set(values)))
+
+
+def implementations_type(choices: Sequence[str], required: str | None = None) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names among ``choices`` (``"jitnn,torch"``),
+    returned in the order of ``choices`` (the table's), ``required`` among them if given."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if name not in choices]
+        if not names or unknown or (required is not None and required not in names):
+            included = f", {required} included" if required else ""
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}{included}; got {text!r}")
+        return tuple(name for name in choices if name in names)
+
+    return parse

@@ -55,6 +55,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from _common import (
+    implementations_type,
     run_with_cache_choice,
     TimingDefaults,
     add_timing_arguments,
@@ -104,14 +105,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _implementations(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in IMPLEMENTATIONS]
-    if not names or unknown or "jitnn" not in names:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(IMPLEMENTATIONS)}, jitnn included; got {text!r}")
-    return tuple(name for name in IMPLEMENTATIONS if name in names)  # the table's order
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=f"Time the forward and backward pass of Conv2D({KERNEL}x{KERNEL}), ReLU, MaxPool2D({POOL}) in "
@@ -125,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=_positive, default=28,
                         help=f"height and width of the (square) images, at least {KERNEL - 1 + POOL} "
                         "(default: %(default)s)")
-    parser.add_argument("--impls", type=_implementations, default=IMPLEMENTATIONS, metavar="NAME,...",
+    parser.add_argument("--impls", type=implementations_type(IMPLEMENTATIONS, "jitnn"), default=IMPLEMENTATIONS, metavar="NAME,...",
                         help=f"implementations to run, from {','.join(IMPLEMENTATIONS)}; jitnn is always one "
                         "(default: all)")
     add_timing_arguments(parser, TIMING, "seed for the weights and the data")

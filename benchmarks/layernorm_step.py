@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from _common import (
+    implementations_type,
     ROOT,
     TimingDefaults,
     add_timing_arguments,
@@ -107,14 +108,6 @@ def make_loss(jn: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- arguments
-def _implementations(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in IMPLEMENTATIONS]
-    if not names or unknown or "jitnn" not in names:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(IMPLEMENTATIONS)}, jitnn included; got {text!r}")
-    return tuple(name for name in IMPLEMENTATIONS if name in names)  # the table's order
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=f"Time one SGD step of {BLOCKS} pre-norm blocks [LayerNorm({FEATURES}), Dense, GELU], "
@@ -123,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-sizes", type=positive_integers, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
                         help="batch sizes to time (default: %(default)s)")
-    parser.add_argument("--impls", type=_implementations, default=IMPLEMENTATIONS, metavar="NAME,...",
+    parser.add_argument("--impls", type=implementations_type(IMPLEMENTATIONS, "jitnn"), default=IMPLEMENTATIONS, metavar="NAME,...",
                         help=f"implementations to run, from {','.join(IMPLEMENTATIONS)}; jitnn (the reference of "
                         "the check) is always one (default: all)")
     add_timing_arguments(parser, TIMING, "seed for the weights and the data")

@@ -62,6 +62,7 @@ from typing import Any, Callable
 import numpy as np
 
 from _common import (
+    implementations_type,
     positive_integers,
     kernel_cache_counts,
     page_faults_per_call,
@@ -106,14 +107,6 @@ UPDATE_RTOL = 1e-3
 #: The timing budget per table cell, for a full and a --quick run.
 TIMING = TimingDefaults()
 
-def _implementations(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in IMPLEMENTATIONS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(IMPLEMENTATIONS)}; got {text!r}")
-    return tuple(name for name in IMPLEMENTATIONS if name in names)  # the table's order
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time one SGD step (forward, softmax cross-entropy, backward, update) of a "
@@ -121,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-sizes", type=positive_integers, default=DEFAULT_BATCH_SIZES, metavar="N,N,...",
                         help="batch sizes to time (default: %(default)s)")
-    parser.add_argument("--impls", type=_implementations, default=IMPLEMENTATIONS, metavar="NAME,...",
+    parser.add_argument("--impls", type=implementations_type(IMPLEMENTATIONS), default=IMPLEMENTATIONS, metavar="NAME,...",
                         help=f"implementations to run, from {','.join(IMPLEMENTATIONS)} (default: all)")
     add_timing_arguments(parser, TIMING, "seed for the weights and the data")
     args = parser.parse_args(argv)
