@@ -26,7 +26,7 @@ from jitnn.predict import CompiledPredict, compile_predict
 from jitnn.inspection import Summary, SummaryRow, summary
 from jitnn.train import FitResult, NonFiniteLossError, fit, train_step
 from jitnn.plotting import plot_history
-from jitnn import callbacks, data, datasets, metrics, validate
+from jitnn import callbacks, data, datasets, interop, metrics, onnx, validate
 
 __version__ = "0.1.0"
 
@@ -53,5 +53,5 @@ __all__ = [
     # metrics and inspection
     "accuracy", "top_k_accuracy", "confusion_matrix", "summary", "Summary", "SummaryRow",
     # modules
-    "init", "optim", "plan", "random", "testing", "tree", "callbacks", "data", "datasets", "metrics", "validate",
+    "init", "optim", "plan", "random", "testing", "tree", "callbacks", "data", "datasets", "interop", "metrics", "onnx", "validate",
 ]
