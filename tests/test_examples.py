@@ -103,3 +103,16 @@ def test_digits_training_stops_early_checkpoints_and_plots(tmp_path: Path) -> No
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0] == "epoch,loss,val_loss,val_accuracy" and len(rows) == 1 + int(re.search(r"^(\d+) epochs", out, re.M).group(1))
     assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_example_gives_the_same_accuracy_in_onnxruntime_and_pytorch(tmp_path: Path) -> None:
+    for module in ("sklearn", "onnx", "onnxruntime", "torch"):
+        pytest.importorskip(module, reason=f"the export example needs {module}")
+    out = run_example("export.py", "--out", str(tmp_path))
+    accuracies = [float(a) for a in re.findall(r"test accuracy ([0-9.]+)", out)]
+    assert len(accuracies) == 3 and accuracies[0] >= 0.95, out
+    # the three compute the same float32 logits in other orders (tests/test_onnx.py and
+    # tests/test_interop.py bound the differences); a test digit whose two largest logits are
+    # closer than that may change its class, so the accuracies agree to one digit of the 360
+    assert all(abs(a - accuracies[0]) <= 1 / 360 + 1e-12 for a in accuracies), out
+    assert (tmp_path / "digits_cnn.onnx").stat().st_size > 0
