@@ -2,10 +2,11 @@
 
 Every layer with a PyTorch module, in a small chain with activations between: the state
 dict loads into the equivalent ``torch.nn`` model with ``strict=True`` and the two give the
-same output (within the bounds ``tests/tolerances.py`` derives); a PyTorch model's state
-dict loads into jitnn, round-trips bit for bit and gives PyTorch's output; nested chains
-and parameterless layers get PyTorch's indices; and the checks of ``load_state_dict`` and
-the layers refused by both directions.
+same output (within the bounds ``tests/tolerances.py`` derives), the recurrent layers with
+``return_sequences=False`` and causal attention called as ``jitnn.interop`` documents; a
+PyTorch model's state dict loads into jitnn, round-trips bit for bit and gives PyTorch's
+output; nested chains and parameterless layers get PyTorch's indices; and the checks of
+``load_state_dict`` and the layers refused by both directions.
 """
 
 from __future__ import annotations
@@ -41,29 +42,55 @@ def randomized(model: jn.Layer, seed: int = 0) -> jn.Layer:
 
 
 # =========================================================================== the models
+def every_step(torch: Any, member: Any, x: Any) -> Any:
+    """How a PyTorch model calls a recurrent module (its output, the state after every step)
+    or attention (the sequence as query, key and value, no mask)."""
+    if isinstance(member, torch.nn.MultiheadAttention):
+        return member(x, x, x, need_weights=False)[0]
+    return member(x)[0]
+
+
+def last_state(torch: Any, member: Any, x: Any) -> Any:
+    """A recurrent layer with ``return_sequences=False``, as ``jitnn.interop`` documents it:
+    ``output[:, -1]``; for a bidirectional module ``h_n`` of the two directions side by side
+    (``output[:, -1]`` holds the reverse direction's first state, not its last)."""
+    output, state = member(x)
+    h_n = state[0] if isinstance(member, torch.nn.LSTM) else state  # an LSTM's (h_n, c_n)
+    return torch.cat([h_n[0], h_n[1]], dim=-1) if member.bidirectional else output[:, -1]
+
+
+def causal(torch: Any, member: Any, x: Any) -> Any:
+    """``MultiHeadAttention(causal=True)``: the module with the boolean ``attn_mask`` of the
+    upper triangle (``True``: a key the query may not read), the sequence as query, key and
+    value."""
+    T = x.shape[1]
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    return member(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
 class Case(NamedTuple):
-    """A jitnn model, the equivalent PyTorch model (built from the torch module) and an input."""
+    """A jitnn model, the equivalent PyTorch model (built from the torch module), an input,
+    and how the PyTorch model calls its recurrent or attention module."""
 
     model: Callable[[], jn.Layer]
     module: Callable[[Any], Any]
     X: Callable[[np.random.Generator], np.ndarray]
+    call: Callable[[Any, Any, Any], Any] = every_step
 
 
-def _recurrent_case(cls: type, bidirectional: bool) -> Case:
+def _recurrent_case(cls: type, bidirectional: bool, return_sequences: bool = True) -> Case:
     width = 8 if bidirectional else 4
 
     def model() -> jn.Layer:
         k = keys(3, 4)
-        return jn.pipe(
-            jn.Dense.init(k[0], 3, 5, dtype=F64), jn.Tanh(), cls.init(k[1], 5, 4, bidirectional=bidirectional, dtype=F64),
-            jn.Dense.init(k[2], width, 2, dtype=F64),
-        )
+        recurrent = cls.init(k[1], 5, 4, bidirectional=bidirectional, return_sequences=return_sequences, dtype=F64)
+        return jn.pipe(jn.Dense.init(k[0], 3, 5, dtype=F64), jn.Tanh(), recurrent, jn.Dense.init(k[2], width, 2, dtype=F64))
 
     def module(torch: Any) -> Any:
         cell = getattr(torch.nn, cls.__name__)(5, 4, batch_first=True, bidirectional=bidirectional)
         return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), cell, torch.nn.Linear(width, 2))
 
-    return Case(model, module, lambda rng: rng.normal(size=(3, 6, 3)))
+    return Case(model, module, lambda rng: rng.normal(size=(3, 6, 3)), every_step if return_sequences else last_state)
 
 
 CASES: dict[str, Case] = {
@@ -122,6 +149,8 @@ CASES: dict[str, Case] = {
     ),
     **{f"{cls.__name__}": _recurrent_case(cls, False) for cls in CELLS},
     **{f"Bidirectional-{cls.__name__}": _recurrent_case(cls, True) for cls in CELLS},
+    **{f"{cls.__name__}-last": _recurrent_case(cls, False, return_sequences=False) for cls in CELLS},
+    **{f"Bidirectional-{cls.__name__}-last": _recurrent_case(cls, True, return_sequences=False) for cls in CELLS},
     "MultiHeadAttention": Case(
         lambda: jn.pipe(
             jn.Dense.init(keys(3)[0], 3, 8, dtype=F64), jn.Tanh(), jn.MultiHeadAttention.init(keys(3)[1], 8, 2, dtype=F64),
@@ -132,6 +161,17 @@ CASES: dict[str, Case] = {
         ),
         lambda rng: rng.normal(size=(3, 5, 3)),
     ),
+    "MultiHeadAttention-causal": Case(
+        lambda: jn.pipe(
+            jn.Dense.init(keys(3)[0], 3, 8, dtype=F64), jn.Tanh(), jn.MultiHeadAttention.init(keys(3)[1], 8, 2, causal=True, dtype=F64),
+            jn.Dense.init(keys(3)[2], 8, 2, dtype=F64),
+        ),
+        lambda torch: torch.nn.Sequential(
+            torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.MultiheadAttention(8, 2, batch_first=True), torch.nn.Linear(8, 2),
+        ),
+        lambda rng: rng.normal(size=(3, 5, 3)),
+        causal,
+    ),
 }
 
 
@@ -141,20 +181,19 @@ def torch_model(torch: Any, case: Case) -> Any:
     return case.module(torch).double().eval()
 
 
-def run_torch(torch: Any, module: Any, X: np.ndarray) -> np.ndarray:
+def run_torch(torch: Any, module: Any, X: np.ndarray, call: Callable[[Any, Any, Any], Any] = every_step) -> np.ndarray:
     """The output of a PyTorch ``Sequential``, calling the members that ``Sequential`` cannot
-    call itself as jitnn's layers are: a recurrent module's output (all steps), attention
-    with the sequence as query, key and value. Gradients stay enabled, so that attention
-    takes the path that ``test_attention.py`` compares (not the fused inference kernel)."""
+    call itself as jitnn's layers are (a recurrent module, attention) with ``call``: by
+    default a recurrent module's output (all steps), attention with the sequence as query,
+    key and value. Gradients stay enabled, so that attention takes the path that
+    ``test_attention.py`` compares (not the fused inference kernel)."""
 
     def run(module: Any, x: Any) -> Any:
         for member in module:
             if isinstance(member, torch.nn.Sequential):
                 x = run(member, x)
-            elif isinstance(member, torch.nn.MultiheadAttention):
-                x = member(x, x, x, need_weights=False)[0]
-            elif isinstance(member, torch.nn.RNNBase):
-                x = member(x)[0]
+            elif isinstance(member, (torch.nn.MultiheadAttention, torch.nn.RNNBase)):
+                x = call(torch, member, x)
             else:
                 x = member(x)
         return x
@@ -230,7 +269,7 @@ def test_state_dict_loads_into_pytorch_and_gives_its_output(name: str) -> None:
     module = torch_model(torch, case)
     assert list(sd) == list(module.state_dict())  # PyTorch's names, in PyTorch's order
     module.load_state_dict({key: torch.from_numpy(value) for key, value in sd.items()}, strict=True)
-    tolerances.assert_within(model.forward(X), run_torch(torch, module, X), torch_bound(model, X), name)
+    tolerances.assert_within(model.forward(X), run_torch(torch, module, X, case.call), torch_bound(model, X), name)
 
 
 # =========================================================================== PyTorch -> jitnn
@@ -255,7 +294,7 @@ def test_pytorch_state_dict_loads_round_trips_and_gives_its_output(name: str) ->
         assert ours[key].dtype == value.dtype and ours[key].shape == value.shape, key
         np.testing.assert_array_equal(ours[key], value, err_msg=key)  # bit for bit
     X = case.X(np.random.default_rng(4))
-    tolerances.assert_within(model.forward(X), run_torch(torch, module, X), torch_bound(model, X), name)
+    tolerances.assert_within(model.forward(X), run_torch(torch, module, X, case.call), torch_bound(model, X), name)
 
 
 # =========================================================================== names
