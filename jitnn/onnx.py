@@ -197,8 +197,12 @@ def _leaf(graph: Graph, layer: Layer, where: str, x: str, input_shape: tuple[int
 
 # --------------------------------------------------------------------------- the built-in layers
 def _dense(layer: Any, graph: Graph, x: str, shape: Any, out: Any) -> str:
-    product = graph.node("MatMul", [x, graph.constant(layer.W, "dense.W")], "dense_matmul")
-    return graph.node("Add", [product, graph.constant(layer.b, "dense.b")], "dense_bias")
+    """``Gemm`` on a batch of vectors (the bias fused, as runtimes like it); ``MatMul`` and
+    ``Add`` where there are more axes (a Dense on every step of a sequence)."""
+    W, b = graph.constant(layer.W, "dense.W"), graph.constant(layer.b, "dense.b")
+    if len(shape) == 1:
+        return graph.node("Gemm", [x, W, b], "dense")
+    return graph.node("Add", [graph.node("MatMul", [x, W], "dense_matmul"), b], "dense_bias")
 
 
 def _unary(op: str, **attributes: Any) -> Callable[..., str]:

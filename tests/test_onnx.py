@@ -68,6 +68,22 @@ def test_a_model_of_many_layers_and_float64_parameters() -> None:
     tolerances.assert_within(got, model32.forward(X.astype(np.float32)), 2 * bound32, "float32")
 
 
+def test_a_dense_on_every_step_of_a_sequence_and_a_transformer_block() -> None:
+    """``Dense`` on ``(n, T, d)`` (``MatMul`` and ``Add`` rather than ``Gemm``), inside a
+    transformer block of embeddings, attention and a feed-forward part (LayerNorm, whose
+    error rule takes exact inputs only, is checked on its own in the table)."""
+    k = jn.random.split(jn.random.key(3), 5)
+    block = jn.pipe(
+        jn.Embedding.init(k[0], 11, 8), jn.PositionalEmbedding.init(k[1], 6, 8),
+        jn.Residual(jn.MultiHeadAttention.init(k[2], 8, 2, causal=True)),
+        jn.Residual(jn.pipe(jn.Dense.init(k[3], 8, 16), jn.GELU(), jn.Dense.init(k[4], 16, 8))),
+        jn.Dense.init(k[0], 8, 11),
+    )
+    tokens = np.random.default_rng(4).integers(0, 11, size=(3, 6))
+    _, bound, _ = tolerances.forward_bound(block, tokens, np.float32)
+    tolerances.assert_within(run(jn.onnx.to_model(block, (6,)), tokens), block.forward(tokens), 2 * bound, "transformer block")
+
+
 @jn.layer
 class Square(jn.Layer):
     """A user's layer with its own ONNX form: ``Y = X * X``."""
