@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from jitnn import validate
+from jitnn.distributed import is_main
 from jitnn.io import save
 from jitnn.optim._base import lr_scale
 from jitnn.optim.accumulate import MultiStepsState
@@ -179,7 +180,8 @@ class ModelCheckpoint(_Monitor):
     atomically, so a crash mid-write leaves the previous checkpoint whole. ``path`` may
     hold ``{epoch}`` (1-based), formatted per epoch. With ``best_only`` (the default) only
     an epoch that improves ``monitor`` is saved; otherwise every epoch is. ``saved`` lists
-    the epochs (0-based) written.
+    the epochs (0-based) saved. In a distributed fit only rank 0 writes (every rank has the
+    same model).
     """
 
     def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss", *, best_only: bool = True, mode: str = "auto",
@@ -202,7 +204,8 @@ class ModelCheckpoint(_Monitor):
 
     def on_epoch_end(self, progress: Progress) -> Progress | None:
         if not self.best_only or self.improved(progress):
-            save(self.path.replace("{epoch}", str(progress.epoch + 1)), {"model": progress.model, "state": progress.state})
+            if is_main():
+                save(self.path.replace("{epoch}", str(progress.epoch + 1)), {"model": progress.model, "state": progress.state})
             self.saved.append(progress.epoch)
         return None
 
@@ -210,7 +213,7 @@ class ModelCheckpoint(_Monitor):
 class CSVLogger(Callback):
     """Write one row per epoch to the CSV file ``path``: ``epoch`` (1-based) then every
     metric, in ``fit``'s order. The file is replaced at the start of training (``append``
-    adds to it instead) and flushed after each row."""
+    adds to it instead) and flushed after each row. In a distributed fit only rank 0 writes."""
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -221,6 +224,8 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, progress: Progress) -> Progress | None:
         self._names = tuple(progress.metrics)
+        if not is_main():
+            return None
         header = not (self.append and os.path.exists(self.path) and os.path.getsize(self.path))
         with open(self.path, "a" if self.append else "w", newline="") as file:
             if header:
@@ -228,6 +233,8 @@ class CSVLogger(Callback):
         return None
 
     def on_epoch_end(self, progress: Progress) -> Progress | None:
+        if not is_main():
+            return None
         with open(self.path, "a", newline="") as file:
             csv.writer(file).writerow((progress.epoch + 1, *(repr(progress.latest(name)) for name in self._names)))
         return None

@@ -3,6 +3,7 @@ models it cannot compile."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -12,7 +13,8 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from jitnn import _blas, random, validate
+from jitnn import _blas, distributed, random, validate
+from jitnn import tree as tree_module
 from jitnn.data import batches
 from jitnn.losses import Loss
 from jitnn.passes import value_grad_and_update
@@ -94,6 +96,7 @@ def fit(
     metrics: Sequence[Callable[[Any, Any], float]] = (),
     callbacks: Sequence[Any] = (),
     sample_weight: Any = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``(X, T)`` for ``epochs`` passes over shuffled minibatches.
 
@@ -132,6 +135,13 @@ def fit(
     ``validation_data=(X_val, T_val, w_val)`` weighs the validation loss by ``w_val`` (the
     metrics are computed unweighted).
 
+    ``distributed=True`` trains data-parallel over MPI (run under ``mpirun -n N``; see
+    :mod:`jitnn.distributed`): every rank passes the same arguments (checked by a checksum
+    before training), starts from rank 0's model, trains on its shard of each global batch
+    of ``batch_size`` examples and applies the update of the whole batch, so the ranks end
+    with the same model. Losses and validation scores are reduced across the ranks;
+    progress, checkpoints and logs come from rank 0. A rank that raises stops every rank.
+
     ``callbacks`` (see :mod:`jitnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
     ``CSVLogger``, your own) are called at the start and end of training and of each epoch
     with a :class:`jitnn.callbacks.Progress`, and may stop training or hand back another
@@ -154,10 +164,25 @@ def fit(
         raise TypeError(f"fit: key must be a jitnn.random.Key (jn.random.key(seed)), got {type(key).__name__}")
     _check_optimizer(optimizer, "fit")
     weights = _fit_weights(loss, X, sample_weight)
-    validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size)
-    hooks = _Callbacks(callbacks)
-    step = _step_for(model, loss, optimizer, compiled, threads)
-    state = optimizer.init(model) if state is None else state
+    parallel = None
+    if validate.flag(distributed, "fit", "distributed"):
+        parallel = _DataParallel(optimizer, batch_size, X=X, T=T, key=key.words, sample_weight=weights, epochs=epochs)
+    with parallel.guard() if parallel is not None else contextlib.nullcontext():  # a rank that fails from here stops them all
+        if parallel is not None:
+            optimizer, verbose = parallel, verbose and parallel.main
+            model, state = parallel.broadcast(model), None if state is None else parallel.broadcast(state)
+        validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size, parallel)
+        hooks = _Callbacks(callbacks)
+        step = _step_for(model, loss, optimizer, compiled, threads)
+        state = optimizer.init(model) if state is None else state
+        return _epochs(model, state, loss, optimizer, step, X, T, weights, key, epochs, batch_size, verbose, callback, check_finite,
+                       validation, hooks, parallel)
+
+
+def _epochs(model: Layer, state: Any, loss: Loss, optimizer: Any, step: Any, X: Any, T: Any, weights: Any, key: random.Key, epochs: int,
+            batch_size: int, verbose: bool, callback: Any, check_finite: bool, validation: _Validation, hooks: _Callbacks,
+            parallel: _DataParallel | None) -> FitResult:
+    """``fit``'s loop over the epochs, its arguments checked."""
     history: list[float] = []
     scores: dict[str, list[float]] = {name: [] for name in validation.names}
 
@@ -177,6 +202,10 @@ def fit(
         for index, (X_batch, T_batch, *w_batch) in enumerate(batches(order_key, X, T, batch_size, sample_weight=weights)):
             step_key = random.fold_in(steps_key, index)
             w_batch = w_batch[0] if w_batch else None
+            size = len(X_batch)
+            if parallel is not None:  # this rank's shard; its dropout masks from a key of its own
+                X_batch, T_batch, w_batch = parallel.shard(X_batch, T_batch, w_batch)
+                step_key = random.fold_in(step_key, parallel.rank)
             before = (model, state)
             if step is None:
                 model, state, value = train_step(model, state, loss, optimizer, X_batch, T_batch, key=step_key, sample_weight=w_batch)
@@ -185,10 +214,13 @@ def fit(
             if check_finite and not math.isfinite(value):
                 raise NonFiniteLossError(epoch + 1, index + 1, value, *before)
             values.append(value)
-            seen += len(X_batch)
+            seen += size
             masses.append(len(X_batch) if w_batch is None else float(w_batch.sum()))  # what the batch's mean was over
             bar.update(index + 1, len(X) if hasattr(X, "__len__") else None, seen, value, masses[-1])
-        mean = float(np.average(values, weights=masses)) if values and sum(masses) > 0 else float("nan")
+        if parallel is not None:  # the mean over every rank's batches
+            mean = parallel.mean(values, masses)
+        else:
+            mean = float(np.average(values, weights=masses)) if values and sum(masses) > 0 else float("nan")
         history.append(mean)
         scored = validation(model)
         for name, value in scored.items():
@@ -271,7 +303,8 @@ class _Validation:
     a model on them (``{}`` without validation data)."""
 
     def __init__(self, model: Layer, loss: Loss, X: Any, data: Any, metrics: Any, compiled: bool | None, threads: int | None,
-                 batch_size: int) -> None:
+                 batch_size: int, parallel: _DataParallel | None = None) -> None:
+        self.parallel = parallel
         if isinstance(metrics, (str, bytes)) or not isinstance(metrics, Sequence):
             raise TypeError(f"fit: metrics must be a list of functions metric(outputs, targets) -> number, got {metrics!r}")
         self.metrics: list[tuple[str, Callable[[Any, Any], float]]] = []
@@ -303,6 +336,10 @@ class _Validation:
         loss.targets(output, data[1])  # the targets' checks, naming the loss
         self.T, self.loss = data[1], loss
         self.weights = loss.weights(n, data[2], "fit: validation_data's weights")[0] if len(data) == 3 else None
+        if parallel is not None:  # each rank scores its part; the scores are averaged over the ranks
+            part = parallel.part(n)
+            self.X, self.T = self.X[part], np.asarray(self.T)[part]
+            self.weights = None if self.weights is None else self.weights[part]
         self.names = ("val_loss", *(f"val_{name}" for name, _ in self.metrics))
         self.predict = None if compiled is False else compile_predict(model, batch_size=max(batch_size, 1024), threads=threads)
         self.compiled = compiled
@@ -311,10 +348,15 @@ class _Validation:
     def __call__(self, model: Layer) -> dict[str, float]:
         if not self.names:
             return {}
-        Y = self._outputs(model)
-        scores = {"val_loss": self.loss.value(Y, self.T, self.weights)}
-        for name, metric in self.metrics:
-            scores[f"val_{name}"] = validate.real(metric(Y, self.T), "fit", f"the value of metric {name}", finite=False)
+        if self.X.shape[0] == 0:  # a rank with no validation examples (fewer of them than ranks)
+            scores = dict.fromkeys(self.names, 0.0)
+        else:
+            Y = self._outputs(model)
+            scores = {"val_loss": self.loss.value(Y, self.T, self.weights)}
+            for name, metric in self.metrics:
+                scores[f"val_{name}"] = validate.real(metric(Y, self.T), "fit", f"the value of metric {name}", finite=False)
+        if self.parallel is not None:
+            return self.parallel.reduce(scores, self.X.shape[0])
         return scores
 
     def _outputs(self, model: Layer) -> Any:
@@ -327,6 +369,76 @@ class _Validation:
                 self.predict = None
         X, size = self.X, self.batch_size
         return np.concatenate([model.forward(X[i : i + size]) for i in range(0, X.shape[0], size)])
+
+
+class _DataParallel:
+    """What a distributed ``fit`` adds: the arguments checked alike on every rank, the shard of
+    each global batch, and the optimizer that averages before it updates: ``update`` sums every
+    rank's gradients and new running statistics, each times its shard's weight, in one
+    ``Allreduce`` (:func:`jitnn.distributed.average`), then runs the wrapped optimizer's
+    update, the same on every rank."""
+
+    def __init__(self, optimizer: Any, batch_size: int, **arguments: Any) -> None:
+        self.world = distributed.comm("fit")
+        self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
+        self.main = self.rank == 0
+        if batch_size < self.size:
+            raise ValueError(f"fit: batch_size={batch_size} is smaller than the {self.size} ranks; each global batch is split "
+                             "across the ranks, so it needs at least one example for each")
+        distributed.check_same("fit", batch_size=batch_size, **arguments)
+        self.optimizer, self.weight = optimizer, 0.0
+
+    def guard(self) -> Any:
+        return distributed.abort_on_error("fit")
+
+    def broadcast(self, tree: Any) -> Any:
+        return distributed.broadcast(tree, "fit")
+
+    def part(self, n: int) -> slice:
+        return distributed.shard(n, self.size, self.rank)
+
+    def shard(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """This rank's part of a global batch, and the weight its gradient gets; a rank left
+        without examples (the last batch of an epoch, smaller than the ranks) runs the first
+        example with weight 0, so that it takes part in the ``Allreduce`` and adds nothing."""
+        part = self.part(len(X))
+        if part.stop > part.start:
+            X, T, w = X[part], T[part], None if w is None else w[part]
+            self.weight = float(len(X) if w is None else w.sum())
+            return X, T, w
+        self.weight = 0.0
+        return X[:1], T[:1], np.zeros(1)
+
+    def mean(self, values: list[float], masses: list[float]) -> float:
+        """The epoch's mean loss over every rank's batches (one ``Allreduce``)."""
+        total = float(sum(masses))
+        local = float(np.dot(values, masses) / total) if total > 0 else 0.0
+        (mean,), mass = distributed.average([np.array([local])], total, "fit")
+        return float(mean[0]) if mass > 0 else float("nan")
+
+    def reduce(self, scores: dict[str, float], weight: float) -> dict[str, float]:
+        """Validation scores averaged over the ranks, each weighted by its examples."""
+        averaged, _ = distributed.average([np.array(list(scores.values()), np.float64)], float(weight), "fit")
+        return dict(zip(scores, map(float, averaged[0])))
+
+    # the optimizer protocol, around the user's optimizer
+    def init(self, model: Layer) -> Any:
+        return self.optimizer.init(model)
+
+    def update(self, model: Layer, grads: Layer, state: Any) -> tuple[Layer, Any]:
+        gradients = tree_module.leaves(grads, trainable=True)
+        trainable = {path for path, _ in tree_module.leaves_with_paths(model, trainable=True)}
+        everything = tree_module.leaves_with_paths(model)
+        buffers = [k for k, (path, _) in enumerate(everything) if path not in trainable]
+        averaged, _ = distributed.average(gradients + [everything[k][1] for k in buffers], self.weight, "fit")
+        grads = tree_module.unflatten(grads, averaged[: len(gradients)], trainable=True)
+        if buffers:  # the running statistics, averaged as the gradients are
+            arrays = [array for _, array in everything]
+            for k, array in zip(buffers, averaged[len(gradients) :]):
+                array.flags.writeable = False
+                arrays[k] = array
+            model = tree_module.unflatten(model, arrays)
+        return self.optimizer.update(model, grads, state)
 
 
 _HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
