@@ -262,6 +262,26 @@ class StepSource:
             self.lines.append(f"return value, {_tuple(new_params)}, {_tuple(new_moments)}, {buffers}")
         return self._module("step(X, T, W, params, buffers, configs, extras, loss_config, moments, hyper)")
 
+    def update_function(self, optimizer_kernel: Any, n_moments: int, frozen: frozenset[int] = frozenset()) -> str:
+        """The source of ``update(params, grads, moments, hyper) -> (new params, new moments)``:
+        the optimizer's kernel on each parameter, as the fused step calls it, for a step split
+        around something that changes the gradients in between (data parallelism's
+        ``Allreduce``). ``grads[k]`` is parameter ``k``'s gradient, of its shape."""
+        self._update, self._n_moments = self.kernel(optimizer_kernel), n_moments
+        n_params = sum(len(site.layer.param_names) for site in self.plan.sites)
+        self._pending = [1] * n_params
+        self._new_params, self._new_moments = {}, [{} for _ in range(n_moments)]
+        for k in range(n_params):
+            if k in frozen:
+                self._unchanged(k)
+                continue
+            out = self._variable("updated")
+            self.lines.append(f"{out} = {self._updated(k, f'ro(grads[{k}].reshape(-1))')}")
+            self._updates(k, out)
+        new_moments = (_tuple(moment[k] for k in range(n_params)) for moment in self._new_moments)
+        self.lines.append(f"return {_tuple(self._new_params[k] for k in range(n_params))}, {_tuple(new_moments)}")
+        return self._module("update(params, grads, moments, hyper)")
+
     def predict_function(self) -> str:
         """The source of ``predict(X, params, buffers, configs, extras) -> Y``: the plan's
         forward pass in evaluation mode (the plain forward kernels, no buffer updates), as
@@ -410,7 +430,7 @@ def cache_folder() -> Path:
 
 
 def load_function(source: str, kernels: list[Any], name: str = "step") -> tuple[Any, bool]:
-    """Import the function ``name`` (``step`` or ``predict``) of ``source`` from a module
+    """Import the function ``name`` (``step``, ``update`` or ``predict``) of ``source`` from a module
     file named by its hash.
 
     Returns the compiled dispatcher and whether it is cached on disk. When the cache folder

@@ -46,7 +46,8 @@ from jitnn.protocol import Array, Composite, Context, Layer
 __all__ = ["CompiledStep", "compile_step"]
 
 
-def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False) -> CompiledStep:
+def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False,
+                 reduce: Callable[[tuple, tuple], tuple[tuple, tuple]] | None = None) -> CompiledStep:
     """A training step compiled into one Numba function for ``model``'s architecture.
 
     Parameters
@@ -68,6 +69,13 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
         (an unwritable cache folder, a kernel without a source file), with
         ``NUMBA_DISABLE_JIT=1`` or with ``JITNN_BACKGROUND_COMPILE=0``, the step compiles in
         this process as without ``background``. :func:`jitnn.fit` uses this by default.
+    reduce : a function ``(grads, buffers) -> (grads, buffers)`` called between the gradients
+        and the update, which it may change (data parallelism averages them over MPI ranks:
+        :func:`jitnn.fit` with ``distributed=True``). ``grads`` holds each parameter's
+        gradient in the model's order, ``buffers`` the new buffers of each site that updates
+        them (a tuple per site). With it the step is split in two compiled functions, the
+        gradients' and the named optimizer's update, and that call is the only Python between
+        them. Not with ``background``.
 
     Returns
     -------
@@ -84,7 +92,7 @@ def compile_step(model: Layer, loss: Loss, optimizer: Any, *, threads: int | Non
         form (a layer whose ``updated`` is Python
         rather than a ``Kernels.update`` kernel): use :func:`jitnn.train_step` for those.
     """
-    return CompiledStep(model, loss, optimizer, threads=threads, background=background)
+    return CompiledStep(model, loss, optimizer, threads=threads, background=background, reduce=reduce)
 
 
 @attrs.define
@@ -103,6 +111,8 @@ class _Compiled:
     ready: bool = False
     child: subprocess.Popen | None = None  # the process compiling it in the background
     child_done: bool = False  # a background compilation ran (successfully or not): not again
+    update: Any = None  # a split step's compiled update (see CompiledStep's reduce)
+    update_ready: bool = False
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -122,7 +132,8 @@ class CompiledStep:
     the generic path meanwhile).
     """
 
-    def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False) -> None:
+    def __init__(self, model: Layer, loss: Loss, optimizer: Any, *, threads: int | None = None, background: bool = False,
+                 reduce: Callable[[tuple, tuple], tuple[tuple, tuple]] | None = None) -> None:
         if not isinstance(model, Layer):
             raise TypeError(f"compile_step: model must be a jitnn layer (for example a Chain), got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -131,6 +142,10 @@ class CompiledStep:
             raise TypeError(f"compile_step: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
         self.threads = _blas.check_threads(threads, "compile_step")
         self.background = validate.flag(background, "compile_step", "background") and os.environ.get("JITNN_BACKGROUND_COMPILE", "1") != "0"
+        if reduce is not None and not callable(reduce):
+            raise TypeError(f"compile_step: reduce must be a function (grads, buffers) -> (grads, buffers) or None, got {reduce!r}")
+        self._reduce = reduce
+        self.background = self.background and reduce is None
         self.generic_steps = 0  # calls that ran the generic path while the function compiled elsewhere
         _memory.keep_freed_memory()  # reuse the blocks the previous step freed (see _memory.py)
         self.model, self.loss, self.optimizer = model, loss, optimizer
@@ -198,7 +213,18 @@ class CompiledStep:
         finally:
             if restore:
                 _blas.set_threads(restore)
-        if not self.fused:
+        if self._reduce is not None:  # the step split around the reduction
+            value, grads, updated = results
+            grads, updated = self._reduce(grads, updated)
+            if not self.fused:
+                return self._update_in_python(compiled, model, state, params, value, grads, updated)
+            update_arguments = (params, grads, moments, hyper)
+            if not compiled.update_ready:
+                self.compile_seconds += compile_for(_Update(compiled), update_arguments, f"compile_step: the generated update for {describe(self.model)}")
+                compiled.update_ready = True
+            new_params, new_moments = compiled.update(*update_arguments)
+            results = (value, new_params, new_moments, updated)
+        elif not self.fused:
             return self._update_in_python(compiled, model, state, params, *results)
         value, new_params, new_moments, updated_buffers = results
         new_buffers = dict(zip(compiled.buffer_sites, updated_buffers)) if updated_buffers else _NONE
@@ -294,10 +320,15 @@ class CompiledStep:
         kernel = self.optimizer.kernel if self.fused else None
         factored = self.fused and getattr(self.optimizer, "factored_gradients", False)
         frozen = frozenset(k for k, keep in enumerate(self.optimizer.frozen(self.model)) if keep) if self.fused else frozenset()
-        text = source.function(self.loss, kernel, len(self._moment_names), factored, frozen)
+        split = self._reduce is not None
+        text = source.function(self.loss, None if split else kernel, len(self._moment_names), factored and not split, frozen)
         function, cached = load_function(text, source.kernels)
+        update = None
+        if split and kernel is not None:
+            updater = StepSource(lowered)
+            update, _ = load_function(updater.update_function(kernel, len(self._moment_names), frozen), updater.kernels, "update")
         context = tuple(call for call in lowered.calls if lowered.sites[call.site].layer.needs_context)
-        compiled = _Compiled(function, lowered, context, tuple(site for site, _ in source.buffers), text, cached)
+        compiled = _Compiled(function, lowered, context, tuple(site for site, _ in source.buffers), text, cached, update=update)
         self._plans[X.shape[1:], X.dtype] = compiled
         self.source, self.cached = text, cached
         self.compile_seconds += time.perf_counter() - started
@@ -307,6 +338,13 @@ class CompiledStep:
         """Compile (or load from the disk cache) for the types of ``arguments``, timed into
         ``compile_seconds``, so that compilation never hides inside a step."""
         self.compile_seconds += compile_for(compiled, arguments, f"compile_step: the generated step for {describe(self.model)}")
+
+
+class _Update:
+    """A split step's update, as :func:`compile_for` takes a function."""
+
+    def __init__(self, compiled: _Compiled) -> None:
+        self.function, self.ready = compiled.update, False
 
 
 def compile_for(compiled: Any, arguments: tuple[Any, ...], what: str) -> float:

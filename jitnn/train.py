@@ -169,11 +169,14 @@ def fit(
         parallel = _DataParallel(optimizer, batch_size, X=X, T=T, key=key.words, sample_weight=weights, epochs=epochs)
     with parallel.guard() if parallel is not None else contextlib.nullcontext():  # a rank that fails from here stops them all
         if parallel is not None:
-            optimizer, verbose = parallel, verbose and parallel.main
+            verbose = verbose and parallel.main
             model, state = parallel.broadcast(model), None if state is None else parallel.broadcast(state)
         validation = _Validation(model, loss, X, validation_data, metrics, compiled, threads, batch_size, parallel)
         hooks = _Callbacks(callbacks)
-        step = _step_for(model, loss, optimizer, compiled, threads)
+        # the compiled step is split around the ranks' Allreduce; the generic path averages in its update
+        step = _step_for(model, loss, optimizer, compiled, threads, None if parallel is None else parallel.reduce_step)
+        if parallel is not None:
+            optimizer = parallel.around(optimizer)
         state = optimizer.init(model) if state is None else state
         return _epochs(model, state, loss, optimizer, step, X, T, weights, key, epochs, batch_size, verbose, callback, check_finite,
                        validation, hooks, parallel)
@@ -251,12 +254,12 @@ def _check_optimizer(optimizer: Any, who: str) -> None:
         raise TypeError(f"{who}: optimizer must have init and update (for example jn.optim.adam(1e-3)), got {optimizer!r}")
 
 
-def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, threads: int | None) -> Any:
-    """The compiled step, or ``None`` for the generic path."""
+def _step_for(model: Layer, loss: Loss, optimizer: Any, compiled: bool | None, threads: int | None, reduce: Any = None) -> Any:
+    """The compiled step (split around ``reduce`` if given), or ``None`` for the generic path."""
     if compiled is False:
         return None
     try:
-        return compile_step(model, loss, optimizer, threads=threads, background=compiled is None)
+        return compile_step(model, loss, optimizer, threads=threads, background=compiled is None and reduce is None, reduce=reduce)
     except TypeError:
         if compiled:
             raise
@@ -387,6 +390,24 @@ class _DataParallel:
                              "across the ranks, so it needs at least one example for each")
         distributed.check_same("fit", batch_size=batch_size, **arguments)
         self.optimizer, self.weight = optimizer, 0.0
+
+    def around(self, optimizer: Any) -> _DataParallel:
+        """Itself as the optimizer of the generic path: the average, then ``optimizer``'s update."""
+        self.optimizer = optimizer
+        return self
+
+    def reduce_step(self, grads: tuple, buffers: tuple) -> tuple[tuple, tuple]:
+        """The compiled step's reduction: every gradient and new buffer averaged over the ranks
+        in one ``Allreduce``, read-only as the step's own arrays."""
+        flat = [array for site in buffers for array in site]
+        averaged, _ = distributed.average(list(grads) + flat, self.weight, "fit")
+        for array in averaged:
+            array.flags.writeable = False
+        new_buffers, k = [], len(grads)
+        for site in buffers:
+            new_buffers.append(tuple(averaged[k : k + len(site)]))
+            k += len(site)
+        return tuple(averaged[: len(grads)]), tuple(new_buffers)
 
     def guard(self) -> Any:
         return distributed.abort_on_error("fit")

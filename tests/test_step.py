@@ -768,3 +768,46 @@ def test_masked_refuses_what_it_cannot_use() -> None:
         jn.optim.masked(jn.optim.sgd(0.1), lambda path: path).init(model)
     prefixes = jn.optim.masked(jn.optim.sgd(0.1), {"layers.4"})
     assert prefixes.frozen(model) == (True, True, True, True, False, False)
+
+
+@pytest.mark.parametrize("optimizer", [
+    jn.optim.adam(0.01),
+    jn.optim.masked(jn.optim.momentum(0.1, 0.9), lambda path: not path.startswith("layers.0")),
+    jn.optim.chain(jn.optim.clip_by_global_norm(1.0), jn.optim.sgd(0.1)),
+], ids=["adam", "masked-momentum", "chain"])
+def test_a_step_split_around_a_reduction_gives_the_fused_steps_bits(optimizer: Any) -> None:
+    """``reduce`` sees every gradient and new buffer between the two compiled halves; the
+    identity gives the single function's result bit for bit, frozen parameters and running
+    statistics included, and a reduction that doubles the gradients is what the update gets."""
+    rng = np.random.default_rng(21)
+    k1, k2 = jn.random.split(jn.random.key(5))
+    model = jn.pipe(jn.Dense.init(k1, 4, 6, dtype=np.float64), jn.BatchNorm.init(None, 6, dtype=np.float64), jn.Tanh(),
+                    jn.Dense.init(k2, 6, 3, dtype=np.float64))
+    X, T = rng.normal(size=(9, 4)), rng.integers(0, 3, 9)
+    seen = []
+
+    def identity(grads: tuple, buffers: tuple) -> tuple:
+        seen.append((len(grads), [len(site) for site in buffers]))
+        return grads, buffers
+
+    whole = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer)
+    split = jn.compile_step(model, jn.SoftmaxCrossEntropy(), optimizer, reduce=identity)
+    a, b = (model, optimizer.init(model)), (model, optimizer.init(model))
+    for _ in range(3):
+        *a, value_a = whole(*a, X, T)
+        *b, value_b = split(*b, X, T)
+        assert value_a == value_b
+    assert seen == [(6, [2])] * 3  # six parameters; one site (BatchNorm) with two new buffers
+    for x, y in zip(jn.tree.leaves(a), jn.tree.leaves(b)):
+        assert x.tobytes() == y.tobytes()
+
+    def doubled(grads: tuple, buffers: tuple) -> tuple:
+        return tuple(2 * g for g in grads), buffers
+
+    sgd = jn.optim.sgd(0.1)
+    twice, _, _ = jn.compile_step(model, jn.SoftmaxCrossEntropy(), sgd, reduce=doubled)(model, sgd.init(model), X, T)
+    _, grads = jn.value_and_grad(model, jn.SoftmaxCrossEntropy(), X, T, training=True)
+    for new, old, g in zip(jn.tree.leaves(twice, trainable=True), jn.tree.leaves(model, trainable=True), jn.tree.leaves(grads, trainable=True)):
+        np.testing.assert_array_equal(new, old - 0.1 * (2 * g))
+    with pytest.raises(TypeError, match="reduce must be a function"):
+        jn.compile_step(model, jn.SoftmaxCrossEntropy(), sgd, reduce=3)
