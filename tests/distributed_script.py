@@ -5,6 +5,7 @@ writing what it ended with. ``python distributed_script.py MODE OUT``:
   and optimizer state to ``OUT/rank<r>.npz`` and its metrics to ``OUT/metrics<r>.txt``;
 - ``batchnorm``: the same with batch normalization (each rank normalizes its shard with its
   own statistics, so only the ranks' agreement is checked);
+- ``generic``: ``train`` on the generic path (``compiled=False``), whose update averages;
 - ``fail``: rank 1 raises in a callback at the end of the first epoch;
 - ``keys``: each rank passes another key;
 - ``small``: a batch size smaller than the number of ranks.
@@ -49,10 +50,11 @@ def main(mode: str, out: Path) -> None:
                     raise RuntimeError("a failure on rank 1, on purpose")
 
         callbacks.append(Fail())
-    else:
+    elif mode == "train":
         callbacks.append(jn.callbacks.CSVLogger(out / "log.csv"))
     result = jn.fit(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01), X[:80], T[:80], key=key, epochs=EPOCHS, batch_size=batch_size,
-                    validation_data=(X[80:], T[80:]), metrics=[jn.accuracy], callbacks=callbacks, compiled=True, distributed=True)
+                    validation_data=(X[80:], T[80:]), metrics=[jn.accuracy], callbacks=callbacks, compiled=mode != "generic",
+                    distributed=True)
     r = jn.distributed.rank()
     jn.save(out / f"rank{r}.npz", {"model": result.model, "state": result.state})
     (out / f"metrics{r}.txt").write_text(repr({name: list(values) for name, values in result.metrics.items()}))

@@ -60,6 +60,17 @@ def test_two_ranks_end_bitwise_identical_and_equal_to_one_process(tmp_path: Path
         np.testing.assert_allclose(metrics[0][name], values, rtol=u)
 
 
+def test_the_generic_path_averages_in_its_update_to_the_compiled_steps_bits(tmp_path: Path) -> None:
+    """Without the compiled step the averaging runs in the optimizer's update: the same
+    reduction and an update that gives the compiled one's bits, so the same model."""
+    compiled, generic = tmp_path / "compiled", tmp_path / "generic"
+    for mode, folder in (("train", compiled), ("generic", generic)):
+        folder.mkdir()
+        result, _ = mpirun(mode, folder)
+        assert result.returncode == 0, result.stderr
+    assert (generic / "rank0.npz").read_bytes() == (generic / "rank1.npz").read_bytes() == (compiled / "rank0.npz").read_bytes()
+
+
 def test_with_batch_normalization_the_ranks_stay_identical(tmp_path: Path) -> None:
     """Each rank normalizes its shard with its own statistics (as PyTorch's data parallelism
     without synchronized statistics); the new running statistics are averaged in the same
