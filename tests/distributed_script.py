@@ -7,12 +7,15 @@ writing what it ended with. ``python distributed_script.py MODE OUT``:
   own statistics, so only the ranks' agreement is checked);
 - ``generic``: ``train`` on the generic path (``compiled=False``), whose update averages;
 - ``fail``: rank 1 raises in a callback at the end of the first epoch;
+- ``die``: rank 1 is killed (SIGKILL) at the end of the first epoch;
 - ``keys``: each rank passes another key;
 - ``small``: a batch size smaller than the number of ranks.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +53,14 @@ def main(mode: str, out: Path) -> None:
                     raise RuntimeError("a failure on rank 1, on purpose")
 
         callbacks.append(Fail())
+    elif mode == "die":
+
+        class Die(jn.callbacks.Callback):
+            def on_epoch_end(self, progress: jn.callbacks.Progress) -> None:
+                if jn.distributed.rank() == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.append(Die())
     elif mode == "train":
         callbacks.append(jn.callbacks.CSVLogger(out / "log.csv"))
     result = jn.fit(model, jn.SoftmaxCrossEntropy(), jn.optim.adam(0.01), X[:80], T[:80], key=key, epochs=EPOCHS, batch_size=batch_size,

@@ -89,6 +89,16 @@ def test_a_rank_that_raises_stops_both_with_the_error_shown(tmp_path: Path) -> N
     assert seconds < 120
 
 
+def test_a_rank_killed_outright_ends_the_job(tmp_path: Path) -> None:
+    """A rank that cannot raise (SIGKILL) leaves the others in a collective: mpirun notices
+    the death and ends the job."""
+    result, seconds = mpirun("die", tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "exited on" in result.stdout + result.stderr and "signal 9" in result.stdout + result.stderr
+    assert not list(tmp_path.glob("rank*.npz"))
+    assert seconds < 120
+
+
 @pytest.mark.parametrize(("mode", "message"), [
     ("keys", "fit: every rank must pass the same key, but rank(s) [1] passed another than rank 0's"),
     ("small", "fit: batch_size=1 is smaller than the 2 ranks"),
