@@ -9,6 +9,7 @@ writing what it ended with. ``python distributed_script.py MODE OUT``:
 - ``fail``: rank 1 raises in a callback at the end of the first epoch;
 - ``die``: rank 1 is killed (SIGKILL) at the end of the first epoch;
 - ``keys``: each rank passes another key;
+- ``data``: rank 1 passes other data;
 - ``small``: a batch size smaller than the number of ranks.
 """
 
@@ -43,6 +44,8 @@ def main(mode: str, out: Path) -> None:
     callbacks: list = []
     if mode == "keys":
         key = jn.random.key(int(jn.distributed.comm().Get_rank()))
+    elif mode == "data" and jn.distributed.comm().Get_rank() == 1:
+        X = X + 1e-12
     elif mode == "small":
         batch_size = 1
     elif mode == "fail":

@@ -101,6 +101,7 @@ def test_a_rank_killed_outright_ends_the_job(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("mode", "message"), [
     ("keys", "fit: every rank must pass the same key, but rank(s) [1] passed another than rank 0's"),
+    ("data", "fit: every rank must pass the same X, but rank(s) [1] passed another than rank 0's"),
     ("small", "fit: batch_size=1 is smaller than the 2 ranks"),
 ])
 def test_bad_input_is_refused_on_every_rank(mode: str, message: str, tmp_path: Path) -> None:
