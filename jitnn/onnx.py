@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 
 from jitnn import layers as _layers, plan as _plan, validate
 from jitnn._checks import check_float_dtype, describe
+from jitnn.io import _write_atomically
 from jitnn.protocol import Composite, Layer
 
 __all__ = ["DEFAULT_OPSET", "Graph", "export", "to_model"]
@@ -152,17 +152,8 @@ def export(model: Layer, path: str | os.PathLike[str], input_shape: Any, *, opse
         Without the ``onnx`` package.
     """
     proto = to_model(model, input_shape, opset=opset, dtype=dtype)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".jitnn-onnx-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(proto.SerializeToString())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    data = proto.SerializeToString()
+    _write_atomically(os.fspath(path), lambda file: file.write(data))  # as jn.save writes
 
 
 def _input_shape(value: Any) -> tuple[int, ...]:
